@@ -1,0 +1,44 @@
+# ebmm: two commands on a fresh clone, `make run` and `make test`. Both create .venv/ first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install run test test-fast demo data bench evaluate report lint compose-config compose-smoke clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch that lies on this disk, before anything can ask for a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: install
+	$(VENV)/bin/ebmm serve --host $(HOST) --port $(PORT)
+
+demo: install
+	$(VENV)/bin/ebmm demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+data: install
+	$(VENV)/bin/ebmm data fetch
+
+bench: install
+	$(VENV)/bin/ebmm bench --out results/bench.json
+
+lint: install
+	$(VENV)/bin/ruff check model service tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

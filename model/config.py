@@ -1,0 +1,94 @@
+"""Configuration dataclasses: loop settings, model presets (architecture + input + loops)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Rules of the write and read loops (paper section 3); the learned scalars start here."""
+    write_steps: int = 5             # T: gradient steps on the writing loss
+    read_steps: int = 5              # K: projected Nesterov steps on the query
+    write_rate_init: float = 1e-4    # softplus-positive rate per writable tensor and per loss term
+    alpha_init: float = 1.0          # weight of ||grad_x E||^2 in the writing loss
+    beta_init: float = 1e-4          # weight of ||theta - theta_bar||^2
+    grad_norm_term: bool = True      # False drops the alpha term (no double backward when writing)
+    read_rate_init: float = 1.0      # gamma_1, the first (largest) read step size
+    read_decay_init: float = 0.9     # sigmoid(eta_k): gamma_k = gamma_{k-1} * sigmoid(eta_k)
+    momentum_init: float = 0.5       # psi_1, Nesterov momentum; psi_k non-increasing like gamma
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A named preset: which energy network, on which input, with which loops."""
+    name: str
+    arch: str                        # key of model.energy.ARCHITECTURES
+    input_shape: tuple[int, ...]     # (D,) for binary strings, (C, H, W) for images
+    kind: str                        # "binary", "grayscale" or "colour"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    note: str = ""                   # what a CPU-friendly preset trades against the paper's
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        d["input_shape"] = tuple(d["input_shape"])
+        d["loop"] = LoopConfig(**d.get("loop", {}))
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        loop_changes = {k: changes.pop(k) for k in list(changes) if k in LoopConfig.__dataclass_fields__}
+        arch_changes = {k: changes.pop(k) for k in list(changes) if k not in ModelConfig.__dataclass_fields__}
+        cfg = dataclasses.replace(self, **changes)
+        if loop_changes:
+            cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, **loop_changes))
+        if arch_changes:
+            cfg = dataclasses.replace(cfg, arch_kwargs={**cfg.arch_kwargs, **arch_changes})
+        return cfg
+
+
+def _presets() -> dict[str, ModelConfig]:
+    p: list[ModelConfig] = []
+    B, G, C = (128,), (1, 32, 32), (3, 32, 32)
+    # --- paper architectures, paper sizes -------------------------------------------------------
+    p.append(ModelConfig("paper-binary-rnn", "gated_rnn", B, "binary",
+                         dict(hidden=1024, memory=63, hops=5)))
+    for d in (9, 18, 36, 64):
+        p.append(ModelConfig(f"paper-fc-d{d}-gray", "resnet_fc", G, "grayscale", dict(memory=d)))
+        p.append(ModelConfig(f"paper-fc-d{d}-colour", "resnet_fc", C, "colour", dict(memory=d)))
+    for d in (2, 4, 8, 14):
+        p.append(ModelConfig(f"paper-conv-d{d}-gray", "resnet_conv", G, "grayscale", dict(memory=d)))
+        p.append(ModelConfig(f"paper-conv-d{d}-colour", "resnet_conv", C, "colour", dict(memory=d)))
+    # --- CPU-friendly presets ---------------------------------------------------------------------
+    p.append(ModelConfig("binary-rnn-small", "gated_rnn", B, "binary",
+                         dict(hidden=256, memory=63, hops=5),
+                         note="paper's gated RNN with hidden 256 instead of 1024: same 8,127 memory "
+                              "floats, ~1/12 of the static weights and FLOPs"))
+    p.append(ModelConfig("binary-hopfield", "quadratic", B, "binary", dict(),
+                         LoopConfig(write_steps=5, write_rate_init=0.01, alpha_init=0.25,
+                                    beta_init=1e-3, read_rate_init=1.0),
+                         note="writable symmetric quadratic energy (8,256 floats, the Hopfield "
+                              "budget); its writing loss contains the Hebb and delta rules"))
+    p.append(ModelConfig("conv-small-d8-gray", "resnet_conv", G, "grayscale",
+                         dict(memory=8, channels=(16, 32), bottleneck=32, width=64, hidden=256),
+                         note="the conv-memory net at half width: 578·d memory floats, ~1/8 FLOPs"))
+    p.append(ModelConfig("fc-small-d32-gray", "resnet_fc", G, "grayscale",
+                         dict(memory=32, channels=(16, 32, 48), embed=256, hidden=256, head=256),
+                         note="the FC-memory net at half width: 257·d memory floats, ~1/4 FLOPs"))
+    return {c.name: c for c in p}
+
+
+PRESETS: dict[str, ModelConfig] = _presets()
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]

@@ -1,0 +1,249 @@
+"""Energy networks E(x; theta) -> (B,), written as pure functions of an explicit parameter dict.
+
+Each network owns its parameters (initial values, names) as an nn.Module, but its energy is
+computed by `energy(params, x)` from a dict, so that the write loop can substitute written
+weights for the writable slice without touching the module (paper appendix A; MAML style).
+Writable slices are separate parameters named `memory.*`; `memory_floats` counts them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+def _linear(module: nn.Module, prefix: str, d_in: int, d_out: int, gain: float = 2.0) -> None:
+    """Register He-initialised `prefix.weight` (d_out, d_in) and zero `prefix.bias` on module."""
+    w = torch.randn(d_out, d_in) * math.sqrt(gain / d_in)
+    module.register_parameter(prefix.replace(".", "_") + "_w", nn.Parameter(w))
+    module.register_parameter(prefix.replace(".", "_") + "_b", nn.Parameter(torch.zeros(d_out)))
+
+
+def _conv(module: nn.Module, prefix: str, c_in: int, c_out: int, k: int, gain: float = 2.0) -> None:
+    w = torch.randn(c_out, c_in, k, k) * math.sqrt(gain / (c_in * k * k))
+    module.register_parameter(prefix.replace(".", "_") + "_w", nn.Parameter(w))
+    module.register_parameter(prefix.replace(".", "_") + "_b", nn.Parameter(torch.zeros(c_out)))
+
+
+def lin(p: Params, name: str, x: Tensor) -> Tensor:
+    return F.linear(x, p[name + "_w"], p[name + "_b"])
+
+
+def conv(p: Params, name: str, x: Tensor, stride: int = 1) -> Tensor:
+    w = p[name + "_w"]
+    return F.conv2d(x, w, p[name + "_b"], stride=stride, padding=w.shape[-1] // 2)
+
+
+def _signed(x: Tensor) -> Tensor:
+    """Data live in [0, 1]; the networks see them centred in [-1, 1]."""
+    return 2.0 * x - 1.0
+
+
+class EnergyNet(nn.Module):
+    """Base class: parameters live on the module; `energy(params, x)` is a pure function."""
+
+    input_shape: tuple[int, ...]
+
+    @property
+    def writable(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.named_parameters() if n.startswith("memory"))
+
+    @property
+    def memory_floats(self) -> int:
+        params = dict(self.named_parameters())
+        return sum(params[n].numel() for n in self.writable)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:  # x (B, *input_shape) -> (B,)
+        raise NotImplementedError
+
+    def head(self, p: Params, h: Tensor) -> Tensor:
+        """Shared energy read-out, scaled by a learned log-scale (the initial-scale trap)."""
+        return lin(p, "out", h).squeeze(-1) * p["log_scale"].exp()
+
+    def _init_scale(self, value: float) -> None:
+        self.log_scale = nn.Parameter(torch.tensor(math.log(value)))
+
+
+# --------------------------------------------------------------------------------------------------
+# binary strings: gated RNN (appendix, "binary strings")
+# --------------------------------------------------------------------------------------------------
+
+class GatedRNNEnergy(EnergyNet):
+    """z = [x, h]; c = tanh([memory(x), static(z)]); u = sigmoid(gate(z)); h <- u c + (1-u) h."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: int = 1024, memory: int = 63,
+                 hops: int = 5, scale: float = 1.0):
+        super().__init__()
+        (d,) = input_shape
+        self.input_shape, self.hops = tuple(input_shape), hops
+        _linear(self, "memory", d, memory, gain=1.0)           # the writable slice: d*memory + memory
+        _linear(self, "static", d + hidden, hidden - memory, gain=1.0)
+        _linear(self, "gate", d + hidden, hidden, gain=1.0)
+        _linear(self, "out", hidden, 1, gain=1.0)
+        self._init_scale(scale)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x)                                         # (B, D)
+        m = lin(p, "memory", s)                                # (B, d_mem), the same at every hop
+        h = s.new_zeros(s.shape[0], p["gate_b"].shape[0])      # (B, H)
+        for _ in range(self.hops):
+            z = torch.cat([s, h], dim=-1)                      # (B, D+H)
+            c = torch.tanh(torch.cat([m, lin(p, "static", z)], dim=-1))
+            u = torch.sigmoid(lin(p, "gate", z))
+            h = u * c + (1 - u) * h
+        return self.head(p, h)
+
+
+# --------------------------------------------------------------------------------------------------
+# binary strings: writable quadratic energy (the Hopfield budget, 128*129/2 = 8,256 floats)
+# --------------------------------------------------------------------------------------------------
+
+class QuadraticEnergy(EnergyNet):
+    """E(x) = -1/2 s^T M s - b^T s with s = 2x-1 and M symmetric and writable (upper triangle).
+
+    One write step on the energy term adds the Hebb outer products; the alpha term makes each step a
+    delta-rule update, whose fixed point is the projection (pseudo-inverse) rule. `diag` is a static,
+    meta-learned gain on M's diagonal (self-coupling hurts retrieval below capacity).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], scale: float = 1.0):
+        super().__init__()
+        (d,) = input_shape
+        self.input_shape = tuple(input_shape)
+        iu = torch.triu_indices(d, d)
+        self.register_buffer("iu", iu, persistent=False)
+        self.memory_triu = nn.Parameter(torch.zeros(iu.shape[1]))  # (D(D+1)/2,) writable
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.diag = nn.Parameter(torch.tensor(1.0))
+        self._init_scale(scale)
+
+    def matrix(self, p: Params) -> Tensor:
+        d = self.input_shape[0]
+        t = p["memory_triu"]
+        upper = t.new_zeros(d, d).index_put((self.iu[0], self.iu[1]), t)   # (D, D)
+        diag = torch.diagonal(upper)
+        return upper + upper.T - torch.diag(diag) + torch.diag(diag * (p["diag"] - 1))
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x)                                          # (B, D)
+        e = -0.5 * ((s @ self.matrix(p)) * s).sum(-1) - s @ p["bias"]
+        return e * p["log_scale"].exp()
+
+
+# --------------------------------------------------------------------------------------------------
+# images: ResNet encoders
+# --------------------------------------------------------------------------------------------------
+
+def _resblock_init(m: nn.Module, name: str, c_in: int, c_out: int) -> None:
+    _conv(m, f"{name}.a", c_in, c_out, 3)
+    _conv(m, f"{name}.b", c_out, c_out, 3, gain=0.5)
+    _conv(m, f"{name}.skip", c_in, c_out, 1, gain=1.0)
+
+
+def _resblock(p: Params, name: str, x: Tensor) -> Tensor:
+    """3x3 stride-2 conv, 3x3 conv, plus a 1x1 stride-2 skip; smooth activations (second order)."""
+    h = conv(p, f"{name}_b", F.silu(conv(p, f"{name}_a", x, stride=2)))
+    return F.silu(h + conv(p, f"{name}_skip", x, stride=2))
+
+
+class ResNetFCEnergy(EnergyNet):
+    """ResBlocks -> Linear(embed) -> LayerNorm -> tanh([memory(d), static(hidden-d)]) -> gated hops."""
+
+    def __init__(self, input_shape: tuple[int, ...], memory: int = 32,
+                 channels: tuple[int, ...] = (32, 64, 96), embed: int = 256, hidden: int = 512,
+                 head: int = 1024, hops: int = 3, scale: float = 1.0):
+        super().__init__()
+        c, h, w = input_shape
+        self.input_shape, self.hops, self.channels = tuple(input_shape), hops, tuple(channels)
+        for i, c_out in enumerate(channels):
+            _resblock_init(self, f"res{i}", c if i == 0 else channels[i - 1], c_out)
+        flat = channels[-1] * (h >> len(channels)) * (w >> len(channels))
+        _linear(self, "embed", flat, embed)
+        self.embed_ln = nn.Parameter(torch.ones(embed))
+        _linear(self, "memory", embed, memory, gain=1.0)       # writable: (embed + 1) * d
+        _linear(self, "static", embed, hidden - memory, gain=1.0)
+        _linear(self, "cell", 2 * hidden, hidden, gain=1.0)
+        _linear(self, "gate", 2 * hidden, hidden, gain=1.0)
+        _linear(self, "proj", hidden, head, gain=1.0)
+        _linear(self, "out", head, 1, gain=1.0)
+        self._init_scale(scale)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        h = _signed(x)
+        for i in range(len(self.channels)):
+            h = _resblock(p, f"res{i}", h)                     # (B, C_i, H/2^i, W/2^i)
+        f = F.layer_norm(lin(p, "embed", h.flatten(1)), (p["embed_b"].shape[0],), p["embed_ln"])
+        inp = torch.tanh(torch.cat([lin(p, "memory", f), lin(p, "static", f)], dim=-1))  # (B, hidden)
+        state = torch.zeros_like(inp)
+        for _ in range(self.hops):
+            z = torch.cat([inp, state], dim=-1)                # (B, 2*hidden)
+            c = torch.tanh(F.layer_norm(lin(p, "cell", z), (inp.shape[-1],)))
+            u = torch.sigmoid(lin(p, "gate", z))
+            state = u * c + (1 - u) * state
+        return self.head(p, torch.tanh(lin(p, "proj", state)))
+
+
+class ResNetConvEnergy(EnergyNet):
+    """ResBlocks -> two bottleneck blocks whose 3x3 conv is [memory Conv(d), static Conv(width-d)]
+    with LayerNorm + tanh and a 1x1 (+avg-pool) residual -> convolutional gated hops -> MLP head."""
+
+    def __init__(self, input_shape: tuple[int, ...], memory: int = 8,
+                 channels: tuple[int, ...] = (32, 64), width: int = 128, bottleneck: int = 64,
+                 hidden: int = 1024, hops: int = 3, scale: float = 1.0):
+        super().__init__()
+        c, h, w = input_shape
+        self.input_shape, self.hops, self.channels = tuple(input_shape), hops, tuple(channels)
+        for i, c_out in enumerate(channels):
+            _resblock_init(self, f"res{i}", c if i == 0 else channels[i - 1], c_out)
+        c_prev = channels[-1]
+        for j in range(2):
+            _conv(self, f"bn{j}.reduce", c_prev, bottleneck, 1)
+            _conv(self, f"memory{j}", bottleneck, memory, 3, gain=1.0)   # writable: 9*bneck*d + d
+            _conv(self, f"bn{j}.static", bottleneck, width - memory, 3, gain=1.0)
+            _conv(self, f"bn{j}.skip", c_prev, width, 1, gain=1.0)
+            c_prev = width
+        _conv(self, "cell", 2 * width, width, 3, gain=1.0)
+        _conv(self, "gate", 2 * width, width, 3, gain=1.0)
+        side = (h >> len(channels)) // 2
+        _linear(self, "proj", width * side * side, hidden, gain=1.0)
+        _linear(self, "out", hidden, 1, gain=1.0)
+        self._init_scale(scale)
+
+    def _bottleneck(self, p: Params, j: int, x: Tensor, down: bool) -> Tensor:
+        r = F.silu(conv(p, f"bn{j}_reduce", x))                                  # (B, bneck, h, w)
+        h = torch.cat([conv(p, f"memory{j}", r), conv(p, f"bn{j}_static", r)], dim=1)  # (B, width, h, w)
+        h = torch.tanh(F.layer_norm(h, h.shape[1:]))
+        skip = conv(p, f"bn{j}_skip", x)
+        if down:
+            h, skip = F.avg_pool2d(h, 2), F.avg_pool2d(skip, 2)
+        return h + skip
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        h = _signed(x)
+        for i in range(len(self.channels)):
+            h = _resblock(p, f"res{i}", h)
+        h = self._bottleneck(p, 0, h, down=False)
+        inp = self._bottleneck(p, 1, h, down=True)              # (B, width, 4, 4)
+        state = torch.zeros_like(inp)
+        for _ in range(self.hops):
+            z = torch.cat([inp, state], dim=1)                  # (B, 2*width, 4, 4)
+            c = torch.tanh(F.layer_norm(conv(p, "cell", z), inp.shape[1:]))
+            u = torch.sigmoid(conv(p, "gate", z))
+            state = u * c + (1 - u) * state
+        return self.head(p, torch.tanh(lin(p, "proj", state.flatten(1))))
+
+
+ARCHITECTURES: dict[str, type[EnergyNet]] = {
+    "gated_rnn": GatedRNNEnergy,
+    "quadratic": QuadraticEnergy,
+    "resnet_fc": ResNetFCEnergy,
+    "resnet_conv": ResNetConvEnergy,
+}

@@ -1,0 +1,194 @@
+"""The EBMM write and read loops (paper section 3) as pure functions of (parameters, inputs).
+
+`write` runs T gradient steps on the mean writing loss
+    W(x, theta) = E(x; theta) + alpha ||grad_x E||^2 + beta ||theta - theta_bar||^2
+over the writable slice only, with a learned softplus rate per writable tensor and per loss term.
+`read` runs K projected Nesterov steps on the query with learned non-increasing step sizes and
+momentum, returning every iterate and its energy. With `create_graph=True` (meta-training) the
+graph runs through both loops; without it (serving) none is kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .energy import ARCHITECTURES, EnergyNet, Params
+
+TERMS = ("energy", "grad_norm", "prior")
+
+
+def _inv_softplus(y: float) -> float:
+    return float(torch.log(torch.expm1(torch.tensor(float(y)))))
+
+
+def _logit(p: float) -> float:
+    return float(torch.logit(torch.tensor(float(p))))
+
+
+class LoopParams(nn.Module):
+    """Meta-learned scalars of both loops, stored unconstrained and mapped to their ranges."""
+
+    def __init__(self, n_writable: int, cfg: ModelConfig):
+        super().__init__()
+        lc = cfg.loop
+        k = lc.read_steps
+        self.write_rate = nn.Parameter(torch.full((n_writable, len(TERMS)), _inv_softplus(lc.write_rate_init)))
+        self.alpha = nn.Parameter(torch.tensor(_inv_softplus(lc.alpha_init)))
+        self.beta = nn.Parameter(torch.tensor(_inv_softplus(lc.beta_init)))
+        self.read_rate = nn.Parameter(torch.tensor(_inv_softplus(lc.read_rate_init)))
+        self.read_decay = nn.Parameter(torch.full((max(k - 1, 0),), _logit(lc.read_decay_init)))
+        self.momentum = nn.Parameter(torch.tensor(_logit(lc.momentum_init)))
+        self.momentum_decay = nn.Parameter(torch.full((max(k - 1, 0),), _logit(0.99)))
+
+
+def step_sizes(p: Params, steps: int) -> tuple[Tensor, Tensor]:
+    """gamma_k = gamma_{k-1} sigmoid(eta_k), psi likewise; past the learned K the last value repeats."""
+    gamma = F.softplus(p["loop.read_rate"]) * torch.cat(
+        [p["loop.read_rate"].new_ones(1), torch.cumprod(torch.sigmoid(p["loop.read_decay"]), 0)])
+    psi = torch.sigmoid(p["loop.momentum"]) * torch.cat(
+        [p["loop.momentum"].new_ones(1), torch.cumprod(torch.sigmoid(p["loop.momentum_decay"]), 0)])
+    if steps > gamma.shape[0]:
+        gamma = torch.cat([gamma, gamma[-1:].expand(steps - gamma.shape[0])])
+        psi = torch.cat([psi, psi[-1:].expand(steps - psi.shape[0])])
+    return gamma[:steps], psi[:steps]                             # (K,), (K,)
+
+
+class EBMM(nn.Module):
+    """An energy network plus the learned rules of its two loops; `cfg` says which."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.energy: EnergyNet = ARCHITECTURES[cfg.arch](cfg.input_shape, **cfg.arch_kwargs)
+        self.loop = LoopParams(len(self.energy.writable), cfg)
+
+    @property
+    def writable(self) -> tuple[str, ...]:
+        return tuple("energy." + n for n in self.energy.writable)
+
+    @property
+    def memory_floats(self) -> int:
+        return self.energy.memory_floats
+
+    def params(self, detach: bool = False) -> Params:
+        """All parameters by name; detached copies for serving, the live ones for meta-training."""
+        return {n: (t.detach() if detach else t) for n, t in self.named_parameters()}
+
+    def energy_fn(self, p: Params, x: Tensor) -> Tensor:
+        """E(x; p) for x (B, *input_shape) -> (B,), with `p` named as in `params()`."""
+        return self.energy.energy({n[7:]: t for n, t in p.items() if n.startswith("energy.")}, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class WriteResult:
+    weights: Params            # the written writable slice, by parameter name
+    losses: list[float]        # mean writing loss before each step (diagnostic, detached)
+
+
+def _grad_x(model: EBMM, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Energy (B,) and grad_x E at a fresh input leaf, with a graph back to the parameters."""
+    x = x.detach().requires_grad_(True)            # fresh leaf: never differentiate the write history
+    e = model.energy_fn(p, x)
+    (g,) = torch.autograd.grad(e.sum(), x, create_graph=True)
+    return e, g
+
+
+def writing_terms(model: EBMM, p: Params, theta_bar: Params, x: Tensor, use_grad_norm: bool
+                  ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Mean over patterns of E, of ||grad_x E||^2 (or None), and ||theta - theta_bar||^2."""
+    if use_grad_norm:
+        e, g = _grad_x(model, p, x)
+        gn = g.pow(2).flatten(1).sum(1).mean()
+    else:
+        e, gn = model.energy_fn(p, x), None
+    prior = sum((p[n] - theta_bar[n]).pow(2).sum() for n in theta_bar)
+    return e.mean(), gn, prior
+
+
+def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
+          steps: int | None = None) -> WriteResult:
+    """Store patterns x (N, *input_shape): T steps on the writing loss over the writable slice."""
+    steps = model.cfg.loop.write_steps if steps is None else steps
+    names = model.writable
+    theta_bar = {n: p[n] for n in names}
+    rates = F.softplus(p["loop.write_rate"])                    # (n_writable, 3)
+    alpha, beta = F.softplus(p["loop.alpha"]), F.softplus(p["loop.beta"])
+    use_gn = model.cfg.loop.grad_norm_term
+    w = {n: (t if create_graph else t.detach().requires_grad_(True)) for n, t in theta_bar.items()}
+    losses: list[float] = []
+    with torch.enable_grad():
+        for _ in range(steps):
+            q = {**p, **w}
+            e, gn, _ = writing_terms(model, q, theta_bar, x, use_gn)
+            ws = list(w.values())
+            ge = torch.autograd.grad(e, ws, create_graph=create_graph, retain_graph=use_gn)
+            gg = (torch.autograd.grad(gn, ws, create_graph=create_graph) if use_gn
+                  else [torch.zeros_like(t) for t in ws])
+            losses.append(float(((e + alpha * gn) if use_gn else e).detach()))
+            new = {}
+            for i, n in enumerate(names):
+                prior_grad = 2 * (w[n] - theta_bar[n])
+                delta = rates[i, 0] * ge[i] + rates[i, 1] * alpha * gg[i] + rates[i, 2] * beta * prior_grad
+                new[n] = w[n] - delta
+                if not create_graph:
+                    new[n] = new[n].detach().requires_grad_(True)
+            w = new
+    if not create_graph:
+        w = {n: t.detach() for n, t in w.items()}
+    return WriteResult(w, losses)
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class ReadResult:
+    iterates: Tensor    # (K+1, B, *input_shape): the query, then every read iterate
+    energies: Tensor    # (K+1, B): the energy at each iterate
+
+
+def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor | None = None,
+         steps: int | None = None, create_graph: bool = False) -> ReadResult:
+    """K projected Nesterov steps from queries (B, *input_shape) on E(.; p with weights written).
+
+    mask (same shape, bool or {0,1}): pixels known to be right; they are kept at the query's value
+    (inpainting). Iterates stay in [0, 1] by clipping, as in the paper.
+    """
+    steps = model.cfg.loop.read_steps if steps is None else steps
+    q = {**p, **weights}
+    gamma, psi = step_sizes(p, steps)
+    keep = None if mask is None else mask.to(queries.dtype)
+    x0 = queries
+    x, v = queries, torch.zeros_like(queries)
+    iterates, energies = [x], []
+    with torch.enable_grad():
+        for k in range(steps):
+            xh = (x + psi[k] * v).clamp(0, 1)                       # Nesterov look-ahead
+            if not create_graph:
+                xh = xh.detach()
+            if not xh.requires_grad:
+                xh = xh.requires_grad_(True)
+            e = model.energy_fn(q, xh)
+            (g,) = torch.autograd.grad(e.sum(), xh, create_graph=create_graph)
+            energies.append(e if create_graph else e.detach())
+            v = psi[k] * v - gamma[k] * g
+            x = (x + v).clamp(0, 1)
+            if keep is not None:
+                x = keep * x0 + (1 - keep) * x
+            if not create_graph:
+                x, v = x.detach(), v.detach()
+            iterates.append(x)
+        with torch.set_grad_enabled(create_graph):
+            energies.append(model.energy_fn(q, x))
+    # energies[k] is at the k-th look-ahead point (energies[0] at the query); the last, at the result
+    energies_t = torch.stack(energies)
+    return ReadResult(torch.stack(iterates), energies_t if create_graph else energies_t.detach())

@@ -1,0 +1,51 @@
+"""A loaded model ready for serving: write patterns into weights, read queries back. No graph kept."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .checkpoint import Checkpoint
+from .energy import Params
+from .memory import ReadResult, WriteResult, read, write
+
+
+@dataclass
+class Memory:
+    """Wraps a checkpoint's model with its detached parameters, resolved once at start-up."""
+    ckpt: Checkpoint
+
+    def __post_init__(self) -> None:
+        self.params: Params = self.ckpt.model.params(detach=True)
+        self.device = next(iter(self.params.values())).device
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.ckpt.model.cfg.input_shape)
+
+    @property
+    def writable_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(self.params[n].shape) for n in self.ckpt.model.writable}
+
+    def _check(self, name: str, x: Tensor) -> Tensor:
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape[1:])} per item, expected {self.input_shape}")
+        return x.to(self.device, torch.float32)
+
+    def write(self, patterns: Tensor) -> WriteResult:
+        """patterns (N, *input_shape) in [0, 1] -> written weights (on the CPU, for storage)."""
+        res = write(self.ckpt.model, self.params, self._check("patterns", patterns))
+        return WriteResult({n: t.cpu() for n, t in res.weights.items()}, res.losses)
+
+    def read(self, weights: Params, queries: Tensor, mask: Tensor | None = None,
+             steps: int | None = None) -> ReadResult:
+        """queries (B, *input_shape) in [0, 1]; mask True where a pixel is known (kept fixed)."""
+        expected = self.writable_shapes
+        got = {n: tuple(t.shape) for n, t in weights.items()}
+        if got != expected:
+            raise ValueError(f"written weights {got} do not match the model's writable slice {expected}")
+        w = {n: t.to(self.device, torch.float32) for n, t in weights.items()}
+        m = None if mask is None else self._check("mask", mask.to(torch.float32))
+        res = read(self.ckpt.model, self.params, w, self._check("queries", queries), m, steps)
+        return ReadResult(res.iterates.cpu(), res.energies.cpu())

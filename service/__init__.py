@@ -1,0 +1,1 @@
+"""ebmm.service: the REST memory service (FastAPI)."""
