@@ -116,8 +116,8 @@ class QuadraticEnergy(EnergyNet):
 
     def __init__(self, input_shape: tuple[int, ...], scale: float = 1.0):
         super().__init__()
-        (d,) = input_shape
-        self.input_shape = tuple(input_shape)
+        d = math.prod(input_shape)                              # images are flattened
+        self.input_shape, self.dim = tuple(input_shape), d
         iu = torch.triu_indices(d, d)
         self.register_buffer("iu", iu, persistent=False)
         self.memory_triu = nn.Parameter(torch.zeros(iu.shape[1]))  # (D(D+1)/2,) writable
@@ -126,14 +126,14 @@ class QuadraticEnergy(EnergyNet):
         self._init_scale(scale)
 
     def matrix(self, p: Params) -> Tensor:
-        d = self.input_shape[0]
+        d = self.dim
         t = p["memory_triu"]
         upper = t.new_zeros(d, d).index_put((self.iu[0], self.iu[1]), t)   # (D, D)
         diag = torch.diagonal(upper)
         return upper + upper.T - torch.diag(diag) + torch.diag(diag * (p["diag"] - 1))
 
     def energy(self, p: Params, x: Tensor) -> Tensor:
-        s = _signed(x)                                          # (B, D)
+        s = _signed(x).flatten(1)                               # (B, D)
         e = -0.5 * ((s @ self.matrix(p)) * s).sum(-1) - s @ p["bias"]
         return e * p["log_scale"].exp()
 
