@@ -42,6 +42,17 @@ def conv(p: Params, name: str, x: Tensor, stride: int = 1) -> Tensor:
     return F.conv2d(x, w, p[name + "_b"], stride=stride, padding=w.shape[-1] // 2)
 
 
+def layer_norm(h: Tensor, dims: int, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """LayerNorm over the last `dims` dimensions, written out: torch's fused layer_norm has a wrong
+    third derivative (its double-backward is not differentiable correctly), and the meta-gradient
+    through a write with the grad-norm term needs exactly that order (tests/model/test_memory.py)."""
+    red = tuple(range(-dims, 0))
+    mu = h.mean(dim=red, keepdim=True)
+    var = (h - mu).pow(2).mean(dim=red, keepdim=True)
+    out = (h - mu) * torch.rsqrt(var + eps)
+    return out if weight is None else out * weight
+
+
 def _signed(x: Tensor) -> Tensor:
     """Data live in [0, 1]; the networks see them centred in [-1, 1]."""
     return 2.0 * x - 1.0
@@ -180,12 +191,12 @@ class ResNetFCEnergy(EnergyNet):
         h = _signed(x)
         for i in range(len(self.channels)):
             h = _resblock(p, f"res{i}", h)                     # (B, C_i, H/2^i, W/2^i)
-        f = F.layer_norm(lin(p, "embed", h.flatten(1)), (p["embed_b"].shape[0],), p["embed_ln"])
+        f = layer_norm(lin(p, "embed", h.flatten(1)), 1, p["embed_ln"])
         inp = torch.tanh(torch.cat([lin(p, "memory", f), lin(p, "static", f)], dim=-1))  # (B, hidden)
         state = torch.zeros_like(inp)
         for _ in range(self.hops):
             z = torch.cat([inp, state], dim=-1)                # (B, 2*hidden)
-            c = torch.tanh(F.layer_norm(lin(p, "cell", z), (inp.shape[-1],)))
+            c = torch.tanh(layer_norm(lin(p, "cell", z), 1))
             u = torch.sigmoid(lin(p, "gate", z))
             state = u * c + (1 - u) * state
         return self.head(p, torch.tanh(lin(p, "proj", state)))
@@ -220,7 +231,7 @@ class ResNetConvEnergy(EnergyNet):
     def _bottleneck(self, p: Params, j: int, x: Tensor, down: bool) -> Tensor:
         r = F.silu(conv(p, f"bn{j}_reduce", x))                                  # (B, bneck, h, w)
         h = torch.cat([conv(p, f"memory{j}", r), conv(p, f"bn{j}_static", r)], dim=1)  # (B, width, h, w)
-        h = torch.tanh(F.layer_norm(h, h.shape[1:]))
+        h = torch.tanh(layer_norm(h, 3))
         skip = conv(p, f"bn{j}_skip", x)
         if down:
             h, skip = F.avg_pool2d(h, 2), F.avg_pool2d(skip, 2)
@@ -235,7 +246,7 @@ class ResNetConvEnergy(EnergyNet):
         state = torch.zeros_like(inp)
         for _ in range(self.hops):
             z = torch.cat([inp, state], dim=1)                  # (B, 2*width, 4, 4)
-            c = torch.tanh(F.layer_norm(conv(p, "cell", z), inp.shape[1:]))
+            c = torch.tanh(layer_norm(conv(p, "cell", z), 3))
             u = torch.sigmoid(conv(p, "gate", z))
             state = u * c + (1 - u) * state
         return self.head(p, torch.tanh(lin(p, "proj", state.flatten(1))))

@@ -122,7 +122,8 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     rates = F.softplus(p["loop.write_rate"])                    # (n_writable, 3)
     alpha, beta = F.softplus(p["loop.alpha"]), F.softplus(p["loop.beta"])
     use_gn = model.cfg.loop.grad_norm_term
-    w = {n: (t if create_graph else t.detach().requires_grad_(True)) for n, t in theta_bar.items()}
+    w = {n: (t if create_graph and t.requires_grad else t.detach().requires_grad_(True))
+         for n, t in theta_bar.items()}
     losses: list[float] = []
     with torch.enable_grad():
         for _ in range(steps):

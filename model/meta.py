@@ -25,6 +25,7 @@ def episode_loss(model: EBMM, patterns: Tensor, queries: Tensor, stepwise: bool 
     traj = read(model, p, written, queries, create_graph=True).iterates      # (K+1, N, *S)
     err = (traj - patterns.unsqueeze(0)).pow(2).flatten(2).sum(-1)            # (K+1, N)
     loss = err[1:].mean() if stepwise else err[-1].mean()
+    err = err.detach()
     return MetaLoss(loss, float(err[-1].mean()), float(err[0].mean()))
 
 

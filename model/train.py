@@ -1,0 +1,201 @@
+"""Meta-training loop: episodes -> meta-loss through both loops -> AdamW; checkpoints, exact resume, logs.
+
+Resume state (optimizer moments, RNG, step) lives outside the repo (default ~/.cache/ebmm/runs/NAME);
+only the shipped weights and card are written to the output checkpoint folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from . import distortions
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig, get_preset
+from .memory import EBMM
+from .meta import meta_loss
+
+Sampler = Callable[[int, int, torch.Generator], Tensor]   # (episodes, N, gen) -> (M, N, *S)
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "binary-hopfield"
+    task: str = "binary"                  # "binary" (random strings) or a dataset name from model.data
+    distortion: str = "flip:16"           # model.distortions spec for the queries
+    patterns: tuple[int, ...] = (16, 32, 48, 64, 96)   # N per episode, cycled (a curriculum over loads)
+    meta_batch: int = 4                   # episodes per outer step
+    steps: int = 1000
+    lr: float = 5e-5                      # paper: AdamW 5e-5
+    loop_lr: float = 1e-2                 # the loops' scalars learn well only with a higher rate
+    weight_decay: float = 1e-6
+    clip: float = 0.05                    # global grad-norm clip (paper)
+    stepwise: bool = True                 # loss on every read iterate (paper) or only the last
+    seed: int = 0
+    threads: int = 0                      # torch CPU threads; 0 = torch's default
+    checkpoint_every: int = 100
+    out: str = "checkpoints/run"
+    state_dir: str = ""                   # resume state; default ~/.cache/ebmm/runs/<out name>
+    init: str = ""                        # warm start from a checkpoint folder
+    overrides: dict = field(default_factory=dict)   # ModelConfig / LoopConfig / arch overrides
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir or Path.home() / ".cache" / "ebmm" / "runs" / Path(self.out).name)
+
+
+def make_sampler(task: str) -> Sampler:
+    """Episodes of training patterns for a task: random strings, or images of a dataset's train split."""
+    if task == "binary":
+        def sample(m: int, n: int, g: torch.Generator) -> Tensor:
+            return (torch.rand(m, n, 128, generator=g) < 0.5).float()     # (M, N, D)
+        return sample
+    from . import data
+    ds = data.load(task, "train")
+
+    def sample_images(m: int, n: int, g: torch.Generator) -> Tensor:
+        return data.sample_episodes(ds, n, m, g)                           # (M, N, C, H, W)
+    return sample_images
+
+
+def build_model(cfg: TrainConfig) -> EBMM:
+    if cfg.init:
+        model = load_checkpoint(cfg.init).model
+        for t in model.parameters():
+            t.requires_grad_(True)
+        return model.train()
+    mcfg: ModelConfig = get_preset(cfg.preset).replace(**cfg.overrides)
+    return EBMM(mcfg)
+
+
+def make_optimizer(model: EBMM, cfg: TrainConfig) -> torch.optim.Optimizer:
+    loop = [t for n, t in model.named_parameters() if n.startswith("loop.")]
+    net = [t for n, t in model.named_parameters() if not n.startswith("loop.")]
+    return torch.optim.AdamW([{"params": net, "lr": cfg.lr}, {"params": loop, "lr": cfg.loop_lr}],
+                             weight_decay=cfg.weight_decay)
+
+
+# --------------------------------------------------------------------------------------------------
+# resume state: model + optimizer moments + RNG + counters, as safetensors (never pickle)
+# --------------------------------------------------------------------------------------------------
+
+def save_state(path: Path, model: EBMM, opt: torch.optim.Optimizer, gen: torch.Generator,
+               info: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{n}": t.detach().contiguous() for n, t in model.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().reshape(v.shape).contiguous() if torch.is_tensor(v) \
+                else torch.tensor(float(v))
+    tensors["rng"] = gen.get_state()
+    save_file(tensors, str(path / "state.safetensors.tmp"))
+    (path / "state.safetensors.tmp").replace(path / "state.safetensors")
+    (path / "state.json").write_text(json.dumps(info, indent=1))
+
+
+def load_state(path: Path, model: EBMM, opt: torch.optim.Optimizer, gen: torch.Generator) -> dict:
+    tensors = load_file(str(path / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    gen.set_state(tensors["rng"])
+    return json.loads((path / "state.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
+          on_checkpoint: Callable[[EBMM, dict], dict] | None = None) -> EBMM:
+    """Meta-train (resuming from cfg's state dir when present); returns the trained model."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).train()
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state_dir = cfg.resolved_state_dir()
+    info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
+    if (state_dir / "state.safetensors").exists():
+        info = load_state(state_dir, model, opt, gen)
+        _log(progress, f"resumed {state_dir} at step {info['step']}")
+    distort = distortions.parse(cfg.distortion)
+    sample = make_sampler(cfg.task)
+    log_path = state_dir / "metrics.jsonl"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    bar = _bar(progress, cfg.steps, info["step"])
+    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    while info["step"] < cfg.steps:
+        t0 = time.perf_counter()
+        n = cfg.patterns[info["step"] % len(cfg.patterns)]
+        x = sample(cfg.meta_batch, n, gen)                                   # (M, N, *S)
+        q = distort(x.flatten(0, 1), gen).x.view_as(x)
+        ml = meta_loss(model, x, q, cfg.stepwise)
+        opt.zero_grad(set_to_none=True)
+        ml.loss.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+        if math.isfinite(gnorm):
+            opt.step()
+        dt = time.perf_counter() - t0
+        info["step"] += 1
+        info["seconds"] += dt
+        row = {"step": info["step"], "n": n, "loss": float(ml.loss), "final_error": ml.final_error,
+               "query_error": ml.query_error, "grad_norm": gnorm, "seconds": round(info["seconds"], 2),
+               "episodes_per_s": cfg.meta_batch / dt}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(n=n, loss=f"{row['loss']:.3g}", err=f"{ml.final_error:.3g}",
+                            q=f"{ml.query_error:.3g}", eps=f"{row['episodes_per_s']:.1f}")
+        if info["step"] % cfg.checkpoint_every == 0 or info["step"] == cfg.steps:
+            _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint)
+    if bar is not None:
+        bar.close()
+    return model
+
+
+def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -> None:
+    save_state(state_dir, model, opt, gen, info)
+    extra = on_checkpoint(model, info) if on_checkpoint else {}
+    save_checkpoint(model, cfg.out, name=Path(cfg.out).name, training={
+        "preset": cfg.preset, "task": cfg.task, "distortion": cfg.distortion,
+        "patterns": list(cfg.patterns), "meta_batch": cfg.meta_batch, "steps": info["step"],
+        "cpu_seconds": round(info["seconds"] * (cfg.threads or torch.get_num_threads()), 1),
+        "wall_seconds": round(info["seconds"], 1), "threads": cfg.threads or torch.get_num_threads(),
+        "optimizer": {"name": "AdamW", "lr": cfg.lr, "loop_lr": cfg.loop_lr,
+                      "weight_decay": cfg.weight_decay, "clip": cfg.clip},
+        "seed": cfg.seed, "init": cfg.init, "command": command, "host": os.uname().machine,
+    }, **extra)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=list))
+
+
+def _bar(progress: bool, total: int, initial: int):
+    if not progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, mininterval=1.0)
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr)

@@ -1,0 +1,138 @@
+"""The write and read loops and the meta-gradient through both (float64 finite differences)."""
+import pytest
+import torch
+
+from model.config import PRESETS, LoopConfig, ModelConfig
+from model.memory import EBMM, read, step_sizes, write
+from model.meta import episode_loss
+
+LOOP = LoopConfig(write_steps=2, read_steps=2, write_rate_init=0.05, alpha_init=0.5, beta_init=0.1,
+                  read_rate_init=0.05, read_decay_init=0.8, momentum_init=0.3)
+
+TINY = {
+    "gated_rnn": ModelConfig("t-rnn", "gated_rnn", (5,), "binary", dict(hidden=6, memory=2, hops=2), LOOP),
+    "quadratic": ModelConfig("t-quad", "quadratic", (5,), "binary", {}, LOOP),
+    "resnet_fc": ModelConfig("t-fc", "resnet_fc", (1, 8, 8), "grayscale",
+                             dict(memory=2, channels=(2, 3), embed=5, hidden=6, head=4, hops=2), LOOP),
+    "resnet_conv": ModelConfig("t-conv", "resnet_conv", (1, 8, 8), "grayscale",
+                               dict(memory=1, channels=(2, 2), width=3, bottleneck=2, hidden=4, hops=1), LOOP),
+}
+
+
+def _episode(cfg: ModelConfig, n: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    # patterns and queries inside (0.3, 0.7) with small steps: the [0, 1] clip stays inactive, so the
+    # loss is smooth and finite differences are meaningful
+    x = 0.3 + 0.4 * torch.rand(n, *cfg.input_shape, generator=g, dtype=torch.float64)
+    q = (x + 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0.3, 0.7)
+    return x, q
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_meta_gradient_matches_finite_differences(arch):
+    torch.manual_seed(0)
+    model = EBMM(TINY[arch]).double()
+    with torch.no_grad():   # make the energy large enough that both loops move noticeably
+        model.energy.log_scale.fill_(0.0)
+    x, q = _episode(model.cfg)
+    names = [n for n, _ in model.named_parameters()]
+    flat0 = torch.cat([t.detach().flatten() for t in model.parameters()])
+
+    def loss_of(flat: torch.Tensor) -> torch.Tensor:
+        params, i = {}, 0
+        for n, t in model.named_parameters():
+            params[n] = flat[i:i + t.numel()].view_as(t)
+            i += t.numel()
+        orig = model.params
+        model.params = lambda detach=False: params          # substitute the flat vector's views
+        try:
+            return episode_loss(model, x, q).loss
+        finally:
+            model.params = orig
+
+    flat = flat0.clone().requires_grad_(True)
+    (analytic,) = torch.autograd.grad(loss_of(flat), flat)
+    # check a spread of coordinates covering every parameter tensor (writable, static and loop ones)
+    rng = torch.Generator().manual_seed(1)
+    idx, i = [], 0
+    for n, t in model.named_parameters():
+        k = min(t.numel(), 3)
+        idx += (i + torch.randperm(t.numel(), generator=rng)[:k]).tolist()
+        i += t.numel()
+    eps = 1e-6
+    for j in idx:
+        e = torch.zeros_like(flat0)
+        e[j] = eps
+        numeric = (loss_of(flat0 + e) - loss_of(flat0 - e)) / (2 * eps)
+        assert torch.allclose(analytic[j], numeric, rtol=1e-4, atol=1e-8), \
+            f"{arch}: d loss / d flat[{j}] analytic {analytic[j]:.6e} vs numeric {numeric:.6e}"
+    assert analytic.abs().sum() > 0 and len(names) == len(list(model.parameters()))
+
+
+def test_meta_gradient_reaches_every_learned_quantity():
+    model = EBMM(TINY["gated_rnn"]).double()
+    x, q = _episode(model.cfg)
+    episode_loss(model, x, q).loss.backward()
+    for name, t in model.named_parameters():
+        if name == "energy.out_b":     # a constant offset of the energy moves neither loop
+            assert t.grad is None or t.grad.abs().sum() == 0
+            continue
+        assert t.grad is not None and t.grad.abs().sum() > 0, f"no meta-gradient reaches {name}"
+
+
+def test_write_changes_only_the_writable_slice_and_keeps_theta_bar():
+    model = EBMM(TINY["resnet_conv"])
+    p = model.params(detach=True)
+    before = {n: t.clone() for n, t in p.items()}
+    x, _ = _episode(model.cfg)
+    res = write(model, p, x.float())
+    assert set(res.weights) == set(model.writable) == {"energy.memory0_w", "energy.memory0_b",
+                                                       "energy.memory1_w", "energy.memory1_b"}
+    assert any(not torch.equal(res.weights[n], p[n]) for n in model.writable)
+    for n, t in p.items():
+        assert torch.equal(t, before[n]), f"write mutated parameter {n}"
+
+
+def test_serving_mode_builds_no_graph():
+    model = EBMM(TINY["gated_rnn"])
+    p = model.params(detach=True)
+    x, q = _episode(model.cfg)
+    w = write(model, p, x.float()).weights
+    r = read(model, p, w, q.float())
+    assert all(not t.requires_grad and t.grad_fn is None for t in w.values())
+    assert r.iterates.grad_fn is None and not r.iterates.requires_grad
+    assert r.energies.grad_fn is None
+
+
+def test_read_returns_every_iterate_in_range_and_keeps_known_pixels():
+    model = EBMM(PRESETS["binary-hopfield"])
+    p = model.params(detach=True)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(8, 128, generator=g) < 0.5).float()
+    w = write(model, p, x).weights
+    q = x.clone()
+    q[:, :20] = 1 - q[:, :20]
+    known = torch.zeros_like(q, dtype=torch.bool)
+    known[:, 100:] = True
+    r = read(model, p, w, q, mask=known, steps=7)
+    assert r.iterates.shape == (8, 8, 128) and r.energies.shape == (8, 8)
+    assert r.iterates.min() >= 0 and r.iterates.max() <= 1
+    assert torch.equal(r.iterates[-1][known], q[known])
+    assert (r.iterates[-1].round() != x).sum() < (q != x).sum()
+
+
+def test_step_sizes_are_positive_and_non_increasing_beyond_k():
+    model = EBMM(PRESETS["binary-hopfield"])
+    with torch.no_grad():
+        model.loop.read_decay.normal_()
+        model.loop.momentum_decay.normal_()
+    gamma, psi = step_sizes(model.params(), 9)
+    assert gamma.shape == psi.shape == (9,)
+    assert (gamma > 0).all() and (gamma[1:] <= gamma[:-1]).all()
+    assert (psi > 0).all() and (psi < 1).all() and (psi[1:] <= psi[:-1]).all()
+
+
+@pytest.mark.parametrize("name,floats", [("paper-binary-rnn", 8127), ("paper-fc-d36-gray", 257 * 36),
+                                         ("paper-conv-d8-colour", 1154 * 8), ("binary-hopfield", 8256)])
+def test_paper_memory_sizes(name, floats):
+    assert EBMM(PRESETS[name]).memory_floats == floats
