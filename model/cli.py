@@ -31,12 +31,64 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        v = _parse_value(value)
+        overrides[key] = tuple(v) if isinstance(v, list) else v
+    cfg = TrainConfig(
+        preset=args.preset, task=args.task, distortion=args.distortion,
+        patterns=tuple(int(n) for n in args.patterns.split(",")), meta_batch=args.meta_batch,
+        steps=args.steps, lr=args.lr, loop_lr=args.loop_lr, weight_decay=args.weight_decay,
+        clip=args.clip, stepwise=not args.final_only, seed=args.seed, threads=args.threads,
+        checkpoint_every=args.checkpoint_every, out=args.out, state_dir=args.state_dir or "",
+        init=args.init or "", overrides=overrides)
+    train(cfg)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-train a preset (resumes from its state dir)")
+    p.add_argument("--preset", default="binary-hopfield")
+    p.add_argument("--task", default="binary", help="'binary' or a dataset name (characters, photos, ...)")
+    p.add_argument("--distortion", default="flip:16", help="spec, or several separated by commas (cycled)")
+    p.add_argument("--patterns", default="16,32,48,64,96", help="patterns per episode, cycled")
+    p.add_argument("--meta-batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1000, help="total outer steps (resume continues to it)")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--loop-lr", type=float, default=1e-2)
+    p.add_argument("--weight-decay", type=float, default=1e-6)
+    p.add_argument("--clip", type=float, default=0.05)
+    p.add_argument("--final-only", action="store_true", help="loss on the last iterate only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--out", default="checkpoints/run", help="checkpoint folder (weights + card)")
+    p.add_argument("--state-dir", help="resume state folder (default ~/.cache/ebmm/runs/NAME)")
+    p.add_argument("--init", help="warm-start from this checkpoint folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a preset field, loop field or architecture argument")
+    p.set_defaults(func=_train)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="ebmm", description="Energy-Based Memory Models")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("presets", help="list model presets with their sizes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_presets)
+    _add_train(sub)
     return parser, sub
 
 

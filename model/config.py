@@ -15,6 +15,7 @@ class LoopConfig:
     alpha_init: float = 1.0          # weight of ||grad_x E||^2 in the writing loss
     beta_init: float = 1e-4          # weight of ||theta - theta_bar||^2
     grad_norm_term: bool = True      # False drops the alpha term (no double backward when writing)
+    write_reduction: str = "mean"    # "mean" over patterns (paper) or "sum": see model/memory.py
     read_rate_init: float = 1.0      # gamma_1, the first (largest) read step size
     read_decay_init: float = 0.9     # sigmoid(eta_k): gamma_k = gamma_{k-1} * sigmoid(eta_k)
     momentum_init: float = 0.5       # psi_1, Nesterov momentum; psi_k non-increasing like gamma
@@ -72,10 +73,20 @@ def _presets() -> dict[str, ModelConfig]:
                          note="paper's gated RNN with hidden 256 instead of 1024: same 8,127 memory "
                               "floats, ~1/12 of the static weights and FLOPs"))
     p.append(ModelConfig("binary-hopfield", "quadratic", B, "binary", dict(),
-                         LoopConfig(write_steps=5, write_rate_init=0.01, alpha_init=0.25,
-                                    beta_init=1e-3, read_rate_init=1.0),
+                         LoopConfig(write_steps=5, write_rate_init=1e-3, alpha_init=0.25,
+                                    beta_init=1e-3, read_rate_init=1.0, write_reduction="sum"),
                          note="writable symmetric quadratic energy (8,256 floats, the Hopfield "
                               "budget); its writing loss contains the Hebb and delta rules"))
+    for rank, tag in ((180, ""), (128, "-r128"), (90, "-r90"), (64, "-r64")):
+        loop = LoopConfig(write_steps=5, write_rate_init=1e-3, alpha_init=0.25, beta_init=1e-3,
+                          read_rate_init=0.5, write_reduction="sum")
+        p.append(ModelConfig(f"characters-subspace{tag}", "subspace_quadratic", G, "binary",
+                             dict(rank=rank), loop,
+                             note=f"writable symmetric quadratic energy on a learned {rank}-dim pixel "
+                                  f"subspace: {rank * (rank + 1) // 2:,} floats; a matrix product per "
+                                  "step instead of a deep network"))
+        p.append(ModelConfig(f"photos-subspace{tag}", "subspace_quadratic", C, "colour",
+                             dict(rank=rank), loop, note="as characters-subspace, for colour images"))
     p.append(ModelConfig("conv-small-d8-gray", "resnet_conv", G, "grayscale",
                          dict(memory=8, channels=(16, 32), bottleneck=32, width=64, hidden=256),
                          note="the conv-memory net at half width: 578·d memory floats, ~1/8 FLOPs"))

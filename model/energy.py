@@ -149,6 +149,53 @@ class QuadraticEnergy(EnergyNet):
         return e * p["log_scale"].exp()
 
 
+class SubspaceQuadraticEnergy(EnergyNet):
+    """A writable quadratic energy on a learned linear subspace of the pixels:
+
+        E(x) = -1/2 f^T M f + lambda/2 ||s||^2 - b^T s,    f = U s,  s = 2x - 1,
+
+    with U (r, D) static (meta-learned, started from the training data's principal components), M
+    symmetric (r, r) and writable: r (r + 1) / 2 memory floats (r = 180 gives 16,290). Writing with the
+    grad-norm term is a delta rule in the subspace, so the stored codes become fixed points; reading
+    moves the query towards the stored pattern it is closest to, and the [0, 1] clip keeps the pixels
+    that the memory agrees with.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], rank: int = 180, scale: float = 1.0):
+        super().__init__()
+        d = math.prod(input_shape)
+        self.input_shape, self.dim, self.rank = tuple(input_shape), d, rank
+        q, _ = torch.linalg.qr(torch.randn(d, rank))
+        self.basis = nn.Parameter(q.T.contiguous())                 # (r, D), orthonormal rows
+        iu = torch.triu_indices(rank, rank)
+        self.register_buffer("iu", iu, persistent=False)
+        self.memory_triu = nn.Parameter(torch.zeros(iu.shape[1]))   # (r(r+1)/2,) writable
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.confine = nn.Parameter(torch.tensor(0.0))              # lambda = softplus(confine)
+        self._init_scale(scale)
+
+    def data_init(self, images: Tensor) -> None:
+        """Start U at the top-r principal directions of (a sample of) the training images."""
+        s = _signed(images).flatten(1)                               # (M, D)
+        mu = s.mean(0)
+        _, _, vh = torch.linalg.svd(s - mu, full_matrices=False)
+        with torch.no_grad():
+            self.basis.copy_(vh[: self.rank])
+            self.bias.zero_()
+
+    def matrix(self, p: Params) -> Tensor:
+        t = p["memory_triu"]
+        upper = t.new_zeros(self.rank, self.rank).index_put((self.iu[0], self.iu[1]), t)
+        return upper + upper.T - torch.diag(torch.diagonal(upper))   # (r, r)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x).flatten(1)                                    # (B, D)
+        f = (s @ p["basis"].T) * math.sqrt(self.rank / self.dim)     # (B, r), |f|^2 ~ r: rates transfer
+        e = -0.5 * ((f @ self.matrix(p)) * f).sum(-1)
+        e = e + 0.5 * F.softplus(p["confine"]) * s.pow(2).sum(-1) - s @ p["bias"]
+        return e * p["log_scale"].exp()
+
+
 # --------------------------------------------------------------------------------------------------
 # images: ResNet encoders
 # --------------------------------------------------------------------------------------------------
@@ -255,6 +302,7 @@ class ResNetConvEnergy(EnergyNet):
 ARCHITECTURES: dict[str, type[EnergyNet]] = {
     "gated_rnn": GatedRNNEnergy,
     "quadratic": QuadraticEnergy,
+    "subspace_quadratic": SubspaceQuadraticEnergy,
     "resnet_fc": ResNetFCEnergy,
     "resnet_conv": ResNetConvEnergy,
 }

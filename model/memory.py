@@ -103,14 +103,20 @@ def _grad_x(model: EBMM, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def writing_terms(model: EBMM, p: Params, theta_bar: Params, x: Tensor, use_grad_norm: bool
                   ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Mean over patterns of E, of ||grad_x E||^2 (or None), and ||theta - theta_bar||^2."""
+    """E, ||grad_x E||^2 (or None) reduced over patterns, and ||theta - theta_bar||^2.
+
+    The paper averages over the N patterns. For a quadratic energy the grad-norm term's curvature in
+    the weights then scales as D/N, so one learned rate that is stable at N = 96 diverges at N = 16;
+    `write_reduction="sum"` makes that curvature independent of N (measured in results/).
+    """
+    reduce = torch.sum if model.cfg.loop.write_reduction == "sum" else torch.mean
     if use_grad_norm:
         e, g = _grad_x(model, p, x)
-        gn = g.pow(2).flatten(1).sum(1).mean()
+        gn = reduce(g.pow(2).flatten(1).sum(1))
     else:
         e, gn = model.energy_fn(p, x), None
     prior = sum((p[n] - theta_bar[n]).pow(2).sum() for n in theta_bar)
-    return e.mean(), gn, prior
+    return reduce(e), gn, prior
 
 
 def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,

@@ -32,7 +32,7 @@ Sampler = Callable[[int, int, torch.Generator], Tensor]   # (episodes, N, gen) -
 class TrainConfig:
     preset: str = "binary-hopfield"
     task: str = "binary"                  # "binary" (random strings) or a dataset name from model.data
-    distortion: str = "flip:16"           # model.distortions spec for the queries
+    distortion: str = "flip:16"           # model.distortions spec(s) for the queries; "a,b" cycles
     patterns: tuple[int, ...] = (16, 32, 48, 64, 96)   # N per episode, cycled (a curriculum over loads)
     meta_batch: int = 4                   # episodes per outer step
     steps: int = 1000
@@ -128,15 +128,17 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).train()
-    opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
+    sample = make_sampler(cfg.task)
+    if not cfg.init and hasattr(model.energy, "data_init"):
+        model.energy.data_init(sample(8, 256, torch.Generator().manual_seed(cfg.seed + 1)).flatten(0, 1))
+    opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
     if (state_dir / "state.safetensors").exists():
         info = load_state(state_dir, model, opt, gen)
         _log(progress, f"resumed {state_dir} at step {info['step']}")
-    distort = distortions.parse(cfg.distortion)
-    sample = make_sampler(cfg.task)
+    distorts = [distortions.parse(s) for s in cfg.distortion.split(",")]
     log_path = state_dir / "metrics.jsonl"
     state_dir.mkdir(parents=True, exist_ok=True)
     bar = _bar(progress, cfg.steps, info["step"])
@@ -145,6 +147,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
         t0 = time.perf_counter()
         n = cfg.patterns[info["step"] % len(cfg.patterns)]
         x = sample(cfg.meta_batch, n, gen)                                   # (M, N, *S)
+        distort = distorts[(info["step"] // len(cfg.patterns)) % len(distorts)]
         q = distort(x.flatten(0, 1), gen).x.view_as(x)
         ml = meta_loss(model, x, q, cfg.stepwise)
         opt.zero_grad(set_to_none=True)
@@ -155,7 +158,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
         dt = time.perf_counter() - t0
         info["step"] += 1
         info["seconds"] += dt
-        row = {"step": info["step"], "n": n, "loss": float(ml.loss), "final_error": ml.final_error,
+        row = {"step": info["step"], "n": n, "loss": float(ml.loss.detach()), "final_error": ml.final_error,
                "query_error": ml.query_error, "grad_norm": gnorm, "seconds": round(info["seconds"], 2),
                "episodes_per_s": cfg.meta_batch / dt}
         with open(log_path, "a") as f:

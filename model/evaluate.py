@@ -1,0 +1,118 @@
+"""The paper's evaluation protocols: seeded episodes of held-out patterns, written, read back from
+distorted queries, scored per pattern; EBMM and the baselines on the very same episodes."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import baselines as bl
+from . import distortions
+from .memory import EBMM, read, write
+
+METRICS = {
+    "error_bits": "bits that differ from the stored string (output thresholded at 0.5), per pattern",
+    "hamming": "pixels that differ from the stored binary image (output thresholded at 0.5), per image",
+    "squared_error": "sum of squared pixel differences over all channels, per image",
+}
+
+
+@dataclass
+class Protocol:
+    task: str              # "binary" or a dataset name
+    patterns: int          # N written per episode
+    distortion: str        # model.distortions spec
+    episodes: int = 1000   # M; the paper's error bars are 5th-95th percentiles over 1000 batches
+    seed: int = 0
+
+
+def metric_for(task: str, binary_data: bool) -> str:
+    if task == "binary":
+        return "error_bits"
+    return "hamming" if binary_data else "squared_error"
+
+
+def per_pattern_error(out: Tensor, target: Tensor, metric: str) -> Tensor:
+    """out, target (..., *S) -> (...,) per pattern, summed over the pattern's entries."""
+    if metric == "squared_error":
+        d = (out - target).pow(2)
+    else:
+        d = ((out > 0.5).to(target.dtype) != target).to(out.dtype)
+    return d.flatten(-len(target.shape[2:]) if target.dim() > 2 else -1).sum(-1)
+
+
+def summarise(per_episode: Tensor) -> dict[str, float]:
+    """Mean and 5th/95th percentiles over episodes of the per-episode mean error."""
+    q = torch.quantile(per_episode.double(), torch.tensor([0.05, 0.95], dtype=torch.double))
+    return {"error_mean": round(float(per_episode.mean()), 4), "error_p5": round(float(q[0]), 4),
+            "error_p95": round(float(q[1]), 4)}
+
+
+def make_episodes(proto: Protocol, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, bool]:
+    """Held-out patterns (M, N, *S), their distorted queries, and whether the data are binary."""
+    g = torch.Generator().manual_seed(proto.seed)
+    if proto.task == "binary":
+        x = (torch.rand(proto.episodes, proto.patterns, *shape, generator=g) < 0.5).float()
+        binary = True
+    else:
+        from . import data
+        ds = data.load(proto.task, "test")
+        x = data.sample_episodes(ds, proto.patterns, proto.episodes, g)
+        binary = bool(((ds.images == 0) | (ds.images == 1)).all())
+    if tuple(x.shape[2:]) != tuple(shape):
+        raise ValueError(f"task {proto.task!r} gives patterns of shape {tuple(x.shape[2:])}, "
+                         f"the model takes {tuple(shape)}")
+    q = distortions.parse(proto.distortion)(x.flatten(0, 1), g).x.view_as(x)
+    return x, q, binary
+
+
+def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None) -> Tensor:
+    """Write each episode's patterns and read its queries back: (M, N, *S) -> (M, N, *S)."""
+    p = model.params(detach=True)
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        w = write(model, p, x[i]).weights
+        out[i] = read(model, p, w, q[i], steps=read_steps).iterates[-1]
+    return out
+
+
+def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
+             read_steps: int | None = None) -> dict[str, Any]:
+    """One protocol cell: EBMM (and, if asked, every baseline) on the same seeded episodes."""
+    shape = tuple(model.cfg.input_shape)
+    x, q, binary = make_episodes(proto, shape)
+    metric = metric_for(proto.task, binary)
+    t0 = time.perf_counter()
+    out = run_ebmm(model, x, q, read_steps)
+    seconds = time.perf_counter() - t0
+    res: dict[str, Any] = {
+        "task": proto.task, "patterns": proto.patterns, "memory_floats": model.memory_floats,
+        "distortion": proto.distortion, "distortion_text": distortions.describe(proto.distortion),
+        "metric": metric, "metric_text": METRICS[metric], "episodes": proto.episodes, "seed": proto.seed,
+        "read_steps": read_steps or model.cfg.loop.read_steps,
+        **summarise(per_pattern_error(out, x, metric).mean(1)),
+        "query_error_mean": round(float(per_pattern_error(q, x, metric).mean()), 4),
+        "seconds_per_episode": round(seconds / proto.episodes, 5),
+    }
+    if with_baselines:
+        res["baselines"] = run_baselines(model, proto, x, q, binary, metric)
+    return res
+
+
+def run_baselines(model: EBMM, proto: Protocol, x: Tensor, q: Tensor, binary: bool, metric: str
+                  ) -> dict[str, dict[str, float]]:
+    kind = model.cfg.kind if proto.task == "binary" else ("colour" if x.shape[2] == 3 else "grayscale")
+    train = None
+    if proto.task != "binary":
+        from . import data
+        train = data.load(proto.task, "train").images
+    out: dict[str, dict[str, float]] = {}
+    for b in bl.make_baselines(kind, model.memory_floats, train, proto.patterns, binary=binary):
+        recon = torch.cat([b.retrieve_batch(b.store_batch(x[i:i + 100]), q[i:i + 100])
+                           for i in range(0, x.shape[0], 100)])
+        out[b.name] = {**summarise(per_pattern_error(recon, x, metric).mean(1)),
+                       "memory_floats": b.memory_floats(proto.patterns, tuple(x.shape[2:]))}
+    return out
