@@ -159,6 +159,44 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_data)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import bench
+    if args.threads:
+        torch_threads(args.threads)
+    presets = tuple(_csv(args.presets)) if args.presets else bench.DEFAULT_PRESETS
+    out = bench.run(presets, args.repeats)
+    out["command"] = "ebmm " + " ".join(sys.argv[1:])
+    m = out["machine"]
+    print(f"{m['cpu']}  threads {m['threads']}  {m['ghz']} GHz  fp32 peak {m['peak_gflops']} GFLOP/s")
+    print(f"{'preset':22s} {'memory':>7s} | {'write ms':>9s} {'GF/s':>6s} {'peak':>5s} | {'read ms':>8s} "
+          f"{'GF/s':>6s} {'peak':>5s} | {'meta-step ms':>12s} {'GF/s':>6s}")
+    for r in out["results"]:
+        w, rd, ms = r["write"], r["read"], r["meta_step"]
+        print(f"{r['preset']:22s} {r['memory_floats']:>7d} | {w['ms']:>9.1f} {w['gflops_per_s']:>6.1f} "
+              f"{w['fraction_of_peak']:>5.0%} | {rd['ms']:>8.1f} {rd['gflops_per_s']:>6.1f} "
+              f"{rd['fraction_of_peak']:>5.0%} | {ms['ms']:>12.0f} {ms['gflops_per_s']:>6.1f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="serving write/read and meta-step speed per preset")
+    p.add_argument("--presets", help="comma-separated (default: one of each family)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default="results/bench.json")
+    p.set_defaults(func=_bench)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="ebmm", description="Energy-Based Memory Models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +206,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     _add_train(sub)
     _add_evaluate(sub)
     _add_data(sub)
+    _add_bench(sub)
     return parser, sub
 
 
