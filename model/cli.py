@@ -197,6 +197,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_bench)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import build
+    path = build(Path(args.results), Path(args.checkpoints), Path(args.paper),
+                 command="ebmm " + " ".join(sys.argv[1:]))
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="evaluation JSONs -> results/README.md and figures")
+    p.add_argument("--results", default="results", help="folder with eval/*.json; output goes here")
+    p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--paper", default="results/paper_reference.csv")
+    p.set_defaults(func=_report)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="ebmm", description="Energy-Based Memory Models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +225,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     _add_evaluate(sub)
     _add_data(sub)
     _add_bench(sub)
+    _add_report(sub)
     return parser, sub
 
 

@@ -1,0 +1,172 @@
+"""`ebmm report`: evaluation JSONs -> results/README.md with tables beside the paper's, and figures
+(distortion/rate curves over the paper's published points, retrieval grids, energy along reading)."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from . import plots  # noqa: E402
+from .checkpoint import load_checkpoint  # noqa: E402
+from .evaluate import Protocol, make_episodes  # noqa: E402
+from .memory import read, write  # noqa: E402
+
+PAPER_TASK = {"characters": "omniglot", "omniglot": "omniglot", "photos": "cifar", "cifar10": "cifar",
+              "binary": "binary"}
+
+
+def load_results(folder: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        for r in data if isinstance(data, list) else [data]:
+            if isinstance(r, dict) and "error_mean" in r:
+                rows.append({**r, "_file": path.name})
+    return rows
+
+
+def load_paper(path: Path) -> list[dict[str, Any]]:
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    out = []
+    for r in csv.DictReader(lines):
+        out.append({**r, "patterns": int(r["patterns"]), "memory_floats": int(r["memory_floats"]),
+                    "error_mean": float(r["error_mean"]),
+                    "error_p5": float(r["error_p5"]) if r["error_p5"] else None,
+                    "error_p95": float(r["error_p95"]) if r["error_p95"] else None})
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else (f"{v:.2f}" if v < 100 else f"{v:.0f}")
+
+
+def binary_tables(rows: list[dict], paper: list[dict]) -> list[str]:
+    """One table per corruption level: our EBMM and baselines, then the paper's rows."""
+    rows = [r for r in rows if r["task"] == "binary"]
+    if not rows:
+        return []
+    sizes = sorted({r["patterns"] for r in rows})
+    out = ["## Binary strings (128 bits): error bits per pattern", ""]
+    for spec in sorted({r["distortion"] for r in rows}, key=lambda s: (len(s), s)):
+        cells: dict[str, dict[int, dict]] = defaultdict(dict)
+        for r in rows:
+            if r["distortion"] != spec:
+                continue
+            cells[f"**EBMM ({r.get('checkpoint', '?')})**"][r["patterns"]] = r
+            for name, b in r.get("baselines", {}).items():
+                cells[name][r["patterns"]] = b
+        any_row = next(r for r in rows if r["distortion"] == spec)
+        out += [f"### {any_row.get('distortion_text', spec)} (`{spec}`), {any_row['episodes']} episodes", "",
+                "| model | memory floats (smallest N) | " + " | ".join(f"N={n}" for n in sizes) + " |",
+                "|---|---|" + "---|" * len(sizes)]
+        for name, by_n in cells.items():
+            mem = next(iter(by_n.values())).get("memory_floats", "")
+            vals = [by_n.get(n) for n in sizes]
+            out.append(f"| {name} | {mem} | " + " | ".join(
+                f"{_fmt(v['error_mean'])} [{_fmt(v['error_p5'])}, {_fmt(v['error_p95'])}]" if v else ""
+                for v in vals) + " |")
+        out.append("")
+    out += ["### The paper's table (its own protocol, \"64 bits corrupted\")", "",
+            "| model | " + " | ".join(f"N={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    by_model: dict[str, dict[int, float]] = defaultdict(dict)
+    for p in paper:
+        if p["task"] == "binary":
+            by_model[p["model"]][p["patterns"]] = p["error_mean"]
+    for model, vals in by_model.items():
+        out.append(f"| {model} | " + " | ".join(_fmt(vals.get(n)) for n in sizes) + " |")
+    return out + [""]
+
+
+def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Path | None:
+    """Error versus memory floats at N = 64: ours (with 5-95% bars), equal-budget baselines, paper."""
+    ours = [r for r in rows if r["task"] == task and r["patterns"] == 64]
+    if not ours:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ptask = PAPER_TASK.get(task)
+    for model in sorted({p["model"] for p in paper if p["task"] == ptask}):
+        pts = sorted((p for p in paper if p["task"] == ptask and p["model"] == model),
+                     key=lambda p: p["memory_floats"])
+        ax.plot([p["memory_floats"] for p in pts], [p["error_mean"] for p in pts], "--", marker=".",
+                alpha=0.7, label=f"paper: {model}")
+    ours = sorted(ours, key=lambda r: r["memory_floats"])
+    ax.errorbar([r["memory_floats"] for r in ours], [r["error_mean"] for r in ours],
+                yerr=[[r["error_mean"] - r["error_p5"] for r in ours], [r["error_p95"] - r["error_mean"] for r in ours]],
+                marker="o", color="k", capsize=3, label="ebmm (this project)")
+    for name in ("nearest_pca", "nearest_downscaled"):
+        pts = [(r["baselines"][name]["memory_floats"], r["baselines"][name]["error_mean"])
+               for r in ours if name in r.get("baselines", {})]
+        if pts:
+            ax.scatter(*zip(*pts), marker="x", label=f"{name} (same episodes)")
+    ax.set_xlabel("memory (floats)"), ax.set_ylabel(ours[0]["metric"].replace("_", " ") + " per image")
+    ax.set_title(f"{task}: 64 patterns, {ours[0].get('distortion_text', ours[0]['distortion'])}", fontsize=9)
+    ax.set_yscale("log"), ax.legend(fontsize=7), ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_table(task: str, rows: list[dict]) -> list[str]:
+    rows = sorted((r for r in rows if r["task"] == task), key=lambda r: (r["patterns"], r["memory_floats"]))
+    if not rows:
+        return []
+    out = [f"## {task}: {rows[0]['metric'].replace('_', ' ')} per image", "",
+           "| checkpoint | N | distortion | memory floats | EBMM | query | baselines (error, floats) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = ", ".join(f"{k} {_fmt(v['error_mean'])} ({v['memory_floats']})"
+                         for k, v in r.get("baselines", {}).items())
+        out.append(f"| {r.get('checkpoint', '?')} | {r['patterns']} | `{r['distortion']}` | {r['memory_floats']} "
+                   f"| **{_fmt(r['error_mean'])}** [{_fmt(r['error_p5'])}, {_fmt(r['error_p95'])}] "
+                   f"| {_fmt(r['query_error_mean'])} | {base} |")
+    return out + [""]
+
+
+def grids(rows: list[dict], ckpt_root: Path, out: Path) -> list[str]:
+    """A retrieval grid and an energy curve per checkpoint, from its first evaluated protocol."""
+    lines, seen = [], set()
+    for r in rows:
+        name = r.get("checkpoint")
+        if not name or name in seen or not (ckpt_root / name / "card.json").exists():
+            continue
+        seen.add(name)
+        ck = load_checkpoint(ckpt_root / name)
+        x, q, _ = make_episodes(Protocol(r["task"], r["patterns"], r["distortion"], 1, 7), ck.model.cfg.input_shape)
+        p = ck.model.params(detach=True)
+        res = read(ck.model, p, write(ck.model, p, x[0]).weights, q[0])
+        g = plots.retrieval_grid(res.iterates, x[0], out / f"grid_{name}.png",
+                                 title=f"{name}: {r['distortion']}, {r['patterns']} stored")
+        e = plots.energy_curve(res.energies, out / f"energy_{name}.png", title=f"{name}: energy along reading")
+        lines += [f"### {name}", "", f"![retrieval grid]({g.name}) ![energy]({e.name})", ""]
+    return (["## Retrieval grids (query, each read step, original) and energy along reading", ""] + lines
+            if lines else [])
+
+
+def build(results: Path = Path("results"), ckpt_root: Path = Path("checkpoints"),
+          paper_csv: Path = Path("results/paper_reference.csv"), command: str = "ebmm report") -> Path:
+    rows = load_results(results / "eval")
+    paper = load_paper(paper_csv)
+    doc = ["# Results", "", f"Made by `{command}` from the evaluation JSONs in results/eval/ "
+           "(each records the command that made it). Paper numbers: results/paper_reference.csv.", ""]
+    doc += binary_tables(rows, paper)
+    for task in sorted({r["task"] for r in rows} - {"binary"}):
+        doc += image_table(task, rows)
+        fig = rate_curve(task, rows, paper, results / f"rate_{task}.png")
+        if fig:
+            doc += [f"![distortion/rate, {task}]({fig.name})", ""]
+    doc += grids(rows, ckpt_root, results)
+    extra = results / "NOTES.md"
+    if extra.exists():
+        doc += [extra.read_text()]
+    path = results / "README.md"
+    path.write_text("\n".join(doc) + "\n")
+    return path
