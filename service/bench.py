@@ -1,0 +1,168 @@
+"""`ebmm bench-service`: concurrent httpx clients against a running service on loopback.
+
+Reports requests/s and p50/p99 latency for write and retrieve, and the share of each request spent
+outside the model: 1 - (model time from the Server-Timing header) / (latency seen by the client).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+FOOTNOTE = ("Outside-model share = 1 - model time (Server-Timing `model`) / client latency; with more "
+            "clients than pool threads it includes waiting for a thread.")
+
+
+def _png(x: np.ndarray) -> bytes:
+    """(C, H, W) in [0, 1] -> PNG bytes."""
+    u8 = (x * 255).round().astype(np.uint8)
+    im = Image.fromarray(u8[0]) if u8.shape[0] == 1 else Image.fromarray(u8.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def workload(info: dict[str, Any], n: int, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Request kwargs for one write and one retrieve (bottom half of every query occluded)."""
+    rng = np.random.default_rng(seed)
+    shape, binary = tuple(info["input_shape"]), info["kind"] == "binary"
+    x = rng.random((n, *shape)).astype(np.float32)
+    x = (x >= 0.5).astype(np.float32) if binary else x
+    if len(shape) == 1:
+        bits = ["".join(str(int(v)) for v in row) for row in x]
+        queries = [b[: len(b) // 2] + "0" * (len(b) - len(b) // 2) for b in bits]
+        mask = "1" * (len(bits[0]) // 2) + "0" * (len(bits[0]) - len(bits[0]) // 2)
+        return ({"json": {"model": info["name"], "patterns": {"bits": bits}}},
+                {"json": {"queries": {"bits": queries}, "mask": {"bits": [mask]}}})
+    q = x.copy()
+    q[..., shape[1] // 2:, :] = 0.0
+    m = np.ones(shape, np.float32)
+    m[..., shape[1] // 2:, :] = 0.0
+    write = {"files": [("files", (f"{i}.png", _png(p), "image/png")) for i, p in enumerate(x)],
+             "data": {"model": info["name"]}}
+    read = {"files": [("files", (f"{i}.png", _png(p), "image/png")) for i, p in enumerate(q)]
+            + [("masks", ("mask.png", _png(m), "image/png"))]}
+    return write, read
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
+async def _drive(client: httpx.AsyncClient, path: str, kwargs: dict[str, Any], n: int,
+                 concurrency: int, created: list[str]) -> dict[str, Any]:
+    """n POSTs to path from `concurrency` concurrent clients."""
+    lat, timings, statuses = [], [], {}
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for _ in todo:
+            t0 = time.perf_counter()
+            r = await client.post(path, **kwargs)
+            ms = (time.perf_counter() - t0) * 1000
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.is_success:
+                created.extend([r.json()["session_id"]] if r.status_code == 201 else [])
+                lat.append(ms)
+                timings.append({**_server_timing(r.headers.get("server-timing", "")), "client": ms})
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return _summary(lat, timings, statuses, wall, concurrency)
+
+
+def _summary(lat: list[float], timings: list[dict[str, float]], statuses: dict[int, int], wall: float,
+             concurrency: int) -> dict[str, Any]:
+    a = np.array(lat) if lat else np.array([np.nan])
+    outside = [1 - t.get("model", 0) / t["client"] for t in timings]
+    stages = sorted({k for t in timings for k in t})
+    return {"concurrency": concurrency, "requests": sum(statuses.values()), "statuses": statuses,
+            "requests_per_s": round(len(lat) / wall, 3), "p50_ms": round(float(np.percentile(a, 50)), 1),
+            "p99_ms": round(float(np.percentile(a, 99)), 1),
+            "outside_model_share_median": round(float(np.median(outside)), 4) if outside else None,
+            "outside_model_share_mean": round(float(np.mean(outside)), 4) if outside else None,
+            "median_ms_by_stage": {k: round(float(np.median([t.get(k, 0) for t in timings])), 2)
+                                   for k in stages}}
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=300, limits=limits) as c:
+        models = (await c.get("/v1/models")).raise_for_status().json()["models"]
+        name = args.model or next(m["name"] for m in models if m["default"])
+        info = next(m for m in models if m["name"] == name)
+        write, read = workload(info, args.patterns)
+        sid = (await c.post("/v1/sessions", **write)).raise_for_status().json()["session_id"]
+        created = [sid]
+        (await c.post(f"/v1/sessions/{sid}/retrieve", **read)).raise_for_status()     # warm-up
+        runs = []
+        for conc in (int(v) for v in args.concurrency.split(",")):
+            w = await _drive(c, "/v1/sessions", write, args.requests, conc, created)
+            r = await _drive(c, f"/v1/sessions/{sid}/retrieve", read, args.requests, conc, created)
+            runs.append({"concurrency": conc, "write": w, "retrieve": r})
+        for s in created:                                         # leave nothing behind
+            await c.delete(f"/v1/sessions/{s}")
+    return {"model": {k: info[k] for k in ("name", "kind", "input_shape", "architecture", "memory_floats")},
+            "patterns_per_request": args.patterns, "runs": runs}
+
+
+def _markdown(res: dict[str, Any]) -> str:
+    m = res["model"]
+    setup = (f"Model: {m['name']} ({m['architecture']}, {m['kind']}, {m['input_shape']}), "
+             f"{res['patterns_per_request']} patterns per request. {res['note']}")
+    lines = [f"# Service benchmark ({res['date']})", "", f"Command: `{res['command']}`", "", setup, "",
+             f"Machine: {res['machine']}", "",
+             "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for run in res["runs"]:
+        for op in ("write", "retrieve"):
+            s = run[op]
+            share = 100 * (s["outside_model_share_median"] or 0)
+            lines.append(f"| {op} | {run['concurrency']} | {s['requests_per_s']} | {s['p50_ms']} | "
+                         f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | {share:.1f}% |")
+    lines += ["", FOOTNOTE, ""]
+    return "\n".join(lines)
+
+
+def _command() -> str:
+    """The command line that made the results, without the free-text --note."""
+    argv, out, skip = sys.argv[1:], [], False
+    for a in argv:
+        if skip or a.startswith("--note="):
+            skip = False
+            continue
+        if a == "--note":
+            skip = True
+            continue
+        out.append(a)
+    return "ebmm " + shlex.join(out or ["bench-service"])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    res = asyncio.run(_bench(args))
+    res = {"command": _command(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "note": args.note,
+           "machine": f"{platform.machine()}, {platform.python_version()}", **res}
+    for path, text in ((args.out, json.dumps(res, indent=2) + "\n"), (args.md, _markdown(res))):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    print(_markdown(res))
+    return 0

@@ -1,0 +1,129 @@
+"""Request bodies in either form (JSON or multipart/form-data) -> validated, undecoded batches."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from .errors import BadInput, TooLarge, UnsupportedMedia
+from .imaging import b64decode
+from .inputs import RawBatch
+from .schemas import PatternBatch, RetrieveOptions, RetrieveRequest, WriteRequest
+
+MAX_FORM_FIELDS = 16
+
+
+@dataclass
+class WriteInput:
+    model: str | None
+    patterns: RawBatch
+
+
+@dataclass
+class RetrieveInput:
+    queries: RawBatch
+    mask: RawBatch | None
+    options: RetrieveOptions
+
+
+def _validate(cls: type[BaseModel], data: Any) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False)) from e
+
+
+def _kind(request: Request) -> str:
+    ctype = request.headers.get("content-type", "")
+    base = ctype.split(";")[0].strip().lower()
+    if base == "application/json" or base.endswith("+json"):
+        return "json"
+    if base == "multipart/form-data":
+        return "form"
+    raise UnsupportedMedia(f"content-type {ctype!r} is not accepted; send application/json or "
+                           "multipart/form-data", "content-type", ctype)
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"body: not valid JSON ({e})", "body", raw[:40]) from e
+
+
+async def _form(request: Request, max_files: int) -> FormData:
+    try:
+        return await request.form(max_files=2 * max_files + 1, max_fields=MAX_FORM_FIELDS)
+    except HTTPException as e:
+        if "Too many files" in str(e.detail):
+            raise TooLarge(f"files: more than {2 * max_files + 1} files in one request", "files",
+                           str(e.detail)) from e
+        raise BadInput(f"body: multipart form could not be parsed ({e.detail})", "body", None) from e
+
+
+def _batch(pb: PatternBatch, field: str) -> RawBatch:
+    source = pb.source
+    items = getattr(pb, source)
+    if source == "images":
+        items = [b64decode(s, f"{field}.images[{i}]") for i, s in enumerate(items)]
+    return RawBatch(source, items, f"{field}.{source}")  # type: ignore[arg-type]
+
+
+async def _files(form: FormData, name: str) -> RawBatch | None:
+    uploads = form.getlist(name)
+    for i, u in enumerate(uploads):
+        if not isinstance(u, UploadFile):
+            raise BadInput(f"{name}[{i}]: expected an uploaded file, got a text field", f"{name}[{i}]", u)
+    if not uploads:
+        return None
+    return RawBatch("images", [await u.read() for u in uploads], name)  # type: ignore[union-attr]
+
+
+def _text_fields(form: FormData, names: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for k, v in form.multi_items():
+        if k not in names and k not in ("files", "masks"):
+            raise BadInput(f"{k}: unknown form field; accepted: files, masks, {', '.join(names)}", k, v)
+        if k in names and isinstance(v, str) and v != "":
+            out[k] = v
+    return out
+
+
+async def read_write(request: Request, max_patterns: int) -> WriteInput:
+    if _kind(request) == "json":
+        req = _validate(WriteRequest, await _json(request))
+        return WriteInput(req.model, _batch(req.patterns, "patterns"))
+    form = await _form(request, max_patterns)
+    try:
+        fields = _text_fields(form, ("model",))
+        files = await _files(form, "files")
+    finally:
+        await form.close()
+    if files is None:
+        raise BadInput("files: a multipart write needs one or more image files in field 'files'", "files", None)
+    return WriteInput(fields.get("model"), files)
+
+
+async def read_retrieve(request: Request, max_patterns: int) -> RetrieveInput:
+    if _kind(request) == "json":
+        req = _validate(RetrieveRequest, await _json(request))
+        mask = None if req.mask is None else _batch(req.mask, "mask")
+        return RetrieveInput(_batch(req.queries, "queries"), mask, req)
+    form = await _form(request, max_patterns)
+    try:
+        fields = _text_fields(form, ("steps", "trajectory", "output"))
+        options = _validate(RetrieveOptions, fields)
+        files, masks = await _files(form, "files"), await _files(form, "masks")
+    finally:
+        await form.close()
+    if files is None:
+        raise BadInput("files: a multipart retrieve needs one or more query images in field 'files'",
+                       "files", None)
+    return RetrieveInput(files, masks, options)

@@ -1,0 +1,131 @@
+"""Domain errors and the one place that turns them (and framework errors) into problem+json (RFC 9457)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("uvicorn.error.ebmm")
+PROBLEM_JSON = "application/problem+json"
+MAX_VALUE_CHARS = 80
+
+
+def shorten(value: Any) -> Any:
+    """Echo a bad value back without echoing a whole upload."""
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + f"... ({len(text)} chars)"
+
+
+class ServiceError(Exception):
+    """A request the service refuses; `field` and `value` say what was wrong."""
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+    def __init__(self, detail: str, field: str | None = None, value: Any = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail, self.field, self.value, self.headers = detail, field, value, headers or {}
+
+
+class Unauthorized(ServiceError):
+    status, title, slug = 401, "Missing or unknown API key", "unauthorized"
+
+
+class NotFound(ServiceError):
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class Conflict(ServiceError):
+    status, title, slug = 409, "Session does not match the loaded checkpoint", "checkpoint-mismatch"
+
+
+class TooLarge(ServiceError):
+    status, title, slug = 413, "Request too large", "too-large"
+
+
+class UnsupportedMedia(ServiceError):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media"
+
+
+class BadInput(ServiceError):
+    status, title, slug = 422, "Invalid input", "invalid-input"
+
+
+class Unavailable(ServiceError):
+    status, title, slug = 503, "Service unavailable", "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    title, slug = "Session store unreachable", "store-unavailable"
+
+
+class Busy(Unavailable):
+    title, slug = "All model workers are busy", "busy"
+
+
+def problem(status: int, title: str, detail: str, slug: str, instance: str,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": f"urn:ebmm:problem:{slug}", "title": title, "status": status, "detail": detail,
+            "instance": instance, **extra}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    extra = {} if exc.field is None else {"field": exc.field, "value": shorten(exc.value)}
+    return problem(exc.status, exc.title, exc.detail, exc.slug, request.url.path, exc.headers, **extra)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or ".".join(map(str, loc))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": _loc(tuple(e["loc"])), "value": shorten(e.get("input")), "message": e["msg"]}
+              for e in exc.errors()]
+    first = errors[0] if errors else {"field": None, "value": None, "message": "invalid request"}
+    detail = f"{first['field']}: {first['message']} (got {first['value']!r})"
+    return problem(422, "Invalid input", detail, "invalid-input", request.url.path,
+                   field=first["field"], value=first["value"], errors=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    return problem(exc.status_code, detail, f"{request.method} {request.url.path}: {detail}", slug,
+                   request.url.path, dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal server error", f"{type(exc).__name__} while handling the request",
+                   "internal", request.url.path)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem+json answers a route can give."""
+    example = {"type": "urn:ebmm:problem:invalid-input", "title": "Invalid input", "status": 422,
+               "detail": "patterns.bits[2]: expected 128 characters of 0/1, got 127",
+               "instance": "/v1/sessions", "field": "patterns.bits[2]", "value": "0110..."}
+    return {s: {"description": "problem+json (RFC 9457) naming the field and the bad value",
+                "content": {PROBLEM_JSON: {"example": {**example, "status": s}}}} for s in statuses}

@@ -1,0 +1,96 @@
+"""Request patterns (images, nested arrays, bit strings) -> a tensor in a model's input space."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .errors import BadInput, TooLarge
+from .imaging import decode_images
+from .registry import LoadedModel
+
+Source = Literal["images", "arrays", "bits"]
+Role = Literal["patterns", "queries", "mask"]
+
+
+@dataclass
+class RawBatch:
+    """Undecoded items of one kind, and the request field they came from (for error messages)."""
+    source: Source
+    items: list[Any]          # bytes (images), nested lists (arrays) or str (bits)
+    field: str                # e.g. "patterns.images" or "files"
+
+
+def check_count(batch: RawBatch, limit: int) -> None:
+    if not batch.items:
+        raise BadInput(f"{batch.field}: at least one item is required", batch.field, [])
+    if len(batch.items) > limit:
+        raise TooLarge(f"{batch.field}: {len(batch.items)} items exceed the limit of {limit} per request",
+                       batch.field, len(batch.items))
+
+
+def _bits(items: list[Any], field: str, shape: tuple[int, ...]) -> np.ndarray:
+    d = math.prod(shape)
+    out = np.empty((len(items), d), dtype=np.float32)              # (N, D)
+    for i, s in enumerate(items):
+        if not isinstance(s, str) or len(s) != d or s.strip("01"):
+            got = f"{len(s)} characters" if isinstance(s, str) else type(s).__name__
+            raise BadInput(f"{field}[{i}]: expected a string of {d} characters 0/1, got {got}",
+                           f"{field}[{i}]", s)
+        out[i] = np.frombuffer(s.encode("ascii"), dtype=np.uint8) - ord("0")
+    return out.reshape(len(items), *shape)
+
+
+def _array(item: Any, field: str, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        a = np.asarray(item, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise BadInput(f"{field}: not a rectangular array of numbers ({e})", field, item) from e
+    if a.shape == shape[1:] and len(shape) == 3 and shape[0] == 1:
+        a = a[None]                                                # (H, W) -> (1, H, W)
+    if a.shape != shape:
+        raise BadInput(f"{field}: shape {list(a.shape)} does not match the model's input {list(shape)}",
+                       field, list(a.shape))
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise BadInput(f"{field}: values must be finite and within [0, 1], got [{a.min()}, {a.max()}]",
+                       field, [float(a.min()), float(a.max())])
+    return a
+
+
+def to_tensor(batch: RawBatch, model: LoadedModel, role: Role, max_pixels: int
+              ) -> tuple[torch.Tensor, list[str]]:
+    """-> (N, *input_shape) float32 in [0, 1], plus the conversions applied (said in the response).
+
+    Images for a binary model are binarised at 0.5; a mask is true where >= 0.5 (white = known).
+    """
+    shape, f = model.input_shape, batch.field
+    if batch.source == "images":
+        if not model.is_image:
+            raise BadInput(f"{f}: model {model.name} takes {list(shape)} bit strings or arrays, not images",
+                           f, model.name)
+        binarise = role == "mask" or model.kind == "binary"
+        x, notes = decode_images(batch.items, f, shape, binarise, max_pixels)
+    elif batch.source == "bits":
+        if model.kind != "binary" and role != "mask":
+            raise BadInput(f"{f}: bit strings need a binary model; {model.name} is {model.kind}", f,
+                           model.name)
+        x, notes = _bits(batch.items, f, shape), []
+    else:
+        x = np.stack([_array(a, f"{f}[{i}]", shape) for i, a in enumerate(batch.items)])
+        notes = []
+        if role == "mask":
+            x = (x >= 0.5).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x)), notes
+
+
+def match_mask(mask: torch.Tensor, queries: torch.Tensor, field: str) -> torch.Tensor:
+    """One mask for all queries, or one per query -> bool (B, *input_shape)."""
+    if mask.shape[0] == 1:
+        mask = mask.expand_as(queries)
+    if mask.shape != queries.shape:
+        raise BadInput(f"{field}: {mask.shape[0]} masks for {queries.shape[0]} queries; send 1 or "
+                       f"{queries.shape[0]}", field, mask.shape[0])
+    return mask >= 0.5

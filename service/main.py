@@ -1,0 +1,82 @@
+"""create_app(): the FastAPI app; its lifespan loads every checkpoint once and opens the store."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from . import errors
+from .config import Settings
+from .limits import BodyLimitMiddleware
+from .metrics import Metrics, MetricsMiddleware
+from .registry import StartupError, load_models, pick_default, resolve_device
+from .routes import health, models, sessions
+from .runner import ModelRunner
+from .schemas import RetrieveRequest, WriteRequest
+from .state import AppState
+from .store import open_store
+
+log = logging.getLogger("uvicorn.error.ebmm")
+DESCRIPTION = """Energy-Based Memory Models (Bartunov et al., ICLR 2020) as a memory service.
+
+Write a batch of patterns into a session (the model's writable weights are fitted to them), then
+restore distorted or partial patterns from that session by descending the energy.
+Errors are `application/problem+json` (RFC 9457) and name the field and the bad value."""
+
+
+def _lifespan(settings: Settings, metrics: Metrics):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        device = resolve_device(settings.device)
+        try:
+            loaded = load_models(settings.checkpoint_dir, device)
+        except StartupError as e:
+            log.error("ebmm service cannot start: %s", e)
+            raise
+        store = open_store(settings)
+        runner = ModelRunner(settings.pool_size, settings.pool_queue, settings.torch_threads)
+        app.state.ebmm = AppState(settings, loaded, pick_default(loaded, settings.default_model), store,
+                                  runner, metrics)
+        log.info("serving %s on %s with store %s (api keys %s)", ", ".join(loaded), device,
+                 store.label, "on" if settings.auth_enabled else "off")
+        try:
+            yield
+        finally:
+            runner.shutdown()
+            await store.close()
+    return lifespan
+
+
+def _openapi(app: FastAPI) -> Any:
+    """Default schema plus the JSON request bodies the session routes parse themselves."""
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            _, defs = models_json_schema([(WriteRequest, "validation"), (RetrieveRequest, "validation")],
+                                         ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+    return build
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    app = FastAPI(title="ebmm memory service", version="1", description=DESCRIPTION,
+                  lifespan=_lifespan(settings, metrics))
+    errors.install(app)
+    for r in (health.router, models.router, sessions.router):
+        app.include_router(r)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)     # outermost: sees 413s too
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

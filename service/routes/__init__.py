@@ -1,0 +1,1 @@
+"""HTTP routes: health (no auth), models and sessions (versioned under /v1)."""

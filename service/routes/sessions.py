@@ -1,0 +1,82 @@
+"""Sessions: write patterns into a new session, read them back, inspect, delete."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Path, Request, Response
+
+from .. import sessions as ops
+from ..auth import Caller, State
+from ..bodies import read_retrieve, read_write
+from ..errors import error_responses
+from ..schemas import RetrieveResponse, SessionInfo, WriteResponse
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+SessionId = Path(description="Session id returned by POST /v1/sessions", examples=["yv1q3Jm2Y2Kx..."])
+
+
+def _binary_field(description: str) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string", "format": "binary"}, "description": description}
+
+
+def _body(json_ref: str, form: dict[str, Any]) -> dict[str, Any]:
+    """Both accepted bodies for the OpenAPI page (the route parses them itself)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{json_ref}"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": form, "required": ["files"]}},
+    }}}
+
+
+WRITE_FORM = {"files": _binary_field("Image files (PNG, JPEG, BMP, GIF, WebP), all the same size"),
+              "model": {"type": "string", "description": "Model name (default: characters model)",
+                        "example": "characters32"}}
+RETRIEVE_FORM = {"files": _binary_field("Query images"),
+                 "masks": _binary_field("Mask images, white = known pixel (one, or one per query)"),
+                 "steps": {"type": "integer", "example": 10, "description": "Read steps"},
+                 "trajectory": {"type": "boolean", "example": False, "description": "Return every iterate"},
+                 "output": {"type": "string", "enum": ["png", "array", "bits"], "example": "png"}}
+
+
+def _timed(response: Response, t: ops.Timings, t0: float) -> None:
+    t.add("total", time.perf_counter() - t0)
+    response.headers["Server-Timing"] = t.header()
+
+
+@router.post("", response_model=WriteResponse, status_code=201, summary="Write patterns into a new session",
+             openapi_extra=_body("WriteRequest", WRITE_FORM),
+             responses=error_responses(401, 413, 415, 422, 503))
+async def write(request: Request, response: Response, state: State, caller: Caller) -> WriteResponse:
+    t, t0 = ops.Timings(), time.perf_counter()
+    with t.stage("parse"):
+        inp = await read_write(request, state.settings.max_patterns)
+    out = await ops.write_session(state, caller, inp, t)
+    response.headers["Location"] = f"/v1/sessions/{out.session_id}"
+    _timed(response, t, t0)
+    return out
+
+
+@router.post("/{session_id}/retrieve", response_model=RetrieveResponse, summary="Restore patterns from queries",
+             openapi_extra=_body("RetrieveRequest", RETRIEVE_FORM),
+             responses=error_responses(401, 404, 409, 413, 415, 422, 503))
+async def retrieve(request: Request, response: Response, state: State, caller: Caller,
+                   session_id: str = SessionId) -> RetrieveResponse:
+    t, t0 = ops.Timings(), time.perf_counter()
+    with t.stage("parse"):
+        inp = await read_retrieve(request, state.settings.max_patterns)
+    out = await ops.retrieve(state, caller, session_id, inp, t)
+    _timed(response, t, t0)
+    return out
+
+
+@router.get("/{session_id}", response_model=SessionInfo, summary="Session metadata",
+            responses=error_responses(401, 404, 503))
+async def get_session(state: State, caller: Caller, session_id: str = SessionId) -> SessionInfo:
+    return await ops.session_info(state, caller, session_id)
+
+
+@router.delete("/{session_id}", status_code=204, response_class=Response, summary="Delete a session",
+               responses=error_responses(401, 404, 503))
+async def delete_session(state: State, caller: Caller, session_id: str = SessionId) -> Response:
+    await ops.delete_session(state, caller, session_id)
+    return Response(status_code=204)

@@ -1,0 +1,143 @@
+"""Request and response bodies, with limits and an example for every field (shown on /docs)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PNG_1x1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+BITS_EX = "0110" * 32
+Output = Literal["png", "array", "bits"]
+
+
+class PatternBatch(BaseModel):
+    """Patterns in exactly one of three forms."""
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] | None = Field(
+        None, description="Base64 image files (PNG, JPEG, BMP, GIF, WebP; a data: URL prefix is fine). "
+        "Converted to the model's size and channels, binarised for binary models.", examples=[[PNG_1x1]])
+    arrays: list[list[Any]] | None = Field(
+        None, description="Nested arrays of numbers in [0, 1], each of the model's input shape "
+        "(C, H, W), (H, W) for one channel, or (D,)", examples=[[[[0, 1, 1], [1, 0, 0.5]]]])
+    bits: list[str] | None = Field(
+        None, description="Strings of 0/1 characters, one per pattern (binary models)", examples=[[BITS_EX]])
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PatternBatch:
+        given = [k for k in ("images", "arrays", "bits") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of images, arrays, bits; got {given or 'none'}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return next(k for k in ("images", "arrays", "bits") if getattr(self, k) is not None)
+
+
+class WriteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(),
+                              json_schema_extra={"examples": [{"model": "binary128",
+                                                               "patterns": {"bits": [BITS_EX]}}]})
+    model: str | None = Field(None, description="Model name from GET /v1/models; default: the "
+                              "characters model (else the first loaded)", examples=["characters32"])
+    patterns: PatternBatch = Field(description="The patterns to store in the new session",
+                                   examples=[{"bits": [BITS_EX]}])
+
+
+class RetrieveOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int | None = Field(None, ge=1, description="Read steps (default: the model's; at most the "
+                              "server's EBMM_MAX_READ_STEPS)", examples=[10])
+    trajectory: bool = Field(False, description="Also return every iterate of the read", examples=[False])
+    output: Output | None = Field(None, description="png (base64, image models), array (nested "
+                                  "floats) or bits (binary models, thresholded at 0.5); default "
+                                  "png for images, bits for bit strings", examples=["png"])
+
+
+class RetrieveRequest(RetrieveOptions):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"queries": {"bits": [BITS_EX]}, "steps": 10, "output": "bits"}]})
+    queries: PatternBatch = Field(description="Distorted or partial patterns to restore",
+                                  examples=[{"bits": [BITS_EX]}])
+    mask: PatternBatch | None = Field(None, description="Known pixels (>= 0.5 / white = known, kept "
+                                      "fixed while reading: inpainting); one for all queries or one "
+                                      "per query", examples=[{"bits": ["1" * 64 + "0" * 64]}])
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    name: str = Field(examples=["characters32"])
+    default: bool = Field(description="Used when a write names no model", examples=[True])
+    kind: str = Field(description="binary, grayscale or colour", examples=["binary"])
+    input_shape: list[int] = Field(examples=[[1, 32, 32]])
+    architecture: str = Field(examples=["resnet_conv"])
+    memory_floats: int = Field(description="Floats written per session", examples=[4624])
+    parameters: int = Field(examples=[1234567])
+    default_read_steps: int = Field(examples=[5])
+    write_steps: int = Field(examples=[5])
+    weights_sha256: str = Field(examples=["9f2c0e..."])
+    evaluation: dict[str, Any] | None = Field(description="Evaluation results from the card",
+                                              examples=[{"block_occlusion": {"hamming": 0.02}}])
+    card: dict[str, Any] = Field(description="The full model card", examples=[{"name": "characters32"}])
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class SessionInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    session_id: str = Field(description="Unguessable id (256 bits)", examples=["yv1q3Jm2Y2..."])
+    model: str = Field(examples=["characters32"])
+    checkpoint_sha256: str = Field(description="Weights the session was written with", examples=["9f2c..."])
+    patterns: int = Field(description="Patterns stored", examples=[64])
+    input_shape: list[int] = Field(examples=[[1, 32, 32]])
+    memory_bytes: int = Field(description="Bytes of written weights (float32)", examples=[18496])
+    stored_bytes: int = Field(description="Bytes held by the store (safetensors)", examples=[18600])
+    writing_loss: float = Field(description="Last writing loss", examples=[-11.9])
+    created_at: str = Field(description="ISO 8601, UTC", examples=["2025-01-01T12:00:00Z"])
+    expires_at: str = Field(description="ISO 8601, UTC", examples=["2025-01-01T13:00:00Z"])
+
+
+class WriteResponse(SessionInfo):
+    writing_losses: list[float] = Field(description="Writing loss before each write step",
+                                        examples=[[0.0, -3.2, -7.4, -9.8, -11.0]])
+    ttl_seconds: int = Field(examples=[3600])
+    conversions: list[str] = Field(description="What was done to the input to fit the model",
+                                   examples=[["decoded PNG 28x28 RGB", "converted RGB to L",
+                                              "resized 28x28 to 32x32 (bilinear)", "binarised at 0.5"]])
+
+
+class Retrieved(BaseModel):
+    index: int = Field(description="Position of the query", examples=[0])
+    pattern: str | list[Any] = Field(description="The restored pattern, in the requested output",
+                                     examples=[PNG_1x1])
+    energy: float = Field(description="Energy of the restored pattern", examples=[-7.1])
+    energies: list[float] = Field(description="Energy at the query, each read step, and the result",
+                                  examples=[[-1.2, -5.0, -7.1]])
+    trajectory: list[str | list[Any]] | None = Field(None, description="Every iterate (query first), "
+                                                      "when asked", examples=[None])
+
+
+class RetrieveResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    session_id: str = Field(examples=["yv1q3Jm2Y2..."])
+    model: str = Field(examples=["characters32"])
+    steps: int = Field(description="Read steps run", examples=[5])
+    output: Output = Field(examples=["png"])
+    masked: bool = Field(description="Whether a mask kept known pixels fixed", examples=[True])
+    conversions: list[str] = Field(examples=[["decoded PNG 32x32 L", "binarised at 0.5"]])
+    results: list[Retrieved]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(examples=[True])
+    models: list[str] = Field(examples=[["characters32"]])
+    store: str = Field(description="Store URL without credentials", examples=["redis://127.0.0.1:6379/0"])
+    store_ok: bool = Field(examples=[True])
+    detail: str | None = Field(None, examples=[None])

@@ -1,0 +1,188 @@
+"""The write and retrieve paths: decode -> worker pool -> store / encode, each stage timed."""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from anyio import to_thread
+
+from .bodies import RetrieveInput, WriteInput
+from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable
+from .imaging import encode_png
+from .inputs import check_count, match_mask, to_tensor
+from .registry import LoadedModel
+from .schemas import Retrieved, RetrieveResponse, SessionInfo, WriteResponse
+from .state import AppState
+from .store import SessionMeta, pack_weights, unpack_weights
+
+T = TypeVar("T")
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+ID_BYTES = 32
+
+
+class Timings:
+    """Seconds per stage of one request, sent back as a Server-Timing header."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+    def header(self) -> str:
+        return ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in self.stages.items())
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _store(state: AppState, op: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except StoreUnavailable:
+        state.metrics.store_errors.labels(op).inc()
+        raise
+
+
+async def _model(state: AppState, op: str, m: LoadedModel, t: Timings, fn: Callable[..., T], *args: Any) -> T:
+    try:
+        state.metrics.in_flight.inc()
+        out, seconds = await state.runner.run(fn, *args)
+    except Busy:
+        state.metrics.busy.inc()
+        raise
+    finally:
+        state.metrics.in_flight.dec()
+    state.metrics.model_seconds.labels(op, m.name).observe(seconds)
+    t.add("model", seconds)
+    return out
+
+
+def info(meta: SessionMeta) -> dict[str, Any]:
+    return {"session_id": meta.id, "model": meta.model, "checkpoint_sha256": meta.checkpoint_sha256,
+            "patterns": meta.patterns, "input_shape": meta.input_shape, "memory_bytes": meta.memory_bytes,
+            "stored_bytes": meta.stored_bytes, "writing_loss": meta.writing_loss,
+            "created_at": iso(meta.created_at), "expires_at": iso(meta.expires_at)}
+
+
+async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timings) -> WriteResponse:
+    s = state.settings
+    m = state.model(inp.model)
+    check_count(inp.patterns, s.max_patterns)
+    with t.stage("decode"):
+        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels)
+    res = await _model(state, "write", m, t, m.memory.write, x)
+    with t.stage("store"):
+        blob = pack_weights(res.weights)
+        now = time.time()
+        meta = SessionMeta(secrets.token_urlsafe(ID_BYTES), m.name, m.sha256, caller, list(m.input_shape),
+                           int(x.shape[0]), sum(w.numel() * 4 for w in res.weights.values()), len(blob),
+                           float(res.losses[-1]) if res.losses else 0.0, now, now + s.session_ttl_seconds)
+        await _store(state, "put", state.store.put(meta, blob, s.session_ttl_seconds))
+    state.metrics.sessions_written.labels(m.name).inc()
+    return WriteResponse(**info(meta), writing_losses=res.losses, ttl_seconds=s.session_ttl_seconds,
+                         conversions=notes)
+
+
+def _owned(meta: SessionMeta | None, caller: str, session_id: str) -> SessionMeta:
+    if meta is None or not secrets.compare_digest(meta.owner, caller):
+        raise NotFound(f"session {session_id!r} does not exist or has expired", "session_id", session_id)
+    return meta
+
+
+def _check_id(session_id: str) -> None:
+    if not SESSION_ID.match(session_id):
+        raise NotFound(f"session {session_id!r} does not exist (not a session id)", "session_id", session_id)
+
+
+async def session_info(state: AppState, caller: str, session_id: str) -> SessionInfo:
+    _check_id(session_id)
+    meta = await _store(state, "get_meta", state.store.get_meta(session_id))
+    return SessionInfo(**info(_owned(meta, caller, session_id)))
+
+
+async def delete_session(state: AppState, caller: str, session_id: str) -> None:
+    _check_id(session_id)
+    meta = await _store(state, "get_meta", state.store.get_meta(session_id))
+    _owned(meta, caller, session_id)
+    await _store(state, "delete", state.store.delete(session_id))
+
+
+def _session_model(state: AppState, meta: SessionMeta) -> LoadedModel:
+    m = state.models.get(meta.model)
+    if m is None or m.sha256 != meta.checkpoint_sha256:
+        have = "not loaded" if m is None else f"loaded with weights {m.sha256[:12]}"
+        raise Conflict(f"session was written by model {meta.model!r} with weights "
+                       f"{meta.checkpoint_sha256[:12]}; that model is {have} on this server",
+                       "checkpoint_sha256", meta.checkpoint_sha256)
+    return m
+
+
+def _options(state: AppState, m: LoadedModel, inp: RetrieveInput) -> tuple[int, str]:
+    o = inp.options
+    steps = m.default_read_steps if o.steps is None else o.steps
+    if steps > state.settings.max_read_steps:
+        raise BadInput(f"steps: {steps} exceeds the limit of {state.settings.max_read_steps}", "steps", steps)
+    output = o.output or ("png" if m.is_image else "bits")
+    if output == "png" and not m.is_image:
+        raise BadInput(f"output: png needs an image model; {m.name} takes {list(m.input_shape)}", "output", output)
+    if output == "bits" and m.kind != "binary":
+        raise BadInput(f"output: bits needs a binary model; {m.name} is {m.kind}", "output", output)
+    return steps, output
+
+
+def _encode(x: np.ndarray, output: str) -> str | list[Any]:
+    if output == "png":
+        return encode_png(x)
+    if output == "bits":
+        return "".join("1" if v >= 0.5 else "0" for v in x.reshape(-1))
+    return np.round(x, 4).tolist()
+
+
+def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool) -> list[Retrieved]:
+    it, en = iterates.numpy(), energies.numpy()                   # (K+1, B, *S), (K+1, B)
+    return [Retrieved(index=b, pattern=_encode(it[-1, b], output), energy=float(en[-1, b]),
+                      energies=[float(e) for e in en[:, b]],
+                      trajectory=[_encode(it[k, b], output) for k in range(it.shape[0])] if trajectory else None)
+            for b in range(it.shape[1])]
+
+
+async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveInput,
+                   t: Timings) -> RetrieveResponse:
+    s = state.settings
+    _check_id(session_id)
+    check_count(inp.queries, s.max_patterns)
+    with t.stage("store"):
+        found = await _store(state, "get", state.store.get(session_id))
+    meta = _owned(None if found is None else found[0], caller, session_id)
+    m = _session_model(state, meta)
+    steps, output = _options(state, m, inp)
+    with t.stage("decode"):
+        x, notes = await to_thread.run_sync(to_tensor, inp.queries, m, "queries", s.max_pixels)
+        mask = None
+        if inp.mask is not None:
+            check_count(inp.mask, s.max_patterns)
+            raw, _ = await to_thread.run_sync(to_tensor, inp.mask, m, "mask", s.max_pixels)
+            mask = match_mask(raw, x, inp.mask.field)
+        weights = unpack_weights(found[1])  # type: ignore[index]
+    res = await _model(state, "read", m, t, m.memory.read, weights, x, mask, steps)
+    with t.stage("encode"):
+        results = await to_thread.run_sync(_results, res.iterates, res.energies, output, inp.options.trajectory)
+    return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
+                            masked=mask is not None, conversions=notes, results=results)

@@ -1,0 +1,257 @@
+"""The HTTP API in-process (httpx over ASGI, lifespan run): shapes of answers and every refusal."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.config import Settings
+from service.main import create_app
+from service.state import AppState
+
+pytestmark = pytest.mark.anyio
+KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
+
+
+@asynccontextmanager
+async def running(checkpoint_dir: Path, **overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
+    app = create_app(Settings(checkpoint_dir=checkpoint_dir, **overrides))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app.state.ebmm
+
+
+def bits(n: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((n, 128)) >= 0.5).astype(np.uint8)
+
+
+def as_strings(x: np.ndarray) -> list[str]:
+    return ["".join(map(str, row)) for row in x]
+
+
+def png(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((x * 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def problem(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    if field is not None:
+        assert body["field"] == field and "value" in body, body
+    return body
+
+
+async def test_models_list_cards_and_falls_back_to_first_model(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, _):
+        models = (await c.get("/v1/models")).json()["models"]
+    assert [m["name"] for m in models] == ["binary128", "colour8", "shapes16"]
+    first = models[0]
+    assert first["default"] and first["kind"] == "binary" and first["input_shape"] == [128]
+    assert first["memory_floats"] == 128 * 129 // 2 and first["default_read_steps"] == 5
+    assert first["evaluation"] == {"note": "fixture: untrained quadratic energy"}
+
+
+async def test_write_then_retrieve_bit_strings(checkpoint_dir: Path) -> None:
+    x = bits(16)
+    q = x.copy()
+    q[:, :8] ^= 1                                                  # 8 of 128 bits flipped
+    async with running(checkpoint_dir) as (c, _):
+        w = await c.post("/v1/sessions", json={"model": "binary128", "patterns": {"bits": as_strings(x)}})
+        assert w.status_code == 201, w.text
+        s = w.json()
+        assert len(s["session_id"]) >= 43 and s["patterns"] == 16 and s["input_shape"] == [128]
+        assert s["memory_bytes"] == 4 * 128 * 129 // 2 and len(s["writing_losses"]) == 5
+        assert "model;dur=" in w.headers["server-timing"] and w.headers["location"].endswith(s["session_id"])
+        r = await c.post(f"/v1/sessions/{s['session_id']}/retrieve",
+                         json={"queries": {"bits": as_strings(q)}, "trajectory": True, "steps": 7})
+        assert r.status_code == 200, r.text
+        body = r.json()
+    assert body["output"] == "bits" and body["steps"] == 7 and not body["masked"]
+    restored = [res["pattern"] for res in body["results"]]
+    assert sum(a == b for a, b in zip(restored, as_strings(x))) >= 15
+    first = body["results"][0]
+    assert len(first["energies"]) == 8 and len(first["trajectory"]) == 8 and first["energy"] == first["energies"][-1]
+    assert first["trajectory"][0] == as_strings(q)[0]
+
+
+async def test_multipart_images_with_mask_inpaint(checkpoint_dir: Path) -> None:
+    x = (np.random.default_rng(1).random((8, 16, 16)) >= 0.5).astype(np.float32)
+    q = x.copy()
+    q[:, 8:] = 0
+    mask = np.zeros((16, 16), np.float32)
+    mask[:8] = 1
+    async with running(checkpoint_dir) as (c, _):
+        w = await c.post("/v1/sessions", data={"model": "shapes16"},
+                         files=[("files", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(x)])
+        assert w.status_code == 201, w.text
+        sid = w.json()["session_id"]
+        r = await c.post(f"/v1/sessions/{sid}/retrieve", data={"output": "array", "steps": "10"},
+                         files=[("files", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(q)]
+                         + [("masks", ("m.png", png(mask), "image/png"))])
+        assert r.status_code == 200, r.text
+        as_png = await c.post(f"/v1/sessions/{sid}/retrieve", json={
+            "queries": {"images": [base64.b64encode(png(q[0])).decode()]}})
+    out = np.array([res["pattern"] for res in r.json()["results"]])[:, 0]   # (B, H, W)
+    assert r.json()["masked"] and np.array_equal(out[:, :8], x[:, :8])      # known pixels kept
+    assert np.abs(out - x).mean() < 0.25 * np.abs(q - x).mean()
+    decoded = Image.open(io.BytesIO(base64.b64decode(as_png.json()["results"][0]["pattern"])))
+    assert decoded.size == (16, 16) and as_png.json()["output"] == "png"
+
+
+async def test_get_and_delete_session(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, _):
+        sid = (await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(2))}})).json()["session_id"]
+        meta = (await c.get(f"/v1/sessions/{sid}")).json()
+        assert meta["model"] == "binary128" and meta["patterns"] == 2 and meta["expires_at"] > meta["created_at"]
+        assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 204
+        problem(await c.get(f"/v1/sessions/{sid}"), 404, "session_id")
+        problem(await c.delete(f"/v1/sessions/{sid}"), 404, "session_id")
+
+
+async def test_api_keys_guard_routes_and_sessions_belong_to_their_key(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir, api_keys=[KEY_A, KEY_B]) as (c, _):
+        assert (await c.get("/healthz")).status_code == 200
+        problem(await c.get("/v1/models"), 401, "X-API-Key")
+        problem(await c.get("/v1/models", headers={"X-API-Key": "wrong-key-0123456789"}), 401, "X-API-Key")
+        problem(await c.get("/metrics"), 401)
+        a, b = {"X-API-Key": KEY_A}, {"Authorization": f"Bearer {KEY_B}"}
+        w = await c.post("/v1/sessions", headers=a, json={"patterns": {"bits": as_strings(bits(2))}})
+        sid = w.json()["session_id"]
+        problem(await c.get(f"/v1/sessions/{sid}", headers=b), 404, "session_id")
+        problem(await c.post(f"/v1/sessions/{sid}/retrieve", headers=b,
+                             json={"queries": {"bits": as_strings(bits(1))}}), 404, "session_id")
+        problem(await c.delete(f"/v1/sessions/{sid}", headers=b), 404, "session_id")
+        assert (await c.get(f"/v1/sessions/{sid}", headers=a)).status_code == 200
+        assert (await c.get("/metrics", headers=b)).status_code == 200
+
+
+async def test_checkpoint_mismatch_is_a_conflict_and_keeps_the_session(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, state):
+        sid = (await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(2))}})).json()["session_id"]
+        meta, blob = await state.store.get(sid)  # type: ignore[misc]
+        await state.store.put(replace(meta, checkpoint_sha256="0" * 64), blob, 60)
+        problem(await c.post(f"/v1/sessions/{sid}/retrieve", json={"queries": {"bits": as_strings(bits(1))}}),
+                409, "checkpoint_sha256")
+        assert (await c.get(f"/v1/sessions/{sid}")).status_code == 200
+
+
+async def test_unreachable_redis_is_503_and_health_stays_up(checkpoint_dir: Path) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with running(checkpoint_dir, store_url=f"redis://127.0.0.1:{port}/0", store_timeout_seconds=0.5) as (c, _):
+        body = problem(await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(1))}}), 503)
+        assert body["type"].endswith("store-unavailable")
+        problem(await c.get("/v1/sessions/" + "x" * 43), 503)
+        assert (await c.get("/healthz")).status_code == 200
+        ready = await c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["store_ok"] is False
+        assert 'ebmm_store_errors_total{op="put"} 1.0' in (await c.get("/metrics")).text
+
+
+async def test_saturated_pool_answers_503_with_retry_after(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir, pool_size=1, pool_queue=0) as (c, state):
+        gate = threading.Event()
+        held = asyncio.ensure_future(state.runner.run(gate.wait))
+        await asyncio.sleep(0)
+        try:
+            r = await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(1))}})
+            problem(r, 503)
+            assert r.headers["retry-after"] == "1"
+        finally:
+            gate.set()
+            await held
+        assert (await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(1))}})).status_code == 201
+
+
+def big_png(w: int, h: int) -> str:
+    buf = io.BytesIO()
+    Image.new("L", (w, h)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+BAD_REQUESTS = [  # (path suffix ("" = write), request kwargs, status, field)
+    ("", {"json": {"patterns": {"bits": ["0" * 128] * 5}}}, 413, "patterns.bits"),
+    ("", {"content": b"{" + b" " * 9000 + b"}", "headers": {"content-type": "application/json"}}, 413, "body"),
+    ("", {"json": {"model": "shapes16", "patterns": {"images": [big_png(400, 300)]}}}, 413, "patterns.images[0]"),
+    ("", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content-type"),
+    ("", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "body"),
+    ("", {"json": {"model": "nope", "patterns": {"bits": ["0" * 128]}}}, 422, "model"),
+    ("", {"json": {"patterns": {"bits": ["0" * 127]}}}, 422, "patterns.bits[0]"),
+    ("", {"json": {"patterns": {"bits": "0" * 128}}}, 422, "patterns.bits"),
+    ("", {"json": {"model": "shapes16", "patterns": {"images": ["!!!"]}}}, 422, "patterns.images[0]"),
+    ("", {"json": {"model": "shapes16", "patterns": {"images": [base64.b64encode(b"GIF89a-junk").decode()]}}},
+     415, "patterns.images[0]"),
+    ("", {"json": {"model": "shapes16", "patterns": {"images": [big_png(16, 16), big_png(8, 16)]}}},
+     422, "patterns.images[1]"),
+    ("", {"data": {"model": "shapes16"}, "files": [("other", ("a.png", b"x", "image/png"))]}, 422, "other"),
+    ("/retrieve", {"json": {"queries": {"bits": ["0" * 128]}, "steps": 101}}, 422, "steps"),
+    ("/retrieve", {"json": {"queries": {"bits": ["0" * 128]}, "steps": 0}}, 422, "steps"),
+    ("/retrieve", {"json": {"queries": {"bits": ["0" * 128]}, "output": "png"}}, 422, "output"),
+    ("/retrieve", {"json": {"queries": {"arrays": [[0.5] * 64]}}}, 422, "queries.arrays[0]"),
+    ("/retrieve", {"json": {"queries": {"bits": ["0" * 128] * 2}, "mask": {"bits": ["1" * 128] * 3}}},
+     422, "mask.bits"),
+]
+
+
+@pytest.mark.parametrize("suffix, kwargs, status, field", BAD_REQUESTS)
+async def test_bad_requests_are_named_and_lose_nothing(checkpoint_dir: Path, suffix: str, kwargs: dict[str, Any],
+                                                       status: int, field: str) -> None:
+    async with running(checkpoint_dir, max_patterns=4, max_body_bytes=8192, max_pixels=100_000) as (c, state):
+        x = as_strings(bits(4))
+        sid = (await c.post("/v1/sessions", json={"patterns": {"bits": x}})).json()["session_id"]
+        before = await state.store.get(sid)
+        path = "/v1/sessions" + (f"/{sid}{suffix}" if suffix else "")
+        problem(await c.post(path, **kwargs), status, field)
+        assert await state.store.get(sid) == before and await state.store.count() == 1
+
+
+async def test_metrics_count_requests_by_route_and_status(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, _):
+        await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(1))}})
+        await c.get("/v1/sessions/" + "y" * 43)
+        text = (await c.get("/metrics")).text
+    assert 'ebmm_http_requests_total{method="POST",route="/v1/sessions",status="201"} 1.0' in text
+    assert 'route="/v1/sessions/{session_id}",status="404"' in text
+    assert "ebmm_sessions_stored 1.0" in text and 'ebmm_model_seconds_count{model="binary128",op="write"} 1.0' in text
+
+
+async def test_openapi_documents_both_bodies_and_every_field_has_an_example(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, _):
+        spec = (await c.get("/openapi.json")).json()
+    body = spec["paths"]["/v1/sessions"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    schemas = spec["components"]["schemas"]
+    for name in ("WriteRequest", "RetrieveRequest", "PatternBatch", "WriteResponse", "RetrieveResponse",
+                 "SessionInfo", "ModelInfo", "Retrieved", "Readiness"):
+        for prop, sub in schemas[name]["properties"].items():
+            has_example = "examples" in sub or "example" in sub or "$ref" in sub or sub.get("type") == "array" \
+                and "$ref" in sub.get("items", {})
+            assert has_example, f"{name}.{prop} has no example"
+
+
+async def test_startup_fails_clearly_when_no_checkpoint_loads(tmp_path: Path) -> None:
+    from service.registry import StartupError
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "card.json").write_text('{"card_version": 1}')
+    app = create_app(Settings(checkpoint_dir=tmp_path))
+    with pytest.raises(StartupError, match="no checkpoint could be loaded from .*broken.*no model.safetensors"):
+        async with app.router.lifespan_context(app):
+            pass

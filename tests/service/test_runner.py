@@ -1,0 +1,48 @@
+"""The bounded worker pool: runs work off the loop, refuses at once when full, frees slots after."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.errors import Busy
+from service.runner import ModelRunner
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_runs_work_and_reports_its_time() -> None:
+    r = ModelRunner(pool_size=1, queue=0, torch_threads=1)
+    try:
+        out, seconds = await r.run(lambda a, b: a + b, 2, 3)
+        assert out == 5 and seconds >= 0
+    finally:
+        r.shutdown()
+
+
+async def test_saturated_pool_refuses_with_retry_after_then_recovers() -> None:
+    r = ModelRunner(pool_size=1, queue=1, torch_threads=1)
+    gate = threading.Event()
+    try:
+        held = [asyncio.ensure_future(r.run(gate.wait)) for _ in range(2)]    # one running, one waiting
+        await asyncio.sleep(0)
+        with pytest.raises(Busy) as info:
+            await r.run(lambda: None)
+        assert info.value.status == 503 and info.value.headers["Retry-After"] == "1"
+        gate.set()
+        await asyncio.gather(*held)
+        assert (await r.run(lambda: "ok"))[0] == "ok" and r.in_flight == 0
+    finally:
+        gate.set()
+        r.shutdown()
+
+
+async def test_errors_inside_work_propagate_and_free_the_slot() -> None:
+    r = ModelRunner(pool_size=1, queue=0, torch_threads=1)
+    try:
+        with pytest.raises(ZeroDivisionError):
+            await r.run(lambda: 1 / 0)
+        assert (await r.run(lambda: 7))[0] == 7
+    finally:
+        r.shutdown()
