@@ -1,0 +1,179 @@
+"""Baseline associative memories: capacity behaviour, memory sizes, batching and output ranges."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.baselines import (
+    Baseline,
+    HopfieldHebb,
+    HopfieldPinv,
+    HopfieldStorkey,
+    ModernHopfield,
+    NearestDownscaled,
+    NearestFull,
+    NearestPCA,
+    NoMemory,
+    make_baselines,
+)
+
+D = 128
+
+
+def strings(m: int, n: int, flips: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random 128-bit patterns (M, N, D) and queries with exactly `flips` distinct bits flipped."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 2, (m, n, D), generator=g).float()
+    pos = torch.rand(m, n, D, generator=g).argsort(-1)[..., :flips]
+    q = x.clone()
+    q.scatter_(-1, pos, 1 - x.gather(-1, pos))
+    return x, q
+
+
+def error_bits(b: Baseline, x: torch.Tensor, q: torch.Tensor) -> float:
+    return (b.retrieve_batch(b.store_batch(x), q) != x).sum(-1).float().mean().item()
+
+
+def images(n: int, shape: tuple[int, ...] = (1, 8, 8), binary: bool = True, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *shape, generator=g)
+    return (x > 0.5).float() if binary else x
+
+
+HOPFIELDS = [HopfieldHebb(), HopfieldStorkey(), HopfieldPinv(), HopfieldPinv(zero_diagonal=True),
+             HopfieldHebb(update="async"), HopfieldPinv(update="async")]
+
+
+@pytest.mark.parametrize("b", HOPFIELDS, ids=lambda b: b.name)
+def test_hopfield_retrieves_few_patterns_exactly(b: Baseline) -> None:
+    x, q = strings(8, 4, flips=8)
+    assert error_bits(b, x, q) == 0.0
+
+
+def test_pinv_holds_32_patterns_where_hebb_fails() -> None:
+    x, q = strings(8, 32, flips=8, seed=1)             # 32 patterns = 0.25 D, above Hebb's ~0.14 D
+    assert error_bits(HopfieldPinv(), x, q) < 0.05
+    assert error_bits(HopfieldPinv(zero_diagonal=True), x, q) < 0.05
+    assert error_bits(HopfieldHebb(), x, q) > 5.0
+
+
+def test_storkey_matches_its_elementwise_definition() -> None:
+    d, n = 8, 3
+    s = torch.where(torch.rand(1, n, d, generator=torch.Generator().manual_seed(2)) > 0.5, 1.0, -1.0)
+    w = [[0.0] * d for _ in range(d)]
+    for x in s[0].tolist():
+        new = [[0.0] * d for _ in range(d)]
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    h_ij = sum(w[i][m] * x[m] for m in range(d) if m not in (i, j))
+                    h_ji = sum(w[j][m] * x[m] for m in range(d) if m not in (i, j))
+                    new[i][j] = w[i][j] + (x[i] * x[j] - x[i] * h_ji - h_ij * x[j]) / d
+        w = new
+    torch.testing.assert_close(HopfieldStorkey().store_batch((s + 1) / 2)["W"][0], torch.tensor(w))
+
+
+@pytest.mark.parametrize("zero_diagonal", [False, True])
+def test_factored_pinv_equals_dense(zero_diagonal: bool) -> None:
+    x, q = strings(2, 48, flips=16, seed=3)
+    dense, factored = HopfieldPinv(zero_diagonal=zero_diagonal), HopfieldPinv(zero_diagonal=zero_diagonal, dense_max_dim=0)
+    assert "P" in factored.store_batch(x)
+    for update in ("sync", "async"):
+        dense.update = factored.update = update
+        out_d = dense.retrieve_batch(dense.store_batch(x), q)
+        out_f = factored.retrieve_batch(factored.store_batch(x), q)
+        assert (out_d != out_f).float().mean() < 1e-3
+
+
+def test_memory_floats() -> None:
+    for b in HOPFIELDS:
+        assert b.memory_floats(64, (D,)) == 8256
+    assert HopfieldPinv().memory_floats(64, (1, 32, 32)) == 524_800
+    assert ModernHopfield().memory_floats(64, (D,)) == NearestFull().memory_floats(64, (D,)) == 64 * D
+    assert NoMemory().memory_floats(64, (D,)) == 0
+
+
+def test_nearest_full_is_exact_on_stored_and_slightly_distorted_patterns() -> None:
+    x, q = strings(3, 64, flips=8)
+    b = NearestFull()
+    assert torch.equal(b.retrieve_batch(b.store_batch(x), x), x)
+    assert torch.equal(b.retrieve_batch(b.store_batch(x), q), x)
+
+
+def test_modern_hopfield_with_large_beta_is_nearest_neighbour() -> None:
+    x, q = strings(4, 96, flips=40, seed=4)
+    b = ModernHopfield(beta=10.0, binary=True)
+    assert torch.equal(b.retrieve_batch(b.store_batch(x), q), NearestFull().retrieve_batch(x.clone(), q))
+
+
+@pytest.mark.parametrize("budget", [100, 1000, 4097])
+def test_pca_respects_budget(budget: int) -> None:
+    b = NearestPCA(budget).fit(images(200))
+    for n in (3, 16, 64):
+        r = b.store(images(n, seed=1)).shape[-1]
+        assert n * r == b.memory_floats(n, (1, 8, 8)) <= budget
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_pca_full_rank_retrieves_stored_patterns(binary: bool) -> None:
+    b = NearestPCA(budget_floats=64 * 16, binary=binary).fit(images(300, binary=binary))
+    x = images(16, binary=binary, seed=5)
+    out = b.retrieve(b.store(x), x)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+    assert not binary or set(out.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_downscaled_respects_budget_and_is_exact_at_full_size() -> None:
+    b = NearestDownscaled(budget_floats=16_384)
+    assert b.size(64, (1, 32, 32)) == (16, 16)
+    assert b.size(64, (3, 32, 32)) == (9, 9)
+    assert b.memory_floats(63, (3, 32, 32)) <= 16_384
+    x = images(16, (3, 8, 8), binary=False)
+    full = NearestDownscaled(budget_floats=16 * 3 * 64)
+    torch.testing.assert_close(full.retrieve(full.store(x), x), x)
+    with pytest.raises(ValueError, match="budget_floats=10"):
+        NearestDownscaled(10).size(64, (1, 8, 8))
+
+
+def _image_set() -> list[Baseline]:
+    return make_baselines("grayscale", 2_000, images(100), n_patterns=16)
+
+
+@pytest.mark.parametrize("b", make_baselines("binary", 8256, None, 16) + [HopfieldPinv(update="async")],
+                         ids=lambda b: b.name)
+def test_batch_equals_per_episode_and_outputs_in_unit_range_strings(b: Baseline) -> None:
+    x, q = strings(3, 16, flips=24, seed=6)
+    out = b.retrieve_batch(b.store_batch(x), q)
+    assert out.shape == q.shape and out.min() >= 0 and out.max() <= 1
+    for i in range(3):
+        torch.testing.assert_close(b.retrieve(b.store(x[i]), q[i]), out[i])
+
+
+@pytest.mark.parametrize("b", _image_set(), ids=lambda b: b.name)
+def test_batch_equals_per_episode_and_outputs_in_unit_range_images(b: Baseline) -> None:
+    x = images(3 * 16, seed=7).view(3, 16, 1, 8, 8)
+    q = x.clone()
+    q[..., 2:6, 2:6] = torch.rand(3, 16, 1, 4, 4, generator=torch.Generator().manual_seed(8)).round()
+    out = b.retrieve_batch(b.store_batch(x), q)
+    assert out.shape == q.shape and out.min() >= 0 and out.max() <= 1
+    assert set(out.unique().tolist()) <= {0.0, 1.0}          # binary images stay binary
+    for i in range(3):
+        torch.testing.assert_close(b.retrieve(b.store(x[i]), q[i]), out[i])
+
+
+def test_registry_sets() -> None:
+    names = [b.name for b in make_baselines("binary", 8256, None, 64)]
+    assert names == ["hopfield_hebb", "hopfield_storkey", "hopfield_pinv", "hopfield_pinv_zd",
+                     "modern_hopfield", "nearest_full", "no_memory"]
+    assert [b.name for b in _image_set()] == ["modern_hopfield", "nearest_full", "nearest_pca",
+                                              "nearest_downscaled", "hopfield_pinv", "no_memory"]
+    colour = make_baselines("colour", 2_000, images(100, (3, 8, 8), binary=False), n_patterns=16)
+    assert "hopfield_pinv" not in [b.name for b in colour]
+    assert "nearest_pca" not in [b.name for b in make_baselines("grayscale", 2_000, None, 16)]
+    with pytest.raises(ValueError, match="'audio'"):
+        make_baselines("audio", 2_000, None, 16)
+
+
+def test_no_memory_returns_the_query() -> None:
+    x, q = strings(2, 4, flips=8)
+    assert torch.equal(NoMemory().retrieve_batch(NoMemory().store_batch(x), q), q)
