@@ -163,7 +163,8 @@ def test_batch_equals_per_episode_and_outputs_in_unit_range_images(b: Baseline) 
 
 def test_registry_sets() -> None:
     names = [b.name for b in make_baselines("binary", 8256, None, 64)]
-    assert names == ["hopfield_hebb", "hopfield_storkey", "hopfield_pinv", "hopfield_pinv_zd",
+    assert names == ["hopfield_hebb", "hopfield_hebb_it1", "hopfield_storkey", "hopfield_storkey_it1",
+                     "hopfield_pinv", "hopfield_pinv_it1", "hopfield_pinv_zd",
                      "modern_hopfield", "nearest_full", "no_memory"]
     assert [b.name for b in _image_set()] == ["modern_hopfield", "nearest_full", "nearest_pca",
                                               "nearest_downscaled", "hopfield_pinv", "no_memory"]
