@@ -136,7 +136,7 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
             q = {**p, **w}
             e, gn, _ = writing_terms(model, q, theta_bar, x, use_gn)
             ws = list(w.values())
-            ge = torch.autograd.grad(e, ws, create_graph=create_graph, retain_graph=use_gn)
+            ge = torch.autograd.grad(e, ws, create_graph=create_graph, retain_graph=use_gn or create_graph)
             gg = (torch.autograd.grad(gn, ws, create_graph=create_graph) if use_gn
                   else [torch.zeros_like(t) for t in ws])
             losses.append(float(((e + alpha * gn) if use_gn else e).detach()))

@@ -14,6 +14,8 @@ TINY = {
     "quadratic": ModelConfig("t-quad", "quadratic", (5,), "binary", {}, LOOP),
     "resnet_fc": ModelConfig("t-fc", "resnet_fc", (1, 8, 8), "grayscale",
                              dict(memory=2, channels=(2, 3), embed=5, hidden=6, head=4, hops=2), LOOP),
+    "gated_rnn_no_alpha": ModelConfig("t-rnn-a0", "gated_rnn", (5,), "binary", dict(hidden=6, memory=2, hops=2),
+                                      LoopConfig(**{**LOOP.__dict__, "grad_norm_term": False})),
     "resnet_conv": ModelConfig("t-conv", "resnet_conv", (1, 8, 8), "grayscale",
                                dict(memory=1, channels=(2, 2), width=3, bottleneck=2, hidden=4, hops=1), LOOP),
 }
