@@ -215,6 +215,53 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_report)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import plots
+    from .checkpoint import find_checkpoints, load_checkpoint
+    from .evaluate import Protocol, make_episodes, metric_for, per_pattern_error
+    from .memory import read, write
+    folders = [Path(args.checkpoint)] if args.checkpoint else find_checkpoints(args.checkpoints)
+    if not folders:
+        raise SystemExit(f"no checkpoints in {args.checkpoints}: train one with `ebmm train`")
+    for folder in folders:
+        ck = load_checkpoint(folder)
+        t = ck.card.get("training", {})
+        task, spec = t.get("task", "binary"), t.get("distortion", "flip:16").split(",")[0]
+        n = args.patterns or (64 if task != "binary" else 48)
+        try:
+            x, q, binary = make_episodes(Protocol(task, n, spec, 1, args.seed), ck.model.cfg.input_shape)
+        except RuntimeError as e:             # data not fetched: say how to get it, go on with the rest
+            print(f"{ck.name}: skipped: {e}")
+            continue
+        p = ck.model.params(detach=True)
+        t0 = time.perf_counter()
+        w = write(ck.model, p, x[0]).weights
+        t1 = time.perf_counter()
+        res = read(ck.model, p, w, q[0])
+        t2 = time.perf_counter()
+        metric = metric_for(task, binary)
+        err = per_pattern_error(res.iterates[-1], x[0], metric).mean()
+        qerr = per_pattern_error(q[0], x[0], metric).mean()
+        png = plots.retrieval_grid(res.iterates, x[0], Path(args.out) / f"demo_{ck.name}.png",
+                                   title=f"{ck.name}: {n} stored, queries: {spec}")
+        print(f"{ck.name}: wrote {n} patterns ({ck.model.memory_floats} floats) in {1000 * (t1 - t0):.0f} ms, "
+              f"read {n} queries ({spec}) in {1000 * (t2 - t1):.0f} ms; {metric} per pattern "
+              f"{err:.2f} (the query: {qerr:.2f}); grid: {png}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="write patterns with each shipped model, restore them, save a PNG grid")
+    p.add_argument("--checkpoint", help="one checkpoint folder (default: every one in --checkpoints)")
+    p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--patterns", type=int, help="patterns to write (default 64 images, 48 strings)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=_demo)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="ebmm", description="Energy-Based Memory Models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +273,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     _add_data(sub)
     _add_bench(sub)
     _add_report(sub)
+    _add_demo(sub)
     return parser, sub
 
 
