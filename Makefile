@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-fast demo data bench evaluate report lint compose-config compose-smoke clean
+.PHONY: install run test test-fast demo data bench bench-service report lint compose-config compose-smoke clean
 
 install: $(STAMP)
 
@@ -36,6 +36,18 @@ data: install
 
 bench: install
 	$(VENV)/bin/ebmm bench --out results/bench.json
+
+bench-service: install
+	$(VENV)/bin/ebmm bench-service --url http://$(HOST):$(PORT)
+
+report: install
+	$(VENV)/bin/ebmm report
+
+compose-config: install
+	$(PY) -m pytest -q tests/deploy/test_static.py
+
+compose-smoke: install
+	bash scripts/compose_smoke.sh
 
 lint: install
 	$(VENV)/bin/ruff check model service tests

@@ -151,6 +151,54 @@ def grids(rows: list[dict], ckpt_root: Path, out: Path) -> list[str]:
             if lines else [])
 
 
+def export_training_logs(ckpt_root: Path, out: Path, max_rows: int = 400) -> None:
+    """Copy each checkpoint's metrics log (outside the repo) into out/NAME.csv, downsampled."""
+    for card_path in sorted(ckpt_root.glob("*/card.json")):
+        name = card_path.parent.name
+        log = Path.home() / ".cache" / "ebmm" / "runs" / name / "metrics.jsonl"
+        if not log.exists():
+            continue
+        rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+        stride = max(1, len(rows) // max_rows)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "seconds", "n", "loss", "final_error", "query_error"])
+            for i in range(0, len(rows), stride):
+                chunk = rows[i:i + stride]
+                last = chunk[-1]
+                w.writerow([last["step"], last["seconds"], last["n"],
+                            round(sum(r["loss"] for r in chunk) / len(chunk), 5),
+                            round(sum(r["final_error"] for r in chunk) / len(chunk), 5),
+                            round(sum(r["query_error"] for r in chunk) / len(chunk), 5)])
+
+
+def training_curves(folder: Path, out: Path) -> list[str]:
+    """Training-episode error (squared error of the last read iterate, per pattern) versus CPU time."""
+    files = sorted(folder.glob("*.csv"))
+    if not files:
+        return []
+    lines = ["## Training cost: error on training episodes versus training time", "",
+             "| checkpoint | steps | wall-clock minutes (1 thread) | last error (query error) |", "|---|---|---|---|"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for f in files:
+        rows = list(csv.DictReader(f.open()))
+        if not rows:
+            continue
+        t = [float(r["seconds"]) / 60 for r in rows]
+        e = [float(r["final_error"]) / max(float(r["query_error"]), 1e-9) for r in rows]
+        ax.plot(t, e, label=f.stem)
+        last = rows[-1]
+        lines.append(f"| {f.stem} | {last['step']} | {float(last['seconds']) / 60:.1f} | "
+                     f"{float(last['final_error']):.2f} ({float(last['query_error']):.2f}) |")
+    ax.set_xlabel("training time (minutes, wall clock)"), ax.set_ylabel("error / query error (training episodes)")
+    ax.set_yscale("log"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=110)
+    plt.close(fig)
+    return lines + ["", "![training curves](training_curves.png)", ""]
+
+
 def build(results: Path = Path("results"), ckpt_root: Path = Path("checkpoints"),
           paper_csv: Path = Path("results/paper_reference.csv"), command: str = "ebmm report") -> Path:
     rows = load_results(results / "eval")
@@ -164,6 +212,8 @@ def build(results: Path = Path("results"), ckpt_root: Path = Path("checkpoints")
         if fig:
             doc += [f"![distortion/rate, {task}]({fig.name})", ""]
     doc += grids(rows, ckpt_root, results)
+    export_training_logs(ckpt_root, results / "training")
+    doc += training_curves(results / "training", results)
     extra = results / "NOTES.md"
     if extra.exists():
         doc += [extra.read_text()]
