@@ -47,7 +47,7 @@ compose-config: install
 	$(PY) -m pytest -q tests/deploy/test_static.py
 
 compose-smoke: install
-	bash scripts/compose_smoke.sh
+	PY=$(abspath $(PY)) bash scripts/compose_smoke.sh
 
 lint: install
 	$(VENV)/bin/ruff check model service tests
