@@ -41,6 +41,7 @@ def save_checkpoint(model: EBMM, folder: str | Path, **card_fields: Any) -> Path
     tensors = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp), metadata={"preset": model.cfg.name})
+    tmp.chmod(0o644)                       # safetensors writes 0600; servers run as other users
     tmp.replace(folder / WEIGHTS)
     old = read_card(folder) if (folder / CARD).exists() else {}
     card = {
