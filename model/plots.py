@@ -20,6 +20,15 @@ def _as_image(x: Tensor) -> Tensor:
     return x.permute(1, 2, 0).clamp(0, 1)
 
 
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def retrieval_grid(iterates: Tensor, originals: Tensor, path: str | Path, rows: int = 8,
                    title: str = "") -> Path:
     """iterates (K+1, B, *S) starting at the query; one row per pattern: query, iterates, original."""
@@ -37,12 +46,7 @@ def retrieval_grid(iterates: Tensor, originals: Tensor, path: str | Path, rows: 
                 ax.set_title("query" if c == 0 else ("original" if c == k1 else f"step {c}"), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def energy_curve(energies: Tensor, path: str | Path, title: str = "") -> Path:
@@ -55,9 +59,4 @@ def energy_curve(energies: Tensor, path: str | Path, title: str = "") -> Path:
     ax.fill_between(steps, q[0], q[1], alpha=0.3, label="5-95%")
     ax.set_xlabel("read step"), ax.set_ylabel("energy"), ax.legend()
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -109,10 +109,7 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
     ax.set_xlabel("memory (floats)"), ax.set_ylabel(ours[0]["metric"].replace("_", " ") + " per image")
     ax.set_title(f"{task}: 64 patterns, {ours[0].get('distortion_text', ours[0]['distortion'])}", fontsize=9)
     ax.set_yscale("log"), ax.legend(fontsize=7), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def image_table(task: str, rows: list[dict]) -> list[str]:
@@ -193,9 +190,7 @@ def training_curves(folder: Path, out: Path) -> list[str]:
                      f"{float(last['final_error']):.2f} ({float(last['query_error']):.2f}) |")
     ax.set_xlabel("training time (minutes, wall clock)"), ax.set_ylabel("error / query error (training episodes)")
     ax.set_yscale("log"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=110)
-    plt.close(fig)
+    plots.save(fig, out / "training_curves.png")
     return lines + ["", "![training curves](training_curves.png)", ""]
 
 
