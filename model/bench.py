@@ -18,8 +18,22 @@ from .config import get_preset
 from .memory import EBMM, read, write
 from .meta import meta_loss
 
-DEFAULT_PRESETS = ("binary-hopfield", "binary-rnn-small", "paper-binary-rnn", "characters-subspace",
-                   "fc-small-d32-gray", "conv-small-d8-gray", "paper-fc-d64-gray", "paper-conv-d14-gray")
+DEFAULT_PRESETS = ("binary-hopfield", "binary-rnn-small", "binary-rnn-small@grad_norm_term=false",
+                   "paper-binary-rnn", "characters-slots", "photos-slots", "fc-small-d32-gray",
+                   "conv-small-d8-gray", "paper-fc-d64-gray", "paper-conv-d14-gray",
+                   "paper-conv-d14-gray@grad_norm_term=false")
+
+
+def resolve(spec: str):
+    """'preset' or 'preset@key=value@key=value' (a preset with overrides, e.g. the alpha term off)."""
+    name, *changes = spec.split("@")
+    overrides = {}
+    for c in changes:
+        k, _, v = c.partition("=")
+        overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
+        if isinstance(overrides[k], str):
+            overrides[k] = float(v) if "." in v or "e" in v else int(v)
+    return get_preset(name).replace(**overrides)
 
 
 def cpu_info() -> dict[str, Any]:
@@ -29,10 +43,11 @@ def cpu_info() -> dict[str, Any]:
     mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]
     flags = re.search(r"flags\s*:\s*(.*)", text)
     fma = bool(flags and "avx2" in flags.group(1).split() and "fma" in flags.group(1).split())
-    cores = torch.get_num_threads()
+    cores = os.cpu_count() or 1
     ghz = (max(mhz) / 1000) if mhz else float("nan")
     per_cycle = 32 if fma else 8
-    return {"cpu": name.group(1).strip() if name else platform.processor(), "threads": cores,
+    return {"cpu": name.group(1).strip() if name else platform.processor(), "cores": cores,
+            "torch_threads": torch.get_num_threads(),
             "ghz": round(ghz, 3), "avx2_fma": fma,
             "peak_gflops": round(cores * per_cycle * ghz, 1), "torch": torch.__version__}
 
@@ -55,7 +70,7 @@ def _flops(fn: Callable[[], Any]) -> int:
 
 def bench_preset(name: str, n: int = 64, repeats: int = 5, meta_batch: int = 1) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = EBMM(get_preset(name))
+    model = EBMM(resolve(name))
     shape = model.cfg.input_shape
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(n, *shape, generator=g) < 0.5).float()

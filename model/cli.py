@@ -173,12 +173,13 @@ def _bench(args: argparse.Namespace) -> int:
     out = bench.run(presets, args.repeats)
     out["command"] = "ebmm " + " ".join(sys.argv[1:])
     m = out["machine"]
-    print(f"{m['cpu']}  threads {m['threads']}  {m['ghz']} GHz  fp32 peak {m['peak_gflops']} GFLOP/s")
-    print(f"{'preset':22s} {'memory':>7s} | {'write ms':>9s} {'GF/s':>6s} {'peak':>5s} | {'read ms':>8s} "
+    print(f"{m['cpu']}  {m['cores']} cores  torch threads {m['torch_threads']}  {m['ghz']} GHz  "
+          f"fp32 peak {m['peak_gflops']} GFLOP/s (all cores)")
+    print(f"{'preset':40s} {'memory':>7s} | {'write ms':>9s} {'GF/s':>6s} {'peak':>5s} | {'read ms':>8s} "
           f"{'GF/s':>6s} {'peak':>5s} | {'meta-step ms':>12s} {'GF/s':>6s}")
     for r in out["results"]:
         w, rd, ms = r["write"], r["read"], r["meta_step"]
-        print(f"{r['preset']:22s} {r['memory_floats']:>7d} | {w['ms']:>9.1f} {w['gflops_per_s']:>6.1f} "
+        print(f"{r['preset']:40s} {r['memory_floats']:>7d} | {w['ms']:>9.1f} {w['gflops_per_s']:>6.1f} "
               f"{w['fraction_of_peak']:>5.0%} | {rd['ms']:>8.1f} {rd['gflops_per_s']:>6.1f} "
               f"{rd['fraction_of_peak']:>5.0%} | {ms['ms']:>12.0f} {ms['gflops_per_s']:>6.1f}")
     if args.out:
