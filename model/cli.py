@@ -138,7 +138,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", action="store_true", help="add every baseline on the same episodes")
     p.add_argument("--json", help="write the results here (one object, or a list for several cells)")
     p.add_argument("--update-card", action="store_true", help="record the results in the card")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); small "
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default); small "
                    "models run fastest on 1, and a busy machine punishes more")
     p.set_defaults(func=_evaluate)
 
