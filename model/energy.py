@@ -196,6 +196,90 @@ class SubspaceQuadraticEnergy(EnergyNet):
         return e * p["log_scale"].exp()
 
 
+class SubspaceSlotEnergy(EnergyNet):
+    """Modern-Hopfield-like energy with writable slots in a learned linear subspace of the pixels:
+
+        E(x) = -1/beta log sum_i exp(-beta (1/2 |f - k_i|^2 + c h(|k_i - a_i|^2)))      (attention)
+               + lambda/2 |s~ - f U|^2                          (shrinks what the subspace cannot hold)
+               + q/4 sum_pixels (s~ - kbar U)^4                 (pulls only pixels far from the recall)
+               - w/2 |s|^2                                      (double well: keeps confident corners)
+
+    with s = 2x - 1, s~ = s - centre, f = s~ U^T (r-dim code, U static, started at the principal
+    directions), slots K (S, r) writable (S r memory floats), kbar = softmax-weighted slot mean, a_i a
+    static copy of the slots' initial value (anchor) and h(d) = d / (d + tau) a saturating occupancy
+    penalty: a slot already moved by an earlier write step costs c, which sends later patterns that
+    collide on it to free slots (gradient writes from a shared init otherwise merge patterns).
+    Reading from the query moves its subspace code to the recalled slot, shrinks the residual, and the
+    quartic term overwrites only the pixels that disagree strongly with the recall (the occluded block).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], rank: int = 126, slots: int = 128,
+                 scale: float = 1.0):
+        super().__init__()
+        d = math.prod(input_shape)
+        self.input_shape, self.dim, self.rank, self.slots = tuple(input_shape), d, rank, slots
+        q, _ = torch.linalg.qr(torch.randn(d, rank))
+        # U and the centre stay at the data's principal directions and mean (static buffers): learning
+        # them with the rest made U non-orthonormal and the read and write unstable (measured)
+        self.register_buffer("basis", q.T.contiguous())              # (r, D)
+        self.register_buffer("centre", torch.zeros(d))
+        self.memory_slots = nn.Parameter(torch.randn(slots, rank))  # (S, r) writable; init = theta_bar
+        self.anchor = nn.Parameter(self.memory_slots.detach().clone())  # static, meta-learned
+        self.register_buffer("tau", torch.tensor(1.0))
+        # scalar knobs are stored divided by _GAIN so that the network's (small) meta-learning rate
+        # moves them at a useful pace; the energy multiplies them back
+        self.log_beta = nn.Parameter(torch.tensor(0.0))
+        self.pen_raw = nn.Parameter(torch.tensor(_inv_sp(0.25) / _GAIN))   # c = softplus * unit
+        self.comp_raw = nn.Parameter(torch.tensor(_inv_sp(0.2) / _GAIN))   # lambda
+        self.quart_raw = nn.Parameter(torch.tensor(-6.0 / _GAIN))          # q, starts ~0
+        self.well = nn.Parameter(torch.tensor(0.0))                         # w (either sign)
+        self.register_buffer("unit", torch.tensor(1.0))               # typical half distance
+        self._init_scale(scale)
+
+    def data_init(self, images: Tensor) -> None:
+        s = _signed(images).flatten(1).double()
+        mu = s.mean(0)
+        _, _, vh = torch.linalg.svd(s - mu, full_matrices=False)
+        u = vh[: self.rank].float()
+        codes = (s.float() - mu.float()) @ u.T                        # (M, r)
+        idx = torch.randperm(codes.shape[0], generator=torch.Generator().manual_seed(0))
+        anchors = codes[idx[: self.slots]]
+        sub = codes[idx[: 256]]
+        half = 0.5 * torch.cdist(sub, sub).pow(2)
+        m = float(half[half > 0].median())
+        with torch.no_grad():
+            self.basis.copy_(u)
+            self.centre.copy_(mu.float())
+            self.memory_slots.copy_(anchors)
+            self.anchor.copy_(anchors)
+            self.unit.fill_(m)
+            self.tau.fill_(0.025 * m)
+            self.log_beta.fill_(math.log(400.0 / m) / _GAIN)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x).flatten(1)                                     # (B, D)
+        st = s - self.centre
+        u, k = self.basis, p["memory_slots"]                          # (r, D), (S, r)
+        f = st @ u.T                                                  # (B, r)
+        beta = (p["log_beta"] * _GAIN).exp()
+        disp = (k - p["anchor"]).pow(2).sum(-1)                       # (S,)
+        pen = F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
+        d = 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1)) + pen  # (B, S)
+        e = -torch.logsumexp(-beta * d, dim=-1) / beta
+        kbar = torch.softmax(-beta * d, dim=-1) @ k                   # (B, r)
+        e = e + 0.5 * F.softplus(p["comp_raw"] * _GAIN) * (st - f @ u).pow(2).sum(-1)
+        e = e + 0.25 * F.softplus(p["quart_raw"] * _GAIN) * (st - kbar @ u).pow(4).sum(-1)
+        e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
+        return e * p["log_scale"].exp()
+
+
+_GAIN = 30.0
+
+
+def _inv_sp(y: float) -> float:
+    return float(torch.log(torch.expm1(torch.tensor(float(y)))))
+
+
 # --------------------------------------------------------------------------------------------------
 # images: ResNet encoders
 # --------------------------------------------------------------------------------------------------
@@ -303,6 +387,7 @@ ARCHITECTURES: dict[str, type[EnergyNet]] = {
     "gated_rnn": GatedRNNEnergy,
     "quadratic": QuadraticEnergy,
     "subspace_quadratic": SubspaceQuadraticEnergy,
+    "subspace_slots": SubspaceSlotEnergy,
     "resnet_fc": ResNetFCEnergy,
     "resnet_conv": ResNetConvEnergy,
 }

@@ -12,6 +12,8 @@ LOOP = LoopConfig(write_steps=2, read_steps=2, write_rate_init=0.05, alpha_init=
 TINY = {
     "gated_rnn": ModelConfig("t-rnn", "gated_rnn", (5,), "binary", dict(hidden=6, memory=2, hops=2), LOOP),
     "quadratic": ModelConfig("t-quad", "quadratic", (5,), "binary", {}, LOOP),
+    "subspace_quadratic": ModelConfig("t-subq", "subspace_quadratic", (1, 3, 3), "binary", dict(rank=3), LOOP),
+    "subspace_slots": ModelConfig("t-slots", "subspace_slots", (1, 3, 3), "binary", dict(rank=3, slots=4), LOOP),
     "resnet_fc": ModelConfig("t-fc", "resnet_fc", (1, 8, 8), "grayscale",
                              dict(memory=2, channels=(2, 3), embed=5, hidden=6, head=4, hops=2), LOOP),
     "gated_rnn_no_alpha": ModelConfig("t-rnn-a0", "gated_rnn", (5,), "binary", dict(hidden=6, memory=2, hops=2),
