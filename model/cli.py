@@ -102,7 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for spec in specs:
         for n in sizes:
             r = evaluate(ck.model, Protocol(task, n, spec, args.episodes, args.seed), args.baselines,
-                         args.read_steps)
+                         args.read_steps, training.get("task", task))
             r["checkpoint"], r["checkpoint_sha256"] = ck.name, ck.sha256
             r["command"] = "ebmm " + " ".join(sys.argv[1:])
             results.append(r)

@@ -80,8 +80,11 @@ def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None) -
 
 
 def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
-             read_steps: int | None = None) -> dict[str, Any]:
-    """One protocol cell: EBMM (and, if asked, every baseline) on the same seeded episodes."""
+             read_steps: int | None = None, train_task: str | None = None) -> dict[str, Any]:
+    """One protocol cell: EBMM (and, if asked, every baseline) on the same seeded episodes.
+
+    train_task: the data the model was meta-trained on; baselines fit their static parts (PCA bases)
+    on it too, so that a transfer test (e.g. characters -> mnist) gives them no more than the model."""
     shape = tuple(model.cfg.input_shape)
     x, q, binary = make_episodes(proto, shape)
     metric = metric_for(proto.task, binary)
@@ -98,17 +101,18 @@ def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
         "seconds_per_episode": round(seconds / proto.episodes, 5),
     }
     if with_baselines:
-        res["baselines"] = run_baselines(model, proto, x, q, binary, metric)
+        res["baselines"] = run_baselines(model, proto, x, q, binary, metric, train_task or proto.task)
+        res["baselines_fitted_on"] = train_task or proto.task
     return res
 
 
-def run_baselines(model: EBMM, proto: Protocol, x: Tensor, q: Tensor, binary: bool, metric: str
-                  ) -> dict[str, dict[str, float]]:
+def run_baselines(model: EBMM, proto: Protocol, x: Tensor, q: Tensor, binary: bool, metric: str,
+                  train_task: str) -> dict[str, dict[str, float]]:
     kind = model.cfg.kind if proto.task == "binary" else ("colour" if x.shape[2] == 3 else "grayscale")
     train = None
-    if proto.task != "binary":
+    if train_task != "binary":
         from . import data
-        train = data.load(proto.task, "train").images
+        train = data.load(train_task, "train").images
     out: dict[str, dict[str, float]] = {}
     for b in bl.make_baselines(kind, model.memory_floats, train, proto.patterns, binary=binary):
         recon = torch.cat([b.retrieve_batch(b.store_batch(x[i:i + 100]), q[i:i + 100])
