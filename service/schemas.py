@@ -77,8 +77,11 @@ class ModelInfo(BaseModel):
     default_read_steps: int = Field(examples=[5])
     write_steps: int = Field(examples=[5])
     weights_sha256: str = Field(examples=["9f2c0e..."])
-    evaluation: dict[str, Any] | None = Field(description="Evaluation results from the card",
-                                              examples=[{"block_occlusion": {"hamming": 0.02}}])
+    evaluation: list[dict[str, Any]] | None = Field(
+        description="Evaluation results from the card, one per protocol cell (as `ebmm evaluate "
+                    "--update-card` records them)",
+        examples=[[{"task": "characters", "patterns": 64, "distortion": "block:16", "metric": "hamming",
+                    "error_mean": 50.04, "error_p5": 41.78, "error_p95": 58.82, "memory_floats": 16128}]])
     card: dict[str, Any] = Field(description="The full model card", examples=[{"name": "characters32"}])
 
 

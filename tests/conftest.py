@@ -126,6 +126,12 @@ def throwaway_redis(tmp_path: Path) -> Iterator[RedisProcess]:
         server.stop()
 
 
+# one protocol cell, in the form `ebmm evaluate --update-card` records it
+FIXTURE_EVALUATION = {"task": "binary", "patterns": 16, "distortion": "flip:8", "metric": "error_bits",
+                      "error_mean": 0.0, "error_p5": 0.0, "error_p95": 0.0, "memory_floats": 8256,
+                      "note": "fixture: untrained quadratic energy"}
+
+
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fixture checkpoints: untrained quadratic energies on bit strings, 16x16 binary, 8x8 colour."""
@@ -139,7 +145,7 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, (shape, kind) in FIXTURE_MODELS.items():
         cfg = ModelConfig(f"test-{name}", "quadratic", shape, kind, {}, LoopConfig(**QUADRATIC_LOOP))
         save_checkpoint(EBMM(cfg), root / name, name=name,
-                        evaluation={"note": "fixture: untrained quadratic energy"})
+                        evaluation=[FIXTURE_EVALUATION])
     return root
 
 

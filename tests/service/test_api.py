@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from service.config import Settings
@@ -64,7 +65,9 @@ async def test_models_list_cards_and_falls_back_to_first_model(checkpoint_dir: P
     first = models[0]
     assert first["default"] and first["kind"] == "binary" and first["input_shape"] == [128]
     assert first["memory_floats"] == 128 * 129 // 2 and first["default_read_steps"] == 5
-    assert first["evaluation"] == {"note": "fixture: untrained quadratic energy"}
+    # the card's evaluation is the list of protocol cells that `ebmm evaluate --update-card` writes
+    assert isinstance(first["evaluation"], list) and first["evaluation"][0]["metric"] == "error_bits"
+    assert first["evaluation"][0]["memory_floats"] == 8256
 
 
 async def test_write_then_retrieve_bit_strings(checkpoint_dir: Path) -> None:
@@ -255,3 +258,33 @@ async def test_startup_fails_clearly_when_no_checkpoint_loads(tmp_path: Path) ->
     with pytest.raises(StartupError, match="no checkpoint could be loaded from .*broken.*no model.safetensors"):
         async with app.router.lifespan_context(app):
             pass
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+@pytest.mark.skipif(not (SHIPPED / "characters32" / "card.json").exists(), reason="no shipped checkpoints")
+async def test_shipped_checkpoints_serve_and_restore_characters() -> None:
+    """What `make run` serves: every shipped card lists, and the default model restores occluded images."""
+    async with running(SHIPPED) as (c, _):
+        r = await c.get("/v1/models")
+        assert r.status_code == 200, r.text
+        models = {m["name"]: m for m in r.json()["models"]}
+        assert {"binary128", "characters32", "photos32"} <= set(models)
+        assert models["characters32"]["default"] and models["characters32"]["evaluation"]
+        from model import data
+        from model.distortions import block
+        try:
+            # 16 different held-out characters (the test split holds 10 jittered copies of each)
+            x = data.sample_episodes(data.load("characters", "test"), 16, 1, torch.Generator().manual_seed(0))[0]
+        except data.MissingDataError:
+            pytest.skip("characters data not fetched")
+        q = block(x, 16, "bits", torch.Generator().manual_seed(0)).x
+        files = [("files", (f"{i}.png", png(x[i, 0].numpy()), "image/png")) for i in range(16)]
+        sid = (await c.post("/v1/sessions", files=files)).json()["session_id"]
+        qfiles = [("files", (f"{i}.png", png(q[i, 0].numpy()), "image/png")) for i in range(16)]
+        out = (await c.post(f"/v1/sessions/{sid}/retrieve", files=qfiles, data={"output": "array"})).json()
+    restored = torch.tensor([res["pattern"] for res in out["results"]])
+    err = ((restored > 0.5).float() != x).flatten(1).sum(1).float().mean()
+    query_err = (q != x).flatten(1).sum(1).float().mean()
+    assert err < 0.6 * query_err, (float(err), float(query_err))
