@@ -173,19 +173,28 @@ def _bench(args: argparse.Namespace) -> int:
     out = bench.run(presets, args.repeats)
     out["command"] = "ebmm " + " ".join(sys.argv[1:])
     m = out["machine"]
-    print(f"{m['cpu']}  {m['cores']} cores  torch threads {m['torch_threads']}  {m['ghz']} GHz  "
-          f"fp32 peak {m['peak_gflops']} GFLOP/s (all cores)")
-    print(f"{'preset':40s} {'memory':>7s} | {'write ms':>9s} {'GF/s':>6s} {'peak':>5s} | {'read ms':>8s} "
-          f"{'GF/s':>6s} {'peak':>5s} | {'meta-step ms':>12s} {'GF/s':>6s}")
-    for r in out["results"]:
-        w, rd, ms = r["write"], r["read"], r["meta_step"]
-        print(f"{r['preset']:40s} {r['memory_floats']:>7d} | {w['ms']:>9.1f} {w['gflops_per_s']:>6.1f} "
-              f"{w['fraction_of_peak']:>5.0%} | {rd['ms']:>8.1f} {rd['gflops_per_s']:>6.1f} "
-              f"{rd['fraction_of_peak']:>5.0%} | {ms['ms']:>12.0f} {ms['gflops_per_s']:>6.1f}")
+    lines = bench_table(out)
+    print("\n".join(lines))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        md = Path(args.out).with_suffix(".md")
+        md.write_text("# Model speed benchmark\n\nCommand: `" + out["command"] + "`\n\n" + "\n".join(lines) + "\n")
     return 0
+
+
+def bench_table(out: dict) -> list[str]:
+    m = out["machine"]
+    lines = [f"{m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {m['ghz']} GHz, fp32 peak "
+             f"{m['peak_gflops']} GFLOP/s (all cores, AVX2 FMA), torch {m['torch']}", "",
+             "| preset | memory floats | write 64: ms | GFLOP/s | of peak | read 64: ms | GFLOP/s | of peak "
+             "| meta-step: ms | GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["results"]:
+        w, rd, ms = r["write"], r["read"], r["meta_step"]
+        lines.append(f"| {r['preset']} | {r['memory_floats']} | {w['ms']:.1f} | {w['gflops_per_s']:.1f} | "
+                     f"{w['fraction_of_peak']:.0%} | {rd['ms']:.1f} | {rd['gflops_per_s']:.1f} | "
+                     f"{rd['fraction_of_peak']:.0%} | {ms['ms']:.0f} | {ms['gflops_per_s']:.1f} |")
+    return lines
 
 
 def torch_threads(n: int) -> None:
