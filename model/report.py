@@ -108,7 +108,9 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
             ax.scatter(*zip(*pts), marker="x", label=f"{name} (same episodes)")
     ax.set_xlabel("memory (floats)"), ax.set_ylabel(ours[0]["metric"].replace("_", " ") + " per image")
     ax.set_title(f"{task}: 64 patterns, {ours[0].get('distortion_text', ours[0]['distortion'])}", fontsize=9)
-    ax.set_yscale("log"), ax.legend(fontsize=7), ax.grid(alpha=0.3)
+    ax.set_yscale("log"), ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.set_size_inches(8.5, 4)
     return plots.save(fig, path)
 
 
