@@ -26,6 +26,7 @@ demo: install
 	$(VENV)/bin/ebmm demo
 
 test: install
+	$(VENV)/bin/ruff check model service tests
 	$(PY) -m pytest -q
 
 test-fast: install

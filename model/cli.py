@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,7 +27,7 @@ def _presets(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']:24s} {r['arch']:12s} {str(tuple(r['input_shape'])):14s} "
+            print(f"{r['name']:26s} {r['arch']:18s} {tuple(r['input_shape'])!s:12s} "
                   f"params {r['parameters']:>9,d}  memory {r['memory_floats']:>7,d} floats")
     return 0
 
@@ -116,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     if args.update_card:
-        key = lambda r: (r.get("task"), r.get("patterns"), r.get("distortion"))  # noqa: E731
+        key = lambda r: (r.get("task"), r.get("patterns"), r.get("distortion"))
         fresh = {key(r) for r in results}
         evaluation = [e for e in ck.card.get("evaluation", []) if key(e) not in fresh]
         slim = [{k: v for k, v in r.items() if k != "baselines"} for r in results]
@@ -172,7 +172,6 @@ def _bench(args: argparse.Namespace) -> int:
     presets = tuple(_csv(args.presets)) if args.presets else bench.DEFAULT_PRESETS
     out = bench.run(presets, args.repeats)
     out["command"] = "ebmm " + " ".join(sys.argv[1:])
-    m = out["machine"]
     lines = bench_table(out)
     print("\n".join(lines))
     if args.out:

@@ -38,13 +38,13 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         d["input_shape"] = tuple(d["input_shape"])
         d["loop"] = LoopConfig(**d.get("loop", {}))
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         loop_changes = {k: changes.pop(k) for k in list(changes) if k in LoopConfig.__dataclass_fields__}
         arch_changes = {k: changes.pop(k) for k in list(changes) if k not in ModelConfig.__dataclass_fields__}
         cfg = dataclasses.replace(self, **changes)

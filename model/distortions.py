@@ -75,7 +75,7 @@ def block(x: Tensor, size: int = 16, fill: str | float = "bits",
     corners = [(torch.rand(b, generator=generator) * (s - size + 1)).long().clamp_(max=s - size)
                for s in spatial]                                          # each (B,)
     inside = [(torch.arange(s) >= c[:, None]) & (torch.arange(s) < c[:, None] + size)
-              for s, c in zip(spatial, corners)]                          # each (B, s)
+              for s, c in zip(spatial, corners, strict=False)]                          # each (B, s)
     if len(spatial) == 2:
         region = inside[0][:, :, None] & inside[1][:, None, :]            # (B, H, W)
         region = region.view(b, *[1] * (x.dim() - 3), *spatial)           # (B, 1, H, W)

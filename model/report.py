@@ -11,13 +11,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
 
-from . import plots  # noqa: E402
-from .checkpoint import load_checkpoint  # noqa: E402
-from .evaluate import Protocol, make_episodes  # noqa: E402
-from .memory import read, write  # noqa: E402
+from . import plots
+from .checkpoint import load_checkpoint
+from .evaluate import Protocol, make_episodes
+from .memory import read, write
 
 PAPER_TASK = {"characters": "omniglot", "omniglot": "omniglot", "photos": "cifar", "cifar10": "cifar",
               "binary": "binary"}
@@ -99,13 +98,14 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
                 alpha=0.7, label=f"paper: {model}")
     ours = sorted(ours, key=lambda r: r["memory_floats"])
     ax.errorbar([r["memory_floats"] for r in ours], [r["error_mean"] for r in ours],
-                yerr=[[r["error_mean"] - r["error_p5"] for r in ours], [r["error_p95"] - r["error_mean"] for r in ours]],
+                yerr=[[r["error_mean"] - r["error_p5"] for r in ours],
+                      [r["error_p95"] - r["error_mean"] for r in ours]],
                 marker="o", color="k", capsize=3, label="ebmm (this project)")
     for name in ("nearest_pca", "nearest_downscaled"):
         pts = [(r["baselines"][name]["memory_floats"], r["baselines"][name]["error_mean"])
                for r in ours if name in r.get("baselines", {})]
         if pts:
-            ax.scatter(*zip(*pts), marker="x", label=f"{name} (same episodes)")
+            ax.scatter(*zip(*pts, strict=False), marker="x", label=f"{name} (same episodes)")
     ax.set_xlabel("memory (floats)"), ax.set_ylabel(ours[0]["metric"].replace("_", " ") + " per image")
     ax.set_title(f"{task}: 64 patterns, {ours[0].get('distortion_text', ours[0]['distortion'])}", fontsize=9)
     ax.set_yscale("log"), ax.grid(alpha=0.3)
@@ -201,7 +201,9 @@ def build(results: Path = Path("results"), ckpt_root: Path = Path("checkpoints")
     rows = load_results(results / "eval")
     paper = load_paper(paper_csv)
     doc = ["# Results", "", f"Made by `{command}` from the evaluation JSONs in results/eval/ "
-           "(each records the command that made it). Paper numbers: results/paper_reference.csv.", ""]
+           "(each records the command that made it). Paper numbers: results/paper_reference.csv.",
+           "Cells read `mean [p5, p95]`: the mean error per pattern, and the 5th and 95th percentiles over "
+           "episodes of the per-episode mean (the paper's error bars).", ""]
     doc += binary_tables(rows, paper)
     for task in sorted({r["task"] for r in rows} - {"binary"}):
         doc += image_table(task, rows)

@@ -178,8 +178,9 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
         mask = None
         if inp.mask is not None:
             check_count(inp.mask, s.max_patterns)
-            raw, _ = await to_thread.run_sync(to_tensor, inp.mask, m, "mask", s.max_pixels)
+            raw, mask_notes = await to_thread.run_sync(to_tensor, inp.mask, m, "mask", s.max_pixels)
             mask = match_mask(raw, x, inp.mask.field)
+            notes = [*notes, *(f"mask: {n}" for n in mask_notes)]      # e.g. a resized mask is said
         weights = unpack_weights(found[1])  # type: ignore[index]
     res = await _model(state, "read", m, t, m.memory.read, weights, x, mask, steps)
     with t.stage("encode"):

@@ -76,7 +76,8 @@ def test_storkey_matches_its_elementwise_definition() -> None:
 @pytest.mark.parametrize("zero_diagonal", [False, True])
 def test_factored_pinv_equals_dense(zero_diagonal: bool) -> None:
     x, q = strings(2, 48, flips=16, seed=3)
-    dense, factored = HopfieldPinv(zero_diagonal=zero_diagonal), HopfieldPinv(zero_diagonal=zero_diagonal, dense_max_dim=0)
+    dense = HopfieldPinv(zero_diagonal=zero_diagonal)
+    factored = HopfieldPinv(zero_diagonal=zero_diagonal, dense_max_dim=0)
     assert "P" in factored.store_batch(x)
     for update in ("sync", "async"):
         dense.update = factored.update = update

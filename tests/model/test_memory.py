@@ -59,7 +59,7 @@ def test_meta_gradient_matches_finite_differences(arch):
     # check a spread of coordinates covering every parameter tensor (writable, static and loop ones)
     rng = torch.Generator().manual_seed(1)
     idx, i = [], 0
-    for n, t in model.named_parameters():
+    for _n, t in model.named_parameters():
         k = min(t.numel(), 3)
         idx += (i + torch.randperm(t.numel(), generator=rng)[:k]).tolist()
         i += t.numel()
