@@ -122,10 +122,30 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+_EXAMPLES: dict[int, tuple[str, str, str, str, Any]] = {   # status -> slug, title, detail, field, value
+    401: ("unauthorized", "Missing or unknown API key", "X-API-Key: no key was sent", "X-API-Key", None),
+    404: ("not-found", "Not found", "session 'Zx3...' does not exist or has expired", "session_id", "Zx3..."),
+    409: ("checkpoint-mismatch", "Session does not match the loaded checkpoint",
+          "session was written by model 'characters32' with weights 9f2c0e1a7b3d; that model is loaded "
+          "with weights 41aa07c2d9e8 on this server", "checkpoint_sha256", "9f2c0e1a7b3d..."),
+    413: ("too-large", "Request too large", "files[0]: 20000x20000 = 400000000 pixels exceeds the limit "
+          "of 4000000", "files[0]", "20000x20000"),
+    415: ("unsupported-media", "Unsupported media type", "files[1]: not a decodable image; send PNG, JPEG, "
+          "BMP, GIF, WEBP", "files[1]", "b'%PDF-1.7'"),
+    422: ("invalid-input", "Invalid input", "patterns.bits[2]: expected 128 characters of 0/1, got 127",
+          "patterns.bits[2]", "0110..."),
+    503: ("store-unavailable", "Session store unreachable", "the session store did not answer: "
+          "Connection refused", "store", "redis://redis:6379/0"),
+}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem+json answers a route can give."""
-    example = {"type": "urn:ebmm:problem:invalid-input", "title": "Invalid input", "status": 422,
-               "detail": "patterns.bits[2]: expected 128 characters of 0/1, got 127",
-               "instance": "/v1/sessions", "field": "patterns.bits[2]", "value": "0110..."}
-    return {s: {"description": "problem+json (RFC 9457) naming the field and the bad value",
-                "content": {PROBLEM_JSON: {"example": {**example, "status": s}}}} for s in statuses}
+    """OpenAPI entries for the problem+json answers a route can give, each with its own example."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for s in statuses:
+        slug, title, detail, field, value = _EXAMPLES.get(s, _EXAMPLES[422])
+        example = {"type": f"urn:ebmm:problem:{slug}", "title": title, "status": s, "detail": detail,
+                   "instance": "/v1/sessions", "field": field, "value": value}
+        out[s] = {"description": f"{title}: problem+json (RFC 9457) naming the field and the bad value",
+                  "content": {PROBLEM_JSON: {"example": example}}}
+    return out

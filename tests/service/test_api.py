@@ -302,3 +302,14 @@ async def test_a_mask_of_another_size_is_resized_and_the_response_says_so(checkp
     assert r.status_code == 200, r.text
     assert r.json()["masked"] is True
     assert any(n.startswith("mask: resized 32x32 to 16x16") for n in r.json()["conversions"]), r.json()
+
+
+async def test_openapi_documents_each_error_with_its_own_problem_example(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, _):
+        spec = (await c.get("/openapi.json")).json()
+    responses = spec["paths"]["/v1/sessions/{session_id}/retrieve"]["post"]["responses"]
+    examples = {s: r["content"]["application/problem+json"]["example"] for s, r in responses.items()
+                if s[0] in "45" and "application/problem+json" in r.get("content", {})}
+    assert {"404", "409", "422"} <= set(examples), sorted(examples)
+    assert len({e["detail"] for e in examples.values()}) == len(examples)   # not one example relabelled
+    assert all(e["status"] == int(s) and e["field"] for s, e in examples.items())
