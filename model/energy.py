@@ -229,8 +229,8 @@ class SubspaceSlotEnergy(EnergyNet):
         # scalar knobs are stored divided by _GAIN so that the network's (small) meta-learning rate
         # moves them at a useful pace; the energy multiplies them back
         self.log_beta = nn.Parameter(torch.tensor(0.0))
-        self.pen_raw = nn.Parameter(torch.tensor(_inv_sp(0.25) / _GAIN))   # c = softplus * unit
-        self.comp_raw = nn.Parameter(torch.tensor(_inv_sp(0.2) / _GAIN))   # lambda
+        self.pen_raw = nn.Parameter(torch.tensor(inv_softplus(0.25) / _GAIN))   # c = softplus * unit
+        self.comp_raw = nn.Parameter(torch.tensor(inv_softplus(0.2) / _GAIN))   # lambda
         self.quart_raw = nn.Parameter(torch.tensor(-6.0 / _GAIN))          # q, starts ~0
         self.well = nn.Parameter(torch.tensor(0.0))                         # w (either sign)
         self.register_buffer("unit", torch.tensor(1.0))               # typical half distance
@@ -276,7 +276,8 @@ class SubspaceSlotEnergy(EnergyNet):
 _GAIN = 30.0
 
 
-def _inv_sp(y: float) -> float:
+def inv_softplus(y: float) -> float:
+    """x with softplus(x) = y: how positive quantities are stored unconstrained."""
     return float(torch.log(torch.expm1(torch.tensor(float(y)))))
 
 

@@ -16,13 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .energy import ARCHITECTURES, EnergyNet, Params
+from .energy import ARCHITECTURES, EnergyNet, Params, inv_softplus
 
 TERMS = ("energy", "grad_norm", "prior")
-
-
-def _inv_softplus(y: float) -> float:
-    return float(torch.log(torch.expm1(torch.tensor(float(y)))))
 
 
 def _logit(p: float) -> float:
@@ -36,10 +32,10 @@ class LoopParams(nn.Module):
         super().__init__()
         lc = cfg.loop
         k = lc.read_steps
-        self.write_rate = nn.Parameter(torch.full((n_writable, len(TERMS)), _inv_softplus(lc.write_rate_init)))
-        self.alpha = nn.Parameter(torch.tensor(_inv_softplus(lc.alpha_init)))
-        self.beta = nn.Parameter(torch.tensor(_inv_softplus(lc.beta_init)))
-        self.read_rate = nn.Parameter(torch.tensor(_inv_softplus(lc.read_rate_init)))
+        self.write_rate = nn.Parameter(torch.full((n_writable, len(TERMS)), inv_softplus(lc.write_rate_init)))
+        self.alpha = nn.Parameter(torch.tensor(inv_softplus(lc.alpha_init)))
+        self.beta = nn.Parameter(torch.tensor(inv_softplus(lc.beta_init)))
+        self.read_rate = nn.Parameter(torch.tensor(inv_softplus(lc.read_rate_init)))
         self.read_decay = nn.Parameter(torch.full((max(k - 1, 0),), _logit(lc.read_decay_init)))
         self.momentum = nn.Parameter(torch.tensor(_logit(lc.momentum_init)))
         self.momentum_decay = nn.Parameter(torch.full((max(k - 1, 0),), _logit(0.99)))
