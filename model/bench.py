@@ -32,8 +32,12 @@ def resolve(spec: str):
     for c in changes:
         k, _, v = c.partition("=")
         overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
-        if isinstance(overrides[k], str):
-            overrides[k] = float(v) if "." in v or "e" in v else int(v)
+        for cast in (int, float):
+            if isinstance(overrides[k], str):
+                try:
+                    overrides[k] = cast(v)
+                except ValueError:
+                    pass
     return get_preset(name).replace(**overrides)
 
 

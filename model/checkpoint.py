@@ -40,10 +40,14 @@ def save_checkpoint(model: EBMM, folder: str | Path, **card_fields: Any) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}
     tmp = folder / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"preset": model.cfg.name})
+    # one metadata key: safetensors writes several in a random order, and the file's hash must be stable
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(model.cfg.to_dict(), sort_keys=True)})
     tmp.chmod(0o644)                       # safetensors writes 0600; servers run as other users
     tmp.replace(folder / WEIGHTS)
     old = read_card(folder) if (folder / CARD).exists() else {}
+    digest = _sha256(folder / WEIGHTS)
+    if old.get("weights_sha256") != digest:
+        old.pop("evaluation", None)        # results measured on other weights do not carry over
     card = {
         **old,
         "card_version": CARD_VERSION,
@@ -55,7 +59,7 @@ def save_checkpoint(model: EBMM, folder: str | Path, **card_fields: Any) -> Path
         "memory_floats": model.memory_floats,
         "parameters": sum(t.numel() for t in tensors.values()),
         "tensors": {n: list(t.shape) for n, t in tensors.items()},
-        "weights_sha256": _sha256(folder / WEIGHTS),
+        "weights_sha256": digest,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **card_fields,
     }
@@ -91,6 +95,14 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
         model = EBMM(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder}: card config cannot build a model: {e}") from e
+    from safetensors import safe_open
+    with safe_open(str(wpath), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("config") is not None and json.loads(meta["config"]) != json.loads(json.dumps(cfg.to_dict())):
+        raise CheckpointError(f"{folder}: the card's config differs from the one saved with the weights")
+    for key, value in (("architecture", cfg.arch), ("input_shape", list(cfg.input_shape)), ("kind", cfg.kind)):
+        if card.get(key) != value:
+            raise CheckpointError(f"{folder}: card says {key}={card.get(key)!r}, its config says {value!r}")
     tensors = load_file(str(wpath))
     expected = {n: list(t.shape) for n, t in model.state_dict().items()}
     got = {n: list(t.shape) for n, t in tensors.items()}

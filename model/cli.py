@@ -255,8 +255,9 @@ def _demo(args: argparse.Namespace) -> int:
         res = read(ck.model, p, w, q[0])
         t2 = time.perf_counter()
         metric = metric_for(task, binary)
-        err = per_pattern_error(res.iterates[-1], x[0], metric).mean()
-        qerr = per_pattern_error(q[0], x[0], metric).mean()
+        dims = len(ck.model.cfg.input_shape)
+        err = per_pattern_error(res.iterates[-1], x[0], metric, dims).mean()
+        qerr = per_pattern_error(q[0], x[0], metric, dims).mean()
         png = plots.retrieval_grid(res.iterates, x[0], Path(args.out) / f"demo_{ck.name}.png",
                                    title=f"{ck.name}: {n} stored, queries: {spec}")
         print(f"{ck.name}: wrote {n} patterns ({ck.model.memory_floats} floats) in {1000 * (t1 - t0):.0f} ms, "

@@ -35,13 +35,13 @@ def metric_for(task: str, binary_data: bool) -> str:
     return "hamming" if binary_data else "squared_error"
 
 
-def per_pattern_error(out: Tensor, target: Tensor, metric: str) -> Tensor:
-    """out, target (..., *S) -> (...,) per pattern, summed over the pattern's entries."""
+def per_pattern_error(out: Tensor, target: Tensor, metric: str, pattern_dims: int) -> Tensor:
+    """out, target (..., *S) with len(S) = pattern_dims -> (...,): the error of each pattern."""
     if metric == "squared_error":
         d = (out - target).pow(2)
     else:
         d = ((out > 0.5).to(target.dtype) != target).to(out.dtype)
-    return d.flatten(-len(target.shape[2:]) if target.dim() > 2 else -1).sum(-1)
+    return d.flatten(-pattern_dims).sum(-1)
 
 
 def summarise(per_episode: Tensor) -> dict[str, float]:
@@ -72,10 +72,11 @@ def make_episodes(proto: Protocol, shape: tuple[int, ...]) -> tuple[Tensor, Tens
 def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None) -> Tensor:
     """Write each episode's patterns and read its queries back: (M, N, *S) -> (M, N, *S)."""
     p = model.params(detach=True)
+    dev = next(iter(p.values())).device                     # episodes live on the CPU; the model may not
     out = torch.empty_like(x)
     for i in range(x.shape[0]):
-        w = write(model, p, x[i]).weights
-        out[i] = read(model, p, w, q[i], steps=read_steps).iterates[-1]
+        w = write(model, p, x[i].to(dev)).weights
+        out[i] = read(model, p, w, q[i].to(dev), steps=read_steps).iterates[-1].cpu()
     return out
 
 
@@ -88,6 +89,8 @@ def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
     shape = tuple(model.cfg.input_shape)
     x, q, binary = make_episodes(proto, shape)
     metric = metric_for(proto.task, binary)
+    dims = len(shape)
+    steps = model.cfg.loop.read_steps if read_steps is None else read_steps
     t0 = time.perf_counter()
     out = run_ebmm(model, x, q, read_steps)
     seconds = time.perf_counter() - t0
@@ -95,9 +98,9 @@ def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
         "task": proto.task, "patterns": proto.patterns, "memory_floats": model.memory_floats,
         "distortion": proto.distortion, "distortion_text": distortions.describe(proto.distortion),
         "metric": metric, "metric_text": METRICS[metric], "episodes": proto.episodes, "seed": proto.seed,
-        "read_steps": read_steps or model.cfg.loop.read_steps,
-        **summarise(per_pattern_error(out, x, metric).mean(1)),
-        "query_error_mean": round(float(per_pattern_error(q, x, metric).mean()), 4),
+        "read_steps": steps,
+        **summarise(per_pattern_error(out, x, metric, dims).mean(1)),
+        "query_error_mean": round(float(per_pattern_error(q, x, metric, dims).mean()), 4),
         "seconds_per_episode": round(seconds / proto.episodes, 5),
     }
     if with_baselines:
@@ -117,6 +120,6 @@ def run_baselines(model: EBMM, proto: Protocol, x: Tensor, q: Tensor, binary: bo
     for b in bl.make_baselines(kind, model.memory_floats, train, proto.patterns, binary=binary):
         recon = torch.cat([b.retrieve_batch(b.store_batch(x[i:i + 100]), q[i:i + 100])
                            for i in range(0, x.shape[0], 100)])
-        out[b.name] = {**summarise(per_pattern_error(recon, x, metric).mean(1)),
+        out[b.name] = {**summarise(per_pattern_error(recon, x, metric, x.dim() - 2).mean(1)),
                        "memory_floats": b.memory_floats(proto.patterns, tuple(x.shape[2:]))}
     return out

@@ -156,7 +156,7 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
 @dataclass
 class ReadResult:
     iterates: Tensor    # (K+1, B, *input_shape): the query, then every read iterate
-    energies: Tensor    # (K+1, B): the energy at each iterate
+    energies: Tensor    # (K+1, B): the energy at each iterate (no graph: a diagnostic)
 
 
 def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor | None = None,
@@ -172,7 +172,7 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     keep = None if mask is None else mask.to(queries.dtype)
     x0 = queries
     x, v = queries, torch.zeros_like(queries)
-    iterates, energies = [x], []
+    iterates = [x]
     with torch.enable_grad():
         for k in range(steps):
             xh = (x + psi[k] * v).clamp(0, 1)                       # Nesterov look-ahead
@@ -180,18 +180,16 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
                 xh = xh.detach()
             if not xh.requires_grad:
                 xh = xh.requires_grad_(True)
-            e = model.energy_fn(q, xh)
-            (g,) = torch.autograd.grad(e.sum(), xh, create_graph=create_graph)
-            energies.append(e if create_graph else e.detach())
+            (g,) = torch.autograd.grad(model.energy_fn(q, xh).sum(), xh, create_graph=create_graph)
             v = psi[k] * v - gamma[k] * g
             x = (x + v).clamp(0, 1)
-            if keep is not None:
-                x = keep * x0 + (1 - keep) * x
+            if keep is not None:                # known pixels stay put, and so does their velocity,
+                x = keep * x0 + (1 - keep) * x  # so that the look-ahead never moves them either
+                v = (1 - keep) * v
             if not create_graph:
                 x, v = x.detach(), v.detach()
             iterates.append(x)
-        with torch.set_grad_enabled(create_graph):
-            energies.append(model.energy_fn(q, x))
-    # energies[k] is at the k-th look-ahead point (energies[0] at the query); the last, at the result
-    energies_t = torch.stack(energies)
-    return ReadResult(torch.stack(iterates), energies_t if create_graph else energies_t.detach())
+    traj = torch.stack(iterates)                                    # (K+1, B, *S)
+    with torch.no_grad():                   # diagnostics: the energy of every returned iterate
+        energies_t = model.energy_fn(q, traj.detach().flatten(0, 1)).view(traj.shape[:2])   # (K+1, B)
+    return ReadResult(traj, energies_t)

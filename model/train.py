@@ -69,6 +69,9 @@ def make_sampler(task: str) -> Sampler:
 
 def build_model(cfg: TrainConfig) -> EBMM:
     if cfg.init:
+        if cfg.overrides:
+            raise ValueError(f"init={cfg.init!r} with overrides {sorted(cfg.overrides)}: a warm start keeps "
+                             "the checkpoint's architecture and loops; drop the overrides")
         model = load_checkpoint(cfg.init).model
         for t in model.parameters():
             t.requires_grad_(True)
@@ -136,8 +139,12 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
     if (state_dir / "state.safetensors").exists():
+        current = info["config"]
         info = load_state(state_dir, model, opt, gen)
+        _check_same_run(state_dir, info["config"], current)
+        info["config"] = current
         _log(progress, f"resumed {state_dir} at step {info['step']}")
+        _truncate_log(state_dir / "metrics.jsonl", info["step"])
     distorts = [distortions.parse(s) for s in cfg.distortion.split(",")]
     log_path = state_dir / "metrics.jsonl"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -171,14 +178,35 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
             _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint)
     if bar is not None:
         bar.close()
+    if not (Path(cfg.out) / "card.json").exists():       # resumed a finished run into an empty folder
+        _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint)
     return model
+
+
+# what may change between the run that saved a state and the one that resumes it
+_RESUMABLE = {"steps", "checkpoint_every", "threads", "out", "state_dir"}
+
+
+def _check_same_run(state_dir: Path, saved: dict, now: dict) -> None:
+    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"{state_dir} holds a run with other settings ({', '.join(diff)}): "
+                         f"{ {k: saved.get(k) for k in diff} } vs { {k: now.get(k) for k in diff} }; "
+                         "pass another --state-dir or delete that folder to start afresh")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the rows logged after the state that was resumed (they will be logged again)."""
+    if path.exists():
+        rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
 
 
 def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -> None:
     save_state(state_dir, model, opt, gen, info)
     extra = on_checkpoint(model, info) if on_checkpoint else {}
     save_checkpoint(model, cfg.out, name=Path(cfg.out).name, training={
-        "preset": cfg.preset, "task": cfg.task, "distortion": cfg.distortion,
+        "preset": model.cfg.name, "task": cfg.task, "distortion": cfg.distortion,
         "patterns": list(cfg.patterns), "meta_batch": cfg.meta_batch, "steps": info["step"],
         "cpu_seconds": round(info["seconds"] * (cfg.threads or torch.get_num_threads()), 1),
         "wall_seconds": round(info["seconds"], 1), "threads": cfg.threads or torch.get_num_threads(),

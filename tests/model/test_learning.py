@@ -46,3 +46,15 @@ def test_training_is_deterministic_given_a_seed(tmp_path):
     a = train(TrainConfig(**base, out=str(tmp_path / "a"), state_dir=str(tmp_path / "sa")), progress=False)
     b = train(TrainConfig(**base, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb")), progress=False)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=False))
+
+
+def test_resuming_with_other_settings_is_refused_and_a_finished_run_still_writes_its_checkpoint(tmp_path):
+    base = dict(preset="binary-hopfield", task="binary", distortion="flip:8", patterns=(8,), meta_batch=2,
+                lr=1e-3, loop_lr=1e-2, clip=1.0, seed=3, threads=1, checkpoint_every=2,
+                state_dir=str(tmp_path / "s"))
+    train(TrainConfig(**base, steps=2, out=str(tmp_path / "a")), progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(TrainConfig(**{**base, "lr": 1e-2}, steps=4, out=str(tmp_path / "a")), progress=False)
+    train(TrainConfig(**base, steps=2, out=str(tmp_path / "b")), progress=False)   # done: just writes it
+    assert (tmp_path / "b" / "card.json").exists()
+    assert len((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -140,3 +140,13 @@ def test_step_sizes_are_positive_and_non_increasing_beyond_k():
                                          ("paper-conv-d8-colour", 1154 * 8), ("binary-hopfield", 8256)])
 def test_paper_memory_sizes(name, floats):
     assert EBMM(PRESETS[name]).memory_floats == floats
+
+
+def test_read_energies_are_the_energies_of_the_returned_iterates():
+    model = EBMM(TINY["gated_rnn"])
+    p = model.params(detach=True)
+    x, q = _episode(model.cfg)
+    w = write(model, p, x.float()).weights
+    r = read(model, p, w, q.float(), steps=4)
+    for k in range(r.iterates.shape[0]):
+        assert torch.allclose(r.energies[k], model.energy_fn({**p, **w}, r.iterates[k]), atol=1e-5), k
