@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
@@ -95,7 +96,6 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
         model = EBMM(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder}: card config cannot build a model: {e}") from e
-    from safetensors import safe_open
     with safe_open(str(wpath), "pt") as f:
         meta = f.metadata() or {}
     if meta.get("config") is not None and json.loads(meta["config"]) != json.loads(json.dumps(cfg.to_dict())):

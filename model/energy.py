@@ -53,6 +53,12 @@ def layer_norm(h: Tensor, dims: int, weight: Tensor | None = None, eps: float = 
     return out if weight is None else out * weight
 
 
+def symmetric_from_triu(t: Tensor, iu: Tensor, n: int) -> Tensor:
+    """The (n, n) symmetric matrix whose upper triangle (diagonal included) is t (n(n+1)/2,)."""
+    upper = t.new_zeros(n, n).index_put((iu[0], iu[1]), t)
+    return upper + upper.T - torch.diag(torch.diagonal(upper))
+
+
 def _signed(x: Tensor) -> Tensor:
     """Data live in [0, 1]; the networks see them centred in [-1, 1]."""
     return 2.0 * x - 1.0
@@ -137,11 +143,8 @@ class QuadraticEnergy(EnergyNet):
         self._init_scale(scale)
 
     def matrix(self, p: Params) -> Tensor:
-        d = self.dim
-        t = p["memory_triu"]
-        upper = t.new_zeros(d, d).index_put((self.iu[0], self.iu[1]), t)   # (D, D)
-        diag = torch.diagonal(upper)
-        return upper + upper.T - torch.diag(diag) + torch.diag(diag * (p["diag"] - 1))
+        m = symmetric_from_triu(p["memory_triu"], self.iu, self.dim)     # (D, D)
+        return m + torch.diag(torch.diagonal(m) * (p["diag"] - 1))        # diagonal scaled by the gain
 
     def energy(self, p: Params, x: Tensor) -> Tensor:
         s = _signed(x).flatten(1)                               # (B, D)
@@ -184,9 +187,7 @@ class SubspaceQuadraticEnergy(EnergyNet):
             self.bias.zero_()
 
     def matrix(self, p: Params) -> Tensor:
-        t = p["memory_triu"]
-        upper = t.new_zeros(self.rank, self.rank).index_put((self.iu[0], self.iu[1]), t)
-        return upper + upper.T - torch.diag(torch.diagonal(upper))   # (r, r)
+        return symmetric_from_triu(p["memory_triu"], self.iu, self.rank)   # (r, r)
 
     def energy(self, p: Params, x: Tensor) -> Tensor:
         s = _signed(x).flatten(1)                                    # (B, D)

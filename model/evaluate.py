@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -27,6 +28,13 @@ class Protocol:
     distortion: str        # model.distortions spec
     episodes: int = 1000   # M; the paper's error bars are 5th-95th percentiles over 1000 batches
     seed: int = 0
+
+
+@lru_cache(maxsize=4)
+def _split(task: str, split: str):
+    """A dataset split, loaded once per process: `ebmm evaluate` runs many cells on the same data."""
+    from . import data
+    return data.load(task, split)
 
 
 def metric_for(task: str, binary_data: bool) -> str:
@@ -59,7 +67,7 @@ def make_episodes(proto: Protocol, shape: tuple[int, ...]) -> tuple[Tensor, Tens
         binary = True
     else:
         from . import data
-        ds = data.load(proto.task, "test")
+        ds = _split(proto.task, "test")
         x = data.sample_episodes(ds, proto.patterns, proto.episodes, g)
         binary = bool(((ds.images == 0) | (ds.images == 1)).all())
     if tuple(x.shape[2:]) != tuple(shape):
@@ -114,8 +122,7 @@ def run_baselines(model: EBMM, proto: Protocol, x: Tensor, q: Tensor, binary: bo
     kind = model.cfg.kind if proto.task == "binary" else ("colour" if x.shape[2] == 3 else "grayscale")
     train = None
     if train_task != "binary":
-        from . import data
-        train = data.load(train_task, "train").images
+        train = _split(train_task, "train").images
     out: dict[str, dict[str, float]] = {}
     for b in bl.make_baselines(kind, model.memory_floats, train, proto.patterns, binary=binary):
         recon = torch.cat([b.retrieve_batch(b.store_batch(x[i:i + 100]), q[i:i + 100])

@@ -97,13 +97,13 @@ def _grad_x(model: EBMM, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
     return e, g
 
 
-def writing_terms(model: EBMM, p: Params, theta_bar: Params, x: Tensor, use_grad_norm: bool
-                  ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """E, ||grad_x E||^2 (or None) reduced over patterns, and ||theta - theta_bar||^2.
+def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool) -> tuple[Tensor, Tensor | None]:
+    """E and ||grad_x E||^2 (or None), reduced over the patterns. The third term of the writing loss,
+    beta ||theta - theta_bar||^2, has the gradient 2 beta (theta - theta_bar): `write` applies it directly.
 
     The paper averages over the N patterns. For a quadratic energy the grad-norm term's curvature in
     the weights then scales as D/N, so one learned rate that is stable at N = 96 diverges at N = 16;
-    `write_reduction="sum"` makes that curvature independent of N (measured in results/).
+    `write_reduction="sum"` makes that curvature independent of N (results/NOTES.md).
     """
     reduce = torch.sum if model.cfg.loop.write_reduction == "sum" else torch.mean
     if use_grad_norm:
@@ -111,8 +111,7 @@ def writing_terms(model: EBMM, p: Params, theta_bar: Params, x: Tensor, use_grad
         gn = reduce(g.pow(2).flatten(1).sum(1))
     else:
         e, gn = model.energy_fn(p, x), None
-    prior = sum((p[n] - theta_bar[n]).pow(2).sum() for n in theta_bar)
-    return reduce(e), gn, prior
+    return reduce(e), gn
 
 
 def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
@@ -130,7 +129,7 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     with torch.enable_grad():
         for _ in range(steps):
             q = {**p, **w}
-            e, gn, _ = writing_terms(model, q, theta_bar, x, use_gn)
+            e, gn = writing_terms(model, q, x, use_gn)
             ws = list(w.values())
             ge = torch.autograd.grad(e, ws, create_graph=create_graph, retain_graph=use_gn or create_graph)
             gg = (torch.autograd.grad(gn, ws, create_graph=create_graph) if use_gn

@@ -97,8 +97,7 @@ def save_state(path: Path, model: EBMM, opt: torch.optim.Optimizer, gen: torch.G
     tensors = {f"model.{n}": t.detach().contiguous() for n, t in model.state_dict().items()}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{i}.{k}"] = v.detach().reshape(v.shape).contiguous() if torch.is_tensor(v) \
-                else torch.tensor(float(v))
+            tensors[f"opt.{i}.{k}"] = v.detach().contiguous() if torch.is_tensor(v) else torch.tensor(float(v))
     tensors["rng"] = gen.get_state()
     save_file(tensors, str(path / "state.safetensors.tmp"))
     (path / "state.safetensors.tmp").replace(path / "state.safetensors")

@@ -39,7 +39,6 @@ def test_meta_gradient_matches_finite_differences(arch):
     with torch.no_grad():   # make the energy large enough that both loops move noticeably
         model.energy.log_scale.fill_(0.0)
     x, q = _episode(model.cfg)
-    names = [n for n, _ in model.named_parameters()]
     flat0 = torch.cat([t.detach().flatten() for t in model.parameters()])
 
     def loss_of(flat: torch.Tensor) -> torch.Tensor:
@@ -70,7 +69,7 @@ def test_meta_gradient_matches_finite_differences(arch):
         numeric = (loss_of(flat0 + e) - loss_of(flat0 - e)) / (2 * eps)
         assert torch.allclose(analytic[j], numeric, rtol=1e-4, atol=1e-8), \
             f"{arch}: d loss / d flat[{j}] analytic {analytic[j]:.6e} vs numeric {numeric:.6e}"
-    assert analytic.abs().sum() > 0 and len(names) == len(list(model.parameters()))
+    assert analytic.abs().sum() > 0
 
 
 def test_meta_gradient_reaches_every_learned_quantity():
