@@ -20,7 +20,7 @@ from .memory import EBMM, read, write
 from .meta import meta_loss
 
 DEFAULT_PRESETS = ("binary-hopfield", "binary-rnn-small", "binary-rnn-small@grad_norm_term=false",
-                   "paper-binary-rnn", "characters-slots", "photos-slots", "fc-small-d32-gray",
+                   "paper-binary-rnn", "characters-indexed", "photos-indexed", "fc-small-d32-gray",
                    "conv-small-d8-gray", "paper-fc-d64-gray", "paper-conv-d14-gray",
                    "paper-conv-d14-gray@grad_norm_term=false")
 

@@ -58,6 +58,7 @@ def save_checkpoint(model: EBMM, folder: str | Path, **card_fields: Any) -> Path
         "input_shape": list(model.cfg.input_shape),
         "kind": model.cfg.kind,
         "memory_floats": model.memory_floats,
+        "capacity_patterns": model.capacity,
         "parameters": sum(t.numel() for t in tensors.values()),
         "tensors": {n: list(t.shape) for n, t in tensors.items()},
         "weights_sha256": digest,

@@ -22,7 +22,8 @@ def _presets(args: argparse.Namespace) -> int:
         m = EBMM(cfg)
         rows.append({"name": name, "arch": cfg.arch, "kind": cfg.kind, "input_shape": list(cfg.input_shape),
                      "parameters": sum(t.numel() for t in m.parameters()),
-                     "memory_floats": m.memory_floats, "note": cfg.note})
+                     "memory_floats": m.memory_floats,
+                     "capacity_patterns": m.capacity, "note": cfg.note})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

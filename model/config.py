@@ -87,16 +87,23 @@ def _presets() -> dict[str, ModelConfig]:
                                   "step instead of a deep network"))
         p.append(ModelConfig(f"photos-subspace{tag}", "subspace_quadratic", C, "colour",
                              dict(rank=rank), loop, note="as characters-subspace, for colour images"))
-    slot_loop = LoopConfig(write_steps=10, write_rate_init=0.9, alpha_init=0.25, beta_init=1e-4,
-                           grad_norm_term=False, write_reduction="sum", read_rate_init=0.25,
-                           read_decay_init=0.9, momentum_init=0.1)
-    for rank, tag in ((126, ""), (63, "-r63"), (31, "-r31")):
-        for task, shape, kind in (("characters", G, "binary"), ("photos", C, "colour")):
-            p.append(ModelConfig(f"{task}-slots{tag}", "subspace_slots", shape, kind,
-                                 dict(rank=rank, slots=128), slot_loop,
-                                 note=f"128 writable slots in the {rank}-dim principal subspace "
-                                      f"({128 * rank:,} floats), written by 10 gradient steps on the "
-                                      "energy; attention recall + residual shrink + quartic overwrite"))
+    # slot memories: "slots" write every pattern into a shared softmin (kept for comparison);
+    # "indexed" give pattern i its own slot i mod 64 (64 = the protocol's patterns per episode)
+    families = (("slots", 128, "shared", 10, ((126, ""), (63, "-r63"), (31, "-r31")),
+                 "written by 10 gradient steps on the energy"),
+                ("indexed", 64, "indexed", 3, ((252, ""), (126, "-r126"), (63, "-r63")),
+                 "the write gives pattern i slot i mod 64 (3 gradient steps on its own slot's energy)"))
+    for family, slots, assign, steps, ranks, how in families:
+        loop = LoopConfig(write_steps=steps, write_rate_init=0.9, alpha_init=0.25, beta_init=1e-4,
+                          grad_norm_term=False, write_reduction="sum", read_rate_init=0.25,
+                          read_decay_init=0.9, momentum_init=0.1)
+        for rank, tag in ranks:
+            for task, shape, kind in (("characters", G, "binary"), ("photos", C, "colour")):
+                p.append(ModelConfig(f"{task}-{family}{tag}", "subspace_slots", shape, kind,
+                                     dict(rank=rank, slots=slots, assign=assign), loop,
+                                     note=f"{slots} writable slots in the {rank}-dim principal subspace "
+                                          f"({slots * rank:,} floats), {how}; attention recall + residual "
+                                          "shrink + quartic overwrite"))
     p.append(ModelConfig("conv-small-d8-gray", "resnet_conv", G, "grayscale",
                          dict(memory=8, channels=(16, 32), bottleneck=32, width=64, hidden=256),
                          note="the conv-memory net at half width: 578·d memory floats, ~1/8 FLOPs"))

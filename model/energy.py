@@ -81,6 +81,17 @@ class EnergyNet(nn.Module):
     def energy(self, p: Params, x: Tensor) -> Tensor:  # x (B, *input_shape) -> (B,)
         raise NotImplementedError
 
+    @property
+    def capacity(self) -> int | None:
+        """Patterns a write can store apart (each in memory of its own); None where capacity is graded."""
+        return None
+
+    def write_energy(self, p: Params, x: Tensor) -> Tensor:
+        """The energy term of the writing loss for the batch x being written (N, *input_shape) -> (N,).
+        The paper's: E itself. An energy may instead give an upper bound of E that says where each
+        pattern is stored (`SubspaceSlotEnergy` with assign="indexed")."""
+        return self.energy(p, x)
+
     def head(self, p: Params, h: Tensor) -> Tensor:
         """Shared energy read-out, scaled by a learned log-scale (the initial-scale trap)."""
         return lin(p, "out", h).squeeze(-1) * p["log_scale"].exp()
@@ -212,25 +223,38 @@ class SubspaceSlotEnergy(EnergyNet):
     collide on it to free slots (gradient writes from a shared init otherwise merge patterns).
     Reading from the query moves its subspace code to the recalled slot, shrinks the residual, and the
     quartic term overwrites only the pixels that disagree strongly with the recall (the occluded block).
+
+    assign="indexed" replaces the occupancy penalty by a write that says where each pattern goes: the
+    energy term of the writing loss for pattern i of N is its distance to its own slots {k : k mod N = i}
+    (N <= S: every slot holds a pattern, small batches are stored several times) or to slot i mod S
+    (N > S: patterns share slots and each slot moves to their mean: recall degrades gracefully). For
+    N <= S that distance bounds the attention term of E(x_i) from above (a softmin is at most any of its
+    terms), so the write still lowers the energy of what it stores, and no two patterns share a slot.
+    The pixel terms recall the pattern's own slots instead of the softmax mean. No anchor, no penalty.
     """
 
     def __init__(self, input_shape: tuple[int, ...], rank: int = 126, slots: int = 128,
-                 scale: float = 1.0):
+                 scale: float = 1.0, assign: str = "shared"):
         super().__init__()
+        if assign not in ("shared", "indexed"):
+            raise ValueError(f"assign={assign!r}: expected 'shared' or 'indexed'")
         d = math.prod(input_shape)
         self.input_shape, self.dim, self.rank, self.slots = tuple(input_shape), d, rank, slots
+        self.assign = assign
         q, _ = torch.linalg.qr(torch.randn(d, rank))
         # U and the centre stay at the data's principal directions and mean (static buffers): learning
         # them with the rest made U non-orthonormal and the read and write unstable (measured)
         self.register_buffer("basis", q.T.contiguous())              # (r, D)
         self.register_buffer("centre", torch.zeros(d))
         self.memory_slots = nn.Parameter(torch.randn(slots, rank))  # (S, r) writable; init = theta_bar
-        self.anchor = nn.Parameter(self.memory_slots.detach().clone())  # static, meta-learned
-        self.register_buffer("tau", torch.tensor(1.0))
+        if assign == "shared":
+            self.anchor = nn.Parameter(self.memory_slots.detach().clone())  # static, meta-learned
+            self.register_buffer("tau", torch.tensor(1.0))
         # scalar knobs are stored divided by _GAIN so that the network's (small) meta-learning rate
         # moves them at a useful pace; the energy multiplies them back
         self.log_beta = nn.Parameter(torch.tensor(0.0))
-        self.pen_raw = nn.Parameter(torch.tensor(inv_softplus(0.25) / _GAIN))   # c = softplus * unit
+        if assign == "shared":
+            self.pen_raw = nn.Parameter(torch.tensor(inv_softplus(0.25) / _GAIN))   # c = softplus * unit
         self.comp_raw = nn.Parameter(torch.tensor(inv_softplus(0.2) / _GAIN))   # lambda
         self.quart_raw = nn.Parameter(torch.tensor(-6.0 / _GAIN))          # q, starts ~0
         self.well = nn.Parameter(torch.tensor(0.0))                         # w (either sign)
@@ -252,26 +276,58 @@ class SubspaceSlotEnergy(EnergyNet):
             self.basis.copy_(u)
             self.centre.copy_(mu.float())
             self.memory_slots.copy_(anchors)
-            self.anchor.copy_(anchors)
             self.unit.fill_(m)
-            self.tau.fill_(0.025 * m)
+            if self.assign == "shared":
+                self.anchor.copy_(anchors)
+                self.tau.fill_(0.025 * m)
             self.log_beta.fill_(math.log(400.0 / m) / _GAIN)
 
-    def energy(self, p: Params, x: Tensor) -> Tensor:
+    def _code(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         s = _signed(x).flatten(1)                                     # (B, D)
         st = s - self.centre
-        u, k = self.basis, p["memory_slots"]                          # (r, D), (S, r)
-        f = st @ u.T                                                  # (B, r)
+        return s, st, st @ self.basis.T                               # f: (B, r)
+
+    def _pixel_terms(self, p: Params, s: Tensor, st: Tensor, f: Tensor, recall: Tensor) -> Tensor:
+        u = self.basis
+        e = 0.5 * F.softplus(p["comp_raw"] * _GAIN) * (st - f @ u).pow(2).sum(-1)
+        e = e + 0.25 * F.softplus(p["quart_raw"] * _GAIN) * (st - recall @ u).pow(4).sum(-1)
+        return e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s, st, f = self._code(x)
+        k = p["memory_slots"]                                         # (S, r)
         beta = (p["log_beta"] * _GAIN).exp()
-        disp = (k - p["anchor"]).pow(2).sum(-1)                       # (S,)
-        pen = F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
-        d = 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1)) + pen  # (B, S)
+        d = 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1))  # (B, S)
+        if self.assign == "shared":
+            disp = (k - p["anchor"]).pow(2).sum(-1)                   # (S,)
+            d = d + F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
         e = -torch.logsumexp(-beta * d, dim=-1) / beta
         kbar = torch.softmax(-beta * d, dim=-1) @ k                   # (B, r)
-        e = e + 0.5 * F.softplus(p["comp_raw"] * _GAIN) * (st - f @ u).pow(2).sum(-1)
-        e = e + 0.25 * F.softplus(p["quart_raw"] * _GAIN) * (st - kbar @ u).pow(4).sum(-1)
-        e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
-        return e * p["log_scale"].exp()
+        return (e + self._pixel_terms(p, s, st, f, kbar)) * p["log_scale"].exp()
+
+    @property
+    def capacity(self) -> int | None:
+        return self.slots if self.assign == "indexed" else None
+
+    def assignment(self, n: int, device: torch.device | None = None) -> Tensor:
+        """(N, S) weights: which slots pattern i of a batch of N is written to (each slot's column sums
+        to 1, so a slot shared by several patterns moves to their mean at the same rate)."""
+        slot = torch.arange(self.slots, device=device)[None, :]
+        pat = torch.arange(n, device=device)[:, None]
+        a = (slot % n == pat) if n <= self.slots else (pat % self.slots == slot)
+        a = a.float()
+        return a / a.sum(0, keepdim=True).clamp_min(1)
+
+    def write_energy(self, p: Params, x: Tensor) -> Tensor:
+        if self.assign == "shared":
+            return self.energy(p, x)
+        s, st, f = self._code(x)
+        k = p["memory_slots"]
+        a = self.assignment(x.shape[0], x.device).to(k.dtype)          # (N, S)
+        d = 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1))  # (N, S)
+        own = (a * d).sum(-1)                       # N <= S: a sum of whole d_k, so >= softmin_k d_k
+        recall = (a @ k) / a.sum(-1, keepdim=True).clamp_min(1e-12)
+        return (own + self._pixel_terms(p, s, st, f, recall)) * p["log_scale"].exp()
 
 
 _GAIN = 30.0

@@ -70,13 +70,25 @@ class EBMM(nn.Module):
     def memory_floats(self) -> int:
         return self.energy.memory_floats
 
+    @property
+    def capacity(self) -> int | None:
+        return self.energy.capacity
+
     def params(self, detach: bool = False) -> Params:
         """All parameters by name; detached copies for serving, the live ones for meta-training."""
         return {n: (t.detach() if detach else t) for n, t in self.named_parameters()}
 
     def energy_fn(self, p: Params, x: Tensor) -> Tensor:
         """E(x; p) for x (B, *input_shape) -> (B,), with `p` named as in `params()`."""
-        return self.energy.energy({n[7:]: t for n, t in p.items() if n.startswith("energy.")}, x)
+        return self.energy.energy(self._energy_params(p), x)
+
+    def write_energy_fn(self, p: Params, x: Tensor) -> Tensor:
+        """The energy term of the writing loss for the batch being written (the paper's: E itself)."""
+        return self.energy.write_energy(self._energy_params(p), x)
+
+    @staticmethod
+    def _energy_params(p: Params) -> Params:
+        return {n[7:]: t for n, t in p.items() if n.startswith("energy.")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +104,7 @@ class WriteResult:
 def _grad_x(model: EBMM, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
     """Energy (B,) and grad_x E at a fresh input leaf, with a graph back to the parameters."""
     x = x.detach().requires_grad_(True)            # fresh leaf: never differentiate the write history
-    e = model.energy_fn(p, x)
+    e = model.write_energy_fn(p, x)
     (g,) = torch.autograd.grad(e.sum(), x, create_graph=True)
     return e, g
 
@@ -110,7 +122,7 @@ def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool) -> tup
         e, g = _grad_x(model, p, x)
         gn = reduce(g.pow(2).flatten(1).sum(1))
     else:
-        e, gn = model.energy_fn(p, x), None
+        e, gn = model.write_energy_fn(p, x), None
     return reduce(e), gn
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .memory import read, write
 
 PAPER_TASK = {"characters": "omniglot", "omniglot": "omniglot", "photos": "cifar", "cifar10": "cifar",
               "binary": "binary"}
+RATE_DISTORTION = "block:16"        # the paper's image protocol: a random 16x16 block
 
 
 def load_results(folder: Path) -> list[dict[str, Any]]:
@@ -86,7 +88,7 @@ def binary_tables(rows: list[dict], paper: list[dict]) -> list[str]:
 
 def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Path | None:
     """Error versus memory floats at N = 64: ours (with 5-95% bars), equal-budget baselines, paper."""
-    ours = [r for r in rows if r["task"] == task and r["patterns"] == 64]
+    ours = [r for r in rows if r["task"] == task and r["patterns"] == 64 and r["distortion"] == RATE_DISTORTION]
     if not ours:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -111,6 +113,39 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
     ax.set_yscale("log"), ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.set_size_inches(8.5, 4)
+    return plots.save(fig, path)
+
+
+def distortion_curve(task: str, rows: list[dict], path: Path) -> Path | None:
+    """Error versus the occluded block's side at N = 64, per checkpoint evaluated at 3+ sizes, with the
+    equal-budget nearest neighbour over PCA codes on the same episodes."""
+    by_ckpt: dict[str, list[tuple[int, dict]]] = {}
+    for r in rows:
+        m = re.fullmatch(r"block:(\d+)", r["distortion"])
+        if r["task"] == task and r["patterns"] == 64 and m:
+            by_ckpt.setdefault(r.get("checkpoint", "?"), []).append((int(m.group(1)), r))
+    by_ckpt = {k: sorted(v, key=lambda t: t[0]) for k, v in by_ckpt.items() if len(v) >= 3}
+    if not by_ckpt:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, pts) in enumerate(sorted(by_ckpt.items())):
+        sides = [s for s, _ in pts]
+        ax.errorbar(sides, [r["error_mean"] for _, r in pts],
+                    yerr=[[r["error_mean"] - r["error_p5"] for _, r in pts],
+                          [r["error_p95"] - r["error_mean"] for _, r in pts]],
+                    marker="o", capsize=3, color=f"C{i}", label=f"ebmm {name} ({pts[0][1]['memory_floats']} floats)")
+        base = [(s, r["baselines"]["nearest_pca"]["error_mean"]) for s, r in pts
+                if "nearest_pca" in r.get("baselines", {})]
+        if base:
+            ax.plot(*zip(*base, strict=True), "x--", color=f"C{i}", alpha=0.7,
+                    label=f"nearest_pca, same budget as {name}")
+    ax.plot(sides, [r["query_error_mean"] for _, r in pts], ":", color="gray", label="query (no memory)")
+    ax.set_xlabel("side of the occluded square (pixels of 32)")
+    ax.set_ylabel(pts[0][1]["metric"].replace("_", " ") + " per image")
+    ax.set_yscale("log"), ax.grid(alpha=0.3)
+    ax.set_title(f"{task}: 64 patterns, a random square of random bits", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.set_size_inches(9, 4)
     return plots.save(fig, path)
 
 
@@ -210,6 +245,9 @@ def build(results: Path = Path("results"), ckpt_root: Path = Path("checkpoints")
         fig = rate_curve(task, rows, paper, results / f"rate_{task}.png")
         if fig:
             doc += [f"![distortion/rate, {task}]({fig.name})", ""]
+        fig = distortion_curve(task, rows, results / f"distortion_{task}.png")
+        if fig:
+            doc += [f"![error against the occluded area, {task}]({fig.name})", ""]
     doc += grids(rows, ckpt_root, results)
     export_training_logs(ckpt_root, results / "training")
     doc += training_curves(results / "training", results)

@@ -25,6 +25,18 @@ class Memory:
         return tuple(self.ckpt.model.cfg.input_shape)
 
     @property
+    def capacity(self) -> int | None:
+        """Patterns a session holds apart; past it, patterns share memory and are recalled blended."""
+        return self.ckpt.model.capacity
+
+    def capacity_warning(self, n: int) -> str | None:
+        c = self.capacity
+        if c is None or n <= c:
+            return None
+        return (f"{n} patterns exceed this model's capacity of {c}: pattern i shares its memory slot with "
+                f"pattern i + {c} (and so on), and such patterns are recalled as a blend of each other")
+
+    @property
     def writable_shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(self.params[n].shape) for n in self.ckpt.model.writable}
 

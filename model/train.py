@@ -133,7 +133,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     gen = torch.Generator().manual_seed(cfg.seed)
     sample = make_sampler(cfg.task)
     if not cfg.init and hasattr(model.energy, "data_init"):
-        model.energy.data_init(sample(8, 256, torch.Generator().manual_seed(cfg.seed + 1)).flatten(0, 1))
+        model.energy.data_init(sample(64, 256, torch.Generator().manual_seed(cfg.seed + 1)).flatten(0, 1))
     opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}

@@ -73,6 +73,10 @@ class ModelInfo(BaseModel):
     input_shape: list[int] = Field(examples=[[1, 32, 32]])
     architecture: str = Field(examples=["resnet_conv"])
     memory_floats: int = Field(description="Floats written per session", examples=[4624])
+    capacity_patterns: int | None = Field(
+        description="Patterns one session holds apart, each in memory of its own (slot memories); more "
+        "share slots and are recalled blended. null: no hard limit, recall degrades with the load",
+        examples=[64])
     parameters: int = Field(examples=[1234567])
     default_read_steps: int = Field(examples=[5])
     write_steps: int = Field(examples=[5])
@@ -107,6 +111,8 @@ class WriteResponse(SessionInfo):
     writing_losses: list[float] = Field(description="Writing loss before each write step",
                                         examples=[[0.0, -3.2, -7.4, -9.8, -11.0]])
     ttl_seconds: int = Field(examples=[3600])
+    warnings: list[str] = Field(default_factory=list, description="What may make recall worse (e.g. more "
+                                "patterns than the model's capacity)", examples=[[]])
     conversions: list[str] = Field(description="What was done to the input to fit the model",
                                    examples=[["decoded PNG 28x28 RGB", "converted RGB to L",
                                               "resized 28x28 to 32x32 (bilinear)", "binarised at 0.5"]])

@@ -96,8 +96,9 @@ async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timing
                            float(res.losses[-1]) if res.losses else 0.0, now, now + s.session_ttl_seconds)
         await _store(state, "put", state.store.put(meta, blob, s.session_ttl_seconds))
     state.metrics.sessions_written.labels(m.name).inc()
+    warn = m.memory.capacity_warning(int(x.shape[0]))
     return WriteResponse(**info(meta), writing_losses=res.losses, ttl_seconds=s.session_ttl_seconds,
-                         conversions=notes)
+                         warnings=[warn] if warn else [], conversions=notes)
 
 
 def _owned(meta: SessionMeta | None, caller: str, session_id: str) -> SessionMeta:

@@ -57,5 +57,5 @@ def test_64_held_out_characters_restored_from_occluded_queries(
     out = np.array([res["pattern"] for res in r.json()["results"]])[:, 0]      # (64, 32, 32)
     restored = ((out > 0.5) != characters).sum((1, 2)).mean()
     query = (q != characters).sum((1, 2)).mean()
-    # the evaluation harness measures 50 Hamming against 128 for the query (results/eval/characters32.json)
-    assert restored < 0.6 * query, (restored, query)
+    # the evaluation harness measures 2.9 Hamming against 128 for the query (results/eval/characters32.json)
+    assert restored < 0.1 * query, (restored, query)
