@@ -88,11 +88,12 @@ def _presets() -> dict[str, ModelConfig]:
         p.append(ModelConfig(f"photos-subspace{tag}", "subspace_quadratic", C, "colour",
                              dict(rank=rank), loop, note="as characters-subspace, for colour images"))
     # slot memories: "slots" write every pattern into a shared softmin (kept for comparison);
-    # "indexed" give pattern i its own slot i mod 64 (64 = the protocol's patterns per episode)
+    # "indexed" give each pattern slots of its own (64 slots = the protocol's patterns per episode)
     families = (("slots", 128, "shared", 10, ((126, ""), (63, "-r63"), (31, "-r31")),
                  "written by 10 gradient steps on the energy"),
                 ("indexed", 64, "indexed", 3, ((252, ""), (126, "-r126"), (63, "-r63")),
-                 "the write gives pattern i slot i mod 64 (3 gradient steps on its own slot's energy)"))
+                 "each pattern written to slots of its own (3 gradient steps on its distance to them; "
+                 "past 64 patterns, pattern i shares slot i mod 64)"))
     for family, slots, assign, steps, ranks, how in families:
         loop = LoopConfig(write_steps=steps, write_rate_init=0.9, alpha_init=0.25, beta_init=1e-4,
                           grad_norm_term=False, write_reduction="sum", read_rate_init=0.25,

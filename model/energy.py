@@ -88,8 +88,8 @@ class EnergyNet(nn.Module):
 
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
         """The energy term of the writing loss for the batch x being written (N, *input_shape) -> (N,).
-        The paper's: E itself. An energy may instead give an upper bound of E that says where each
-        pattern is stored (`SubspaceSlotEnergy` with assign="indexed")."""
+        The paper's: E itself. An energy may instead give a term that says where each pattern is stored
+        (`SubspaceSlotEnergy` with assign="indexed": its attention part bounds E's from above)."""
         return self.energy(p, x)
 
     def head(self, p: Params, h: Tensor) -> Tensor:
@@ -229,8 +229,9 @@ class SubspaceSlotEnergy(EnergyNet):
     (N <= S: every slot holds a pattern, small batches are stored several times) or to slot i mod S
     (N > S: patterns share slots and each slot moves to their mean: recall degrades gracefully). For
     N <= S that distance bounds the attention term of E(x_i) from above (a softmin is at most any of its
-    terms), so the write still lowers the energy of what it stores, and no two patterns share a slot.
-    The pixel terms recall the pattern's own slots instead of the softmax mean. No anchor, no penalty.
+    terms), so the write lowers a bound of the attention energy of what it stores, and no two patterns
+    share a slot. The pixel terms recall the pattern's own slots instead of the softmax mean (so the
+    whole write term is not a bound of E where the quartic term is on). No anchor, no penalty.
     """
 
     def __init__(self, input_shape: tuple[int, ...], rank: int = 126, slots: int = 128,
@@ -312,6 +313,8 @@ class SubspaceSlotEnergy(EnergyNet):
     def assignment(self, n: int, device: torch.device | None = None) -> Tensor:
         """(N, S) weights: which slots pattern i of a batch of N is written to (each slot's column sums
         to 1, so a slot shared by several patterns moves to their mean at the same rate)."""
+        if n < 1:
+            raise ValueError(f"a write needs at least one pattern, got {n}")
         slot = torch.arange(self.slots, device=device)[None, :]
         pat = torch.arange(n, device=device)[:, None]
         a = (slot % n == pat) if n <= self.slots else (pat % self.slots == slot)

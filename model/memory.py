@@ -2,7 +2,9 @@
 
 `write` runs T gradient steps on the mean writing loss
     W(x, theta) = E(x; theta) + alpha ||grad_x E||^2 + beta ||theta - theta_bar||^2
-over the writable slice only, with a learned softplus rate per writable tensor and per loss term.
+over the writable slice only, with a learned softplus rate per writable tensor and per loss term (E here
+is the energy network's `write_energy`: E itself except for the indexed slot memories, whose term says
+which slots each pattern goes to).
 `read` runs K projected Nesterov steps on the query with learned non-increasing step sizes and
 momentum, returning every iterate and its energy. With `create_graph=True` (meta-training) the
 graph runs through both loops; without it (serving) none is kept.
@@ -98,7 +100,7 @@ class EBMM(nn.Module):
 @dataclass
 class WriteResult:
     weights: Params            # the written writable slice, by parameter name
-    losses: list[float]        # mean writing loss before each step (diagnostic, detached)
+    losses: list[float]        # writing loss before each step, reduced over patterns (diagnostic, detached)
 
 
 def _grad_x(model: EBMM, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,8 +112,9 @@ def _grad_x(model: EBMM, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool) -> tuple[Tensor, Tensor | None]:
-    """E and ||grad_x E||^2 (or None), reduced over the patterns. The third term of the writing loss,
-    beta ||theta - theta_bar||^2, has the gradient 2 beta (theta - theta_bar): `write` applies it directly.
+    """E and ||grad_x E||^2 (or None), reduced over the patterns (E: the network's `write_energy`). The
+    third term of the writing loss, beta ||theta - theta_bar||^2, has the gradient 2 beta (theta -
+    theta_bar): `write` applies it directly.
 
     The paper averages over the N patterns. For a quadratic energy the grad-norm term's curvature in
     the weights then scales as D/N, so one learned rate that is stable at N = 96 diverges at N = 16;

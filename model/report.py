@@ -99,9 +99,7 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
         ax.plot([p["memory_floats"] for p in pts], [p["error_mean"] for p in pts], "--", marker=".",
                 alpha=0.7, label=f"paper: {model}")
     ours = sorted(ours, key=lambda r: r["memory_floats"])
-    ax.errorbar([r["memory_floats"] for r in ours], [r["error_mean"] for r in ours],
-                yerr=[[r["error_mean"] - r["error_p5"] for r in ours],
-                      [r["error_p95"] - r["error_mean"] for r in ours]],
+    ax.errorbar([r["memory_floats"] for r in ours], [r["error_mean"] for r in ours], yerr=_bars(ours),
                 marker="o", color="k", capsize=3, label="ebmm (this project)")
     for name in ("nearest_pca", "nearest_downscaled"):
         pts = [(r["baselines"][name]["memory_floats"], r["baselines"][name]["error_mean"])
@@ -116,32 +114,38 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
     return plots.save(fig, path)
 
 
+def _bars(rows: list[dict]) -> list[list[float]]:
+    """5th-95th percentile bars around the means (the mean of a skewed spread may lie outside them)."""
+    return [[max(0.0, r["error_mean"] - r["error_p5"]) for r in rows],
+            [max(0.0, r["error_p95"] - r["error_mean"]) for r in rows]]
+
+
 def distortion_curve(task: str, rows: list[dict], path: Path) -> Path | None:
     """Error versus the occluded block's side at N = 64, per checkpoint evaluated at 3+ sizes, with the
     equal-budget nearest neighbour over PCA codes on the same episodes."""
-    by_ckpt: dict[str, list[tuple[int, dict]]] = {}
+    by_ckpt: dict[str, dict[int, dict]] = {}        # checkpoint -> block side -> row (a later file wins)
+    query: dict[int, float] = {}
     for r in rows:
         m = re.fullmatch(r"block:(\d+)", r["distortion"])
-        if r["task"] == task and r["patterns"] == 64 and m:
-            by_ckpt.setdefault(r.get("checkpoint", "?"), []).append((int(m.group(1)), r))
-    by_ckpt = {k: sorted(v, key=lambda t: t[0]) for k, v in by_ckpt.items() if len(v) >= 3}
-    if not by_ckpt:
+        if r["task"] == task and r["patterns"] == 64 and m and r.get("checkpoint"):
+            by_ckpt.setdefault(r["checkpoint"], {})[int(m.group(1))] = r
+            query[int(m.group(1))] = r["query_error_mean"]
+    curves = {k: [v[s] for s in sorted(v)] for k, v in by_ckpt.items() if len(v) >= 3}
+    if not curves:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (name, pts) in enumerate(sorted(by_ckpt.items())):
-        sides = [s for s, _ in pts]
-        ax.errorbar(sides, [r["error_mean"] for _, r in pts],
-                    yerr=[[r["error_mean"] - r["error_p5"] for _, r in pts],
-                          [r["error_p95"] - r["error_mean"] for _, r in pts]],
-                    marker="o", capsize=3, color=f"C{i}", label=f"ebmm {name} ({pts[0][1]['memory_floats']} floats)")
-        base = [(s, r["baselines"]["nearest_pca"]["error_mean"]) for s, r in pts
-                if "nearest_pca" in r.get("baselines", {})]
+    for i, (name, pts) in enumerate(sorted(curves.items())):
+        sides = [int(r["distortion"].split(":")[1]) for r in pts]
+        ax.errorbar(sides, [r["error_mean"] for r in pts], yerr=_bars(pts), marker="o", capsize=3,
+                    color=f"C{i}", label=f"ebmm {name} ({pts[0]['memory_floats']} floats)")
+        base = [(s, (r.get("baselines") or {})["nearest_pca"]["error_mean"]) for s, r in zip(sides, pts, strict=True)
+                if "nearest_pca" in (r.get("baselines") or {})]
         if base:
             ax.plot(*zip(*base, strict=True), "x--", color=f"C{i}", alpha=0.7,
                     label=f"nearest_pca, same budget as {name}")
-    ax.plot(sides, [r["query_error_mean"] for _, r in pts], ":", color="gray", label="query (no memory)")
+    ax.plot(sorted(query), [query[s] for s in sorted(query)], ":", color="gray", label="query (no memory)")
     ax.set_xlabel("side of the occluded square (pixels of 32)")
-    ax.set_ylabel(pts[0][1]["metric"].replace("_", " ") + " per image")
+    ax.set_ylabel(pts[0]["metric"].replace("_", " ") + " per image")
     ax.set_yscale("log"), ax.grid(alpha=0.3)
     ax.set_title(f"{task}: 64 patterns, a random square of random bits", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

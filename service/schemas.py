@@ -85,7 +85,7 @@ class ModelInfo(BaseModel):
         description="Evaluation results from the card, one per protocol cell (as `ebmm evaluate "
                     "--update-card` records them)",
         examples=[[{"task": "characters", "patterns": 64, "distortion": "block:16", "metric": "hamming",
-                    "error_mean": 50.04, "error_p5": 41.78, "error_p95": 58.82, "memory_floats": 16128}]])
+                    "error_mean": 2.86, "error_p5": 2.06, "error_p95": 3.7, "memory_floats": 16128}]])
     card: dict[str, Any] = Field(description="The full model card", examples=[{"name": "characters32"}])
 
 
@@ -108,11 +108,14 @@ class SessionInfo(BaseModel):
 
 
 class WriteResponse(SessionInfo):
-    writing_losses: list[float] = Field(description="Writing loss before each write step",
+    writing_losses: list[float] = Field(description="Writing loss before each write step (reduced over "
+                                        "the patterns: compare it between writes of equal size only)",
                                         examples=[[0.0, -3.2, -7.4, -9.8, -11.0]])
     ttl_seconds: int = Field(examples=[3600])
-    warnings: list[str] = Field(default_factory=list, description="What may make recall worse (e.g. more "
-                                "patterns than the model's capacity)", examples=[[]])
+    warnings: list[str] = Field(description="What may make recall worse; empty when nothing does",
+                                examples=[["65 patterns exceed this model's capacity of 64: pattern i shares its "
+                                           "memory slot with pattern i + 64 (and so on), and such patterns are "
+                                           "recalled as a blend of each other"]])
     conversions: list[str] = Field(description="What was done to the input to fit the model",
                                    examples=[["decoded PNG 28x28 RGB", "converted RGB to L",
                                               "resized 28x28 to 32x32 (bilinear)", "binarised at 0.5"]])

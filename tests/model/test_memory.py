@@ -161,24 +161,47 @@ def _distinct_patterns(n: int, shape: tuple[int, ...], seed: int = 0) -> torch.T
 @pytest.mark.parametrize("n", [5, 8, 13])
 def test_indexed_write_stores_each_pattern_in_its_own_slots(n):
     """8 slots: 5 patterns fill them (3 twice), 8 one each, 13 share (slot k holds the mean of k, k+8)."""
-    cfg = ModelConfig("t-idx", "subspace_slots", (1, 4, 4), "binary", dict(rank=16, slots=8, assign="indexed"),
+    cfg = ModelConfig("t-idx", "subspace_slots", (1, 4, 4), "binary", dict(rank=10, slots=8, assign="indexed"),
                       LoopConfig(write_steps=6, write_rate_init=0.9, beta_init=1e-6, grad_norm_term=False,
                                  write_reduction="sum"))
     model = EBMM(cfg)
     x = _distinct_patterns(n, cfg.input_shape)
     model.energy.data_init(_distinct_patterns(64, cfg.input_shape, seed=1))
+    with torch.no_grad():             # the quartic pixel term also nudges slots; off, they must be codes
+        model.energy.quart_raw.fill_(-1e3)
     p = model.params(detach=True)
-    with torch.no_grad():
-        model.energy.log_scale.fill_(0.0)
-    slots = write(model, p, x).weights["energy.memory_slots"]           # (8, 16)
-    codes = (2 * x.flatten(1) - 1 - model.energy.centre) @ model.energy.basis.T     # (n, 16)
+    slots = write(model, p, x).weights["energy.memory_slots"]           # (8, 10)
+    codes = (2 * x.flatten(1) - 1 - model.energy.centre) @ model.energy.basis.T     # (n, 10)
     for k in range(8):
         owners = [i for i in range(n) if (i % 8 == k if n > 8 else k % n == i)]
         assert torch.allclose(slots[k], codes[owners].mean(0), atol=1e-3), (k, owners)
 
 
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_indexed_write_term_bounds_the_attention_energy_of_what_it_stores(n):
+    """Up to S patterns, each pattern's distance to its own slots is at least the softmin over all slots:
+    with the quartic term (which recalls differently in the two) off, the write term bounds E."""
+    cfg = ModelConfig("t-idx", "subspace_slots", (1, 4, 4), "binary", dict(rank=10, slots=8, assign="indexed"),
+                      LoopConfig(write_steps=2, write_rate_init=0.5, grad_norm_term=False, write_reduction="sum"))
+    model = EBMM(cfg)
+    model.energy.data_init(_distinct_patterns(64, cfg.input_shape, seed=1))
+    with torch.no_grad():
+        model.energy.quart_raw.fill_(-1e3)
+    x = _distinct_patterns(n, cfg.input_shape, seed=2)
+    p = model.params(detach=True)
+    for weights in ({}, write(model, p, x).weights):                  # before and after writing
+        q = {**p, **weights}
+        assert (model.write_energy_fn(q, x) >= model.energy_fn(q, x) - 1e-4).all()
+
+
+def test_indexed_assignment_needs_a_pattern():
+    model = EBMM(PRESETS["characters-indexed-r63"])
+    with pytest.raises(ValueError, match="at least one pattern"):
+        model.energy.assignment(0)
+
+
 def test_indexed_slot_memory_recalls_every_stored_pattern_from_a_corrupted_query():
-    cfg = PRESETS["characters-indexed-r63"].replace(input_shape=(1, 8, 8), rank=64, slots=16)
+    cfg = PRESETS["characters-indexed-r63"].replace(input_shape=(1, 8, 8), rank=40, slots=16)
     model = EBMM(cfg)
     model.energy.data_init(_distinct_patterns(512, cfg.input_shape, seed=1))
     p = model.params(detach=True)

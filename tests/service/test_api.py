@@ -71,6 +71,12 @@ async def test_models_list_cards_and_falls_back_to_first_model(checkpoint_dir: P
     assert first["evaluation"][0]["memory_floats"] == 8256
 
 
+async def test_a_memory_without_slots_never_warns_about_capacity(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, _):
+        w = await c.post("/v1/sessions", json={"model": "binary128", "patterns": {"bits": as_strings(bits(100))}})
+    assert w.status_code == 201 and w.json()["warnings"] == [] and w.json()["patterns"] == 100, w.text
+
+
 async def test_write_then_retrieve_bit_strings(checkpoint_dir: Path) -> None:
     x = bits(16)
     q = x.copy()
