@@ -170,9 +170,12 @@ def image_table(task: str, rows: list[dict]) -> list[str]:
 
 
 def grids(rows: list[dict], ckpt_root: Path, out: Path) -> list[str]:
-    """A retrieval grid and an energy curve per checkpoint, from its first evaluated protocol."""
+    """A retrieval grid and an energy curve per checkpoint, from its own task's paper protocol (the
+    16x16 block) when it was evaluated on it, else from its first evaluated protocol."""
     lines, seen = [], set()
-    for r in rows:
+    own_first = sorted(rows, key=lambda r: (r.get("baselines_fitted_on", r["task"]) != r["task"],
+                                            r["distortion"] != RATE_DISTORTION))
+    for r in own_first:
         name = r.get("checkpoint")
         if not name or name in seen or not (ckpt_root / name / "card.json").exists():
             continue
