@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import get_preset
+from .config import get_preset, parse_value
 from .memory import EBMM, read, write
 from .meta import meta_loss
 
@@ -31,13 +31,7 @@ def resolve(spec: str):
     overrides = {}
     for c in changes:
         k, _, v = c.partition("=")
-        overrides[k] = {"true": True, "false": False}.get(v.lower(), v)
-        for cast in (int, float):
-            if isinstance(overrides[k], str):
-                try:
-                    overrides[k] = cast(v)
-                except ValueError:
-                    pass
+        overrides[k] = parse_value(v)
     return get_preset(name).replace(**overrides)
 
 

@@ -33,22 +33,15 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _train(args: argparse.Namespace) -> int:
+    from .config import parse_value
     from .train import TrainConfig, train
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        v = _parse_value(value)
-        overrides[key] = tuple(v) if isinstance(v, list) else v
+        overrides[key] = parse_value(value)
     cfg = TrainConfig(
         preset=args.preset, task=args.task, distortion=args.distortion,
         patterns=tuple(int(n) for n in args.patterns.split(",")), meta_batch=args.meta_batch,
@@ -234,8 +227,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from . import plots
     from .checkpoint import find_checkpoints, load_checkpoint
-    from .evaluate import Protocol, make_episodes, metric_for, per_pattern_error
-    from .memory import read, write
+    from .evaluate import Protocol, metric_for, one_episode, per_pattern_error
     folders = [Path(args.checkpoint)] if args.checkpoint else find_checkpoints(args.checkpoints)
     if not folders:
         raise SystemExit(f"no checkpoints in {args.checkpoints}: train one with `ebmm train`")
@@ -245,24 +237,18 @@ def _demo(args: argparse.Namespace) -> int:
         task, spec = t.get("task", "binary"), t.get("distortion", "flip:16").split(",")[0]
         n = args.patterns or (64 if task != "binary" else 48)
         try:
-            x, q, binary = make_episodes(Protocol(task, n, spec, 1, args.seed), ck.model.cfg.input_shape)
+            ep = one_episode(ck.model, Protocol(task, n, spec, 1, args.seed))
         except RuntimeError as e:             # data not fetched: say how to get it, go on with the rest
             print(f"{ck.name}: skipped: {e}")
             continue
-        p = ck.model.params(detach=True)
-        t0 = time.perf_counter()
-        w = write(ck.model, p, x[0]).weights
-        t1 = time.perf_counter()
-        res = read(ck.model, p, w, q[0])
-        t2 = time.perf_counter()
-        metric = metric_for(task, binary)
+        metric = metric_for(task, ep.binary)
         dims = len(ck.model.cfg.input_shape)
-        err = per_pattern_error(res.iterates[-1], x[0], metric, dims).mean()
-        qerr = per_pattern_error(q[0], x[0], metric, dims).mean()
-        png = plots.retrieval_grid(res.iterates, x[0], Path(args.out) / f"demo_{ck.name}.png",
+        err = per_pattern_error(ep.read.iterates[-1], ep.x, metric, dims).mean()
+        qerr = per_pattern_error(ep.q, ep.x, metric, dims).mean()
+        png = plots.retrieval_grid(ep.read.iterates, ep.x, Path(args.out) / f"demo_{ck.name}.png",
                                    title=f"{ck.name}: {n} stored, queries: {spec}")
-        print(f"{ck.name}: wrote {n} patterns ({ck.model.memory_floats} floats) in {1000 * (t1 - t0):.0f} ms, "
-              f"read {n} queries ({spec}) in {1000 * (t2 - t1):.0f} ms; {metric} per pattern "
+        print(f"{ck.name}: wrote {n} patterns ({ck.model.memory_floats} floats) in {1000 * ep.write_seconds:.0f} ms, "
+              f"read {n} queries ({spec}) in {1000 * ep.read_seconds:.0f} ms; {metric} per pattern "
               f"{err:.2f} (the query: {qerr:.2f}); grid: {png}")
     return 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,15 @@ def _presets() -> dict[str, ModelConfig]:
 
 
 PRESETS: dict[str, ModelConfig] = _presets()
+
+
+def parse_value(text: str) -> Any:
+    """A command-line override value: JSON where it parses (numbers, true/false, lists), else the text."""
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return tuple(v) if isinstance(v, list) else v
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -64,6 +64,15 @@ def _signed(x: Tensor) -> Tensor:
     return 2.0 * x - 1.0
 
 
+def principal_basis(images: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Signed flattened images (M, D), their mean (D,) and top-`rank` principal directions (rank, D);
+    the SVD runs in float64."""
+    s = _signed(images).flatten(1).double()
+    mu = s.mean(0)
+    _, _, vh = torch.linalg.svd(s - mu, full_matrices=False)
+    return s.float(), mu.float(), vh[:rank].float()
+
+
 class EnergyNet(nn.Module):
     """Base class: parameters live on the module; `energy(params, x)` is a pure function."""
 
@@ -190,11 +199,9 @@ class SubspaceQuadraticEnergy(EnergyNet):
 
     def data_init(self, images: Tensor) -> None:
         """Start U at the top-r principal directions of (a sample of) the training images."""
-        s = _signed(images).flatten(1)                               # (M, D)
-        mu = s.mean(0)
-        _, _, vh = torch.linalg.svd(s - mu, full_matrices=False)
+        _, _, u = principal_basis(images, self.rank)
         with torch.no_grad():
-            self.basis.copy_(vh[: self.rank])
+            self.basis.copy_(u)
             self.bias.zero_()
 
     def matrix(self, p: Params) -> Tensor:
@@ -263,11 +270,8 @@ class SubspaceSlotEnergy(EnergyNet):
         self._init_scale(scale)
 
     def data_init(self, images: Tensor) -> None:
-        s = _signed(images).flatten(1).double()
-        mu = s.mean(0)
-        _, _, vh = torch.linalg.svd(s - mu, full_matrices=False)
-        u = vh[: self.rank].float()
-        codes = (s.float() - mu.float()) @ u.T                        # (M, r)
+        s, mu, u = principal_basis(images, self.rank)
+        codes = (s - mu) @ u.T                                        # (M, r)
         idx = torch.randperm(codes.shape[0], generator=torch.Generator().manual_seed(0))
         anchors = codes[idx[: self.slots]]
         sub = codes[idx[: 256]]
@@ -275,7 +279,7 @@ class SubspaceSlotEnergy(EnergyNet):
         m = float(half[half > 0].median())
         with torch.no_grad():
             self.basis.copy_(u)
-            self.centre.copy_(mu.float())
+            self.centre.copy_(mu)
             self.memory_slots.copy_(anchors)
             self.unit.fill_(m)
             if self.assign == "shared":
@@ -288,6 +292,11 @@ class SubspaceSlotEnergy(EnergyNet):
         st = s - self.centre
         return s, st, st @ self.basis.T                               # f: (B, r)
 
+    @staticmethod
+    def _half_sq_dist(f: Tensor, k: Tensor) -> Tensor:
+        """(B, r) codes, (S, r) slots -> (B, S) half squared distances, as matmuls."""
+        return 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1))
+
     def _pixel_terms(self, p: Params, s: Tensor, st: Tensor, f: Tensor, recall: Tensor) -> Tensor:
         u = self.basis
         e = 0.5 * F.softplus(p["comp_raw"] * _GAIN) * (st - f @ u).pow(2).sum(-1)
@@ -298,7 +307,7 @@ class SubspaceSlotEnergy(EnergyNet):
         s, st, f = self._code(x)
         k = p["memory_slots"]                                         # (S, r)
         beta = (p["log_beta"] * _GAIN).exp()
-        d = 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1))  # (B, S)
+        d = self._half_sq_dist(f, k)                                  # (B, S)
         if self.assign == "shared":
             disp = (k - p["anchor"]).pow(2).sum(-1)                   # (S,)
             d = d + F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
@@ -327,7 +336,7 @@ class SubspaceSlotEnergy(EnergyNet):
         s, st, f = self._code(x)
         k = p["memory_slots"]
         a = self.assignment(x.shape[0], x.device).to(k.dtype)          # (N, S)
-        d = 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1))  # (N, S)
+        d = self._half_sq_dist(f, k)                                  # (N, S)
         own = (a * d).sum(-1)                       # N <= S: a sum of whole d_k, so >= softmin_k d_k
         recall = (a @ k) / a.sum(-1, keepdim=True).clamp_min(1e-12)
         return (own + self._pixel_terms(p, s, st, f, recall)) * p["log_scale"].exp()

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import baselines as bl
 from . import distortions
-from .memory import EBMM, read, write
+from .memory import EBMM, ReadResult, read, write
 
 METRICS = {
     "error_bits": "bits that differ from the stored string (output thresholded at 0.5), per pattern",
@@ -75,6 +75,29 @@ def make_episodes(proto: Protocol, shape: tuple[int, ...]) -> tuple[Tensor, Tens
                          f"the model takes {tuple(shape)}")
     q = distortions.parse(proto.distortion)(x.flatten(0, 1), g).x.view_as(x)
     return x, q, binary
+
+
+@dataclass
+class Episode:
+    """One seeded episode written and read back: patterns, queries, the read, and the time each loop took."""
+    x: Tensor                  # (N, *S)
+    q: Tensor                  # (N, *S)
+    binary: bool
+    read: ReadResult
+    write_seconds: float
+    read_seconds: float
+
+
+def one_episode(model: EBMM, proto: Protocol) -> Episode:
+    """The first episode of `proto` written into `model` and read back from its distorted queries."""
+    x, q, binary = make_episodes(Protocol(proto.task, proto.patterns, proto.distortion, 1, proto.seed),
+                                 tuple(model.cfg.input_shape))
+    p = model.params(detach=True)
+    t0 = time.perf_counter()
+    w = write(model, p, x[0]).weights
+    t1 = time.perf_counter()
+    res = read(model, p, w, q[0])
+    return Episode(x[0], q[0], binary, res, t1 - t0, time.perf_counter() - t1)
 
 
 def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None) -> Tensor:

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 
 from . import plots
 from .checkpoint import load_checkpoint
-from .evaluate import Protocol, make_episodes
-from .memory import read, write
+from .evaluate import Protocol, one_episode
+from .train import TrainConfig
 
 PAPER_TASK = {"characters": "omniglot", "omniglot": "omniglot", "photos": "cifar", "cifar10": "cifar",
               "binary": "binary"}
@@ -138,8 +138,8 @@ def distortion_curve(task: str, rows: list[dict], path: Path) -> Path | None:
         sides = [int(r["distortion"].split(":")[1]) for r in pts]
         ax.errorbar(sides, [r["error_mean"] for r in pts], yerr=_bars(pts), marker="o", capsize=3,
                     color=f"C{i}", label=f"ebmm {name} ({pts[0]['memory_floats']} floats)")
-        base = [(s, (r.get("baselines") or {})["nearest_pca"]["error_mean"]) for s, r in zip(sides, pts, strict=True)
-                if "nearest_pca" in (r.get("baselines") or {})]
+        pca = [(s, (r.get("baselines") or {}).get("nearest_pca")) for s, r in zip(sides, pts, strict=True)]
+        base = [(s, b["error_mean"]) for s, b in pca if b]
         if base:
             ax.plot(*zip(*base, strict=True), "x--", color=f"C{i}", alpha=0.7,
                     label=f"nearest_pca, same budget as {name}")
@@ -181,12 +181,10 @@ def grids(rows: list[dict], ckpt_root: Path, out: Path) -> list[str]:
             continue
         seen.add(name)
         ck = load_checkpoint(ckpt_root / name)
-        x, q, _ = make_episodes(Protocol(r["task"], r["patterns"], r["distortion"], 1, 7), ck.model.cfg.input_shape)
-        p = ck.model.params(detach=True)
-        res = read(ck.model, p, write(ck.model, p, x[0]).weights, q[0])
-        g = plots.retrieval_grid(res.iterates, x[0], out / f"grid_{name}.png",
+        ep = one_episode(ck.model, Protocol(r["task"], r["patterns"], r["distortion"], 1, 7))
+        g = plots.retrieval_grid(ep.read.iterates, ep.x, out / f"grid_{name}.png",
                                  title=f"{name}: {r['distortion']}, {r['patterns']} stored")
-        e = plots.energy_curve(res.energies, out / f"energy_{name}.png", title=f"{name}: energy along reading")
+        e = plots.energy_curve(ep.read.energies, out / f"energy_{name}.png", title=f"{name}: energy along reading")
         lines += [f"### {name}", "", f"![retrieval grid]({g.name}) ![energy]({e.name})", ""]
     return (["## Retrieval grids (query, each read step, original) and energy along reading", ""] + lines
             if lines else [])
@@ -196,7 +194,7 @@ def export_training_logs(ckpt_root: Path, out: Path, max_rows: int = 400) -> Non
     """Copy each checkpoint's metrics log (outside the repo) into out/NAME.csv, downsampled."""
     for card_path in sorted(ckpt_root.glob("*/card.json")):
         name = card_path.parent.name
-        log = Path.home() / ".cache" / "ebmm" / "runs" / name / "metrics.jsonl"
+        log = TrainConfig(out=name).resolved_state_dir() / "metrics.jsonl"   # the default run folder
         if not log.exists():
             continue
         rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]

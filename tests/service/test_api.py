@@ -270,6 +270,15 @@ async def test_startup_fails_clearly_when_no_checkpoint_loads(tmp_path: Path) ->
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
+def _characters_or_skip():
+    from model import data
+    try:
+        return data.load("characters", "test")
+    except data.MissingDataError:
+        pytest.skip("characters data not fetched")
+
+
+
 @pytest.mark.skipif(not (SHIPPED / "characters32" / "card.json").exists(), reason="no shipped checkpoints")
 async def test_shipped_checkpoints_serve_and_restore_characters() -> None:
     """What `make run` serves: every shipped card lists, and the default model restores occluded images."""
@@ -281,11 +290,8 @@ async def test_shipped_checkpoints_serve_and_restore_characters() -> None:
         assert models["characters32"]["default"] and models["characters32"]["evaluation"]
         from model import data
         from model.distortions import block
-        try:
-            # 16 different held-out characters (the test split holds 10 jittered copies of each)
-            x = data.sample_episodes(data.load("characters", "test"), 16, 1, torch.Generator().manual_seed(0))[0]
-        except data.MissingDataError:
-            pytest.skip("characters data not fetched")
+        # 16 different held-out characters (the test split holds 10 jittered copies of each)
+        x = data.sample_episodes(_characters_or_skip(), 16, 1, torch.Generator().manual_seed(0))[0]
         q = block(x, 16, "bits", torch.Generator().manual_seed(0)).x
         files = [("files", (f"{i}.png", png(x[i, 0].numpy()), "image/png")) for i in range(16)]
         sid = (await c.post("/v1/sessions", files=files)).json()["session_id"]
@@ -295,14 +301,6 @@ async def test_shipped_checkpoints_serve_and_restore_characters() -> None:
     err = ((restored > 0.5).float() != x).flatten(1).sum(1).float().mean()
     query_err = (q != x).flatten(1).sum(1).float().mean()
     assert err < 0.1 * query_err, (float(err), float(query_err))
-
-
-def _characters_or_skip():
-    from model import data
-    try:
-        return data.load("characters", "test")
-    except data.MissingDataError:
-        pytest.skip("characters data not fetched")
 
 
 @pytest.mark.skipif(not (SHIPPED / "characters32" / "card.json").exists(), reason="no shipped checkpoints")
