@@ -77,13 +77,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
+def _train_baseline(args: argparse.Namespace) -> int:
+    from .baselines.learned import LearnedConfig, train_learned
+    cfg = LearnedConfig(kind=args.kind, task=args.task, distortion=args.distortion, seconds=args.seconds,
+                        batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads)
+    out = args.out or f"checkpoints/baselines/{args.task}-{args.kind}"
+    print(f"wrote {train_learned(cfg, out)}")
+    return 0
+
+
+def _add_train_baseline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-baseline", help="train a learned baseline (autoencoder codec or inpainting prior)")
+    p.add_argument("kind", choices=("autoencoder", "inpainting"))
+    p.add_argument("--task", default="characters", help="dataset whose training split it learns")
+    p.add_argument("--distortion", default="block:16", help="occlusion the inpainting prior learns to fill")
+    p.add_argument("--seconds", type=float, default=480.0, help="wall-clock training budget")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", help="folder (default checkpoints/baselines/TASK-KIND)")
+    p.set_defaults(func=_train_baseline)
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .evaluate import Protocol, evaluate
+    from .evaluate import IMAGE_LOADS, Protocol, evaluate
     if args.threads:
         torch_threads(args.threads)
     ck = load_checkpoint(args.checkpoint)
@@ -91,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     task = args.task or training.get("task", "binary")
     specs = _csv(args.distortion or training.get("distortion", "flip:16"))
     sizes = [int(n) for n in _csv(args.patterns)] if args.patterns else \
-        [max(training.get("patterns", [64]))] if task != "binary" else [16, 32, 48, 64, 96]
+        list(IMAGE_LOADS) if task != "binary" else [16, 32, 48, 64, 96]
     results = []
     for spec in specs:
         for n in sizes:
@@ -124,7 +147,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="the paper's protocols on held-out data, optionally with baselines")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
     p.add_argument("--episodes", type=int, default=1000, help="episodes M (seeded)")
-    p.add_argument("--patterns", help="N per episode, comma-separated (default: the card's / 16..96)")
+    p.add_argument("--patterns", help="N per episode, comma-separated (default: graded loads, images "
+                   "16,32,64,96,128, strings 16,32,48,64,96)")
     p.add_argument("--distortion", help="spec(s), comma-separated (default: the card's training one)")
     p.add_argument("--task", help="data: 'binary' or a dataset name (default: the card's)")
     p.add_argument("--read-steps", type=int, help="read steps (default: the model's K)")
@@ -270,6 +294,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_presets)
     _add_train(sub)
+    _add_train_baseline(sub)
     _add_evaluate(sub)
     _add_data(sub)
     _add_bench(sub)

@@ -101,6 +101,12 @@ class EnergyNet(nn.Module):
         (`SubspaceSlotEnergy` with assign="indexed": its attention part bounds E's from above)."""
         return self.energy(p, x)
 
+    def exact_memory(self, p: Params, x: Tensor) -> Params | None:
+        """The writable slice set straight from the patterns x (N, *input_shape), with no write loop,
+        where the energy has such a closed form (slot memories: each slot the code of its pattern);
+        None otherwise. A baseline: what the write adds over storing the codes."""
+        return None
+
     def head(self, p: Params, h: Tensor) -> Tensor:
         """Shared energy read-out, scaled by a learned log-scale (the initial-scale trap)."""
         return lin(p, "out", h).squeeze(-1) * p["log_scale"].exp()
@@ -234,7 +240,8 @@ class SubspaceSlotEnergy(EnergyNet):
     assign="indexed" replaces the occupancy penalty by a write that says where each pattern goes: the
     energy term of the writing loss for pattern i of N is its distance to its own slots {k : k mod N = i}
     (N <= S: every slot holds a pattern, small batches are stored several times) or to slot i mod S
-    (N > S: patterns share slots and each slot moves to their mean: recall degrades gracefully). For
+    (N > S: patterns share slots and each slot moves to their mean, so past S patterns recall blends
+    them and errs more than returning the query; results/eval/*-loads.json). For
     N <= S that distance bounds the attention term of E(x_i) from above (a softmin is at most any of its
     terms), so the write lowers a bound of the attention energy of what it stores, and no two patterns
     share a slot. The pixel terms recall the pattern's own slots instead of the softmax mean (so the
@@ -329,6 +336,13 @@ class SubspaceSlotEnergy(EnergyNet):
         a = (slot % n == pat) if n <= self.slots else (pat % self.slots == slot)
         a = a.float()
         return a / a.sum(0, keepdim=True).clamp_min(1)
+
+    def exact_memory(self, p: Params, x: Tensor) -> Params | None:
+        if self.assign != "indexed":
+            return None
+        _, _, f = self._code(x)                                       # (N, r) exact codes
+        a = self.assignment(x.shape[0], x.device).to(f.dtype)          # (N, S), columns sum to 1
+        return {"memory_slots": a.T @ f}                              # (S, r): own code, or the mean
 
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
         if self.assign == "shared":

@@ -59,15 +59,21 @@ def summarise(per_episode: Tensor) -> dict[str, float]:
             "error_p95": round(float(q[1]), 4)}
 
 
-def make_episodes(proto: Protocol, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, bool]:
-    """Held-out patterns (M, N, *S), their distorted queries, and whether the data are binary."""
+# graded loads: patterns per episode at which `ebmm evaluate` reports image memories by default
+IMAGE_LOADS = (16, 32, 64, 96, 128)
+FIT_SEED = 1_000_003          # training episodes for baselines' knobs: another seed, the train split
+FIT_EPISODES = {"binary": 200, "images": 8}
+
+
+def make_episodes(proto: Protocol, shape: tuple[int, ...], split: str = "test") -> tuple[Tensor, Tensor, bool]:
+    """Patterns (M, N, *S) of a split (held-out: "test"), their distorted queries, whether binary."""
     g = torch.Generator().manual_seed(proto.seed)
     if proto.task == "binary":
         x = (torch.rand(proto.episodes, proto.patterns, *shape, generator=g) < 0.5).float()
         binary = True
     else:
         from . import data
-        ds = _split(proto.task, "test")
+        ds = _split(proto.task, split)
         x = data.sample_episodes(ds, proto.patterns, proto.episodes, g)
         binary = bool(((ds.images == 0) | (ds.images == 1)).all())
     if tuple(x.shape[2:]) != tuple(shape):
@@ -100,13 +106,18 @@ def one_episode(model: EBMM, proto: Protocol) -> Episode:
     return Episode(x[0], q[0], binary, res, t1 - t0, time.perf_counter() - t1)
 
 
-def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None) -> Tensor:
-    """Write each episode's patterns and read its queries back: (M, N, *S) -> (M, N, *S)."""
+def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None,
+             exact: bool = False) -> Tensor:
+    """Write each episode's patterns and read its queries back: (M, N, *S) -> (M, N, *S).
+
+    exact=True skips the write and sets the writable slice from the patterns' exact codes
+    (`EBMM.exact_weights`): the same read over exactly stored codes, a baseline."""
     p = model.params(detach=True)
     dev = next(iter(p.values())).device                     # episodes live on the CPU; the model may not
     out = torch.empty_like(x)
     for i in range(x.shape[0]):
-        w = write(model, p, x[i].to(dev)).weights
+        xi = x[i].to(dev)
+        w = model.exact_weights(p, xi) if exact else write(model, p, xi).weights
         out[i] = read(model, p, w, q[i].to(dev), steps=read_steps).iterates[-1].cpu()
     return out
 
@@ -141,15 +152,34 @@ def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
 
 
 def run_baselines(model: EBMM, proto: Protocol, x: Tensor, q: Tensor, binary: bool, metric: str,
-                  train_task: str) -> dict[str, dict[str, float]]:
+                  train_task: str) -> dict[str, dict[str, Any]]:
+    """Every baseline that fits the task on the test episodes x, q; knobs fitted on training episodes."""
+    shape = tuple(x.shape[2:])
     kind = model.cfg.kind if proto.task == "binary" else ("colour" if x.shape[2] == 3 else "grayscale")
-    train = None
-    if train_task != "binary":
-        train = _split(train_task, "train").images
-    out: dict[str, dict[str, float]] = {}
-    for b in bl.make_baselines(kind, model.memory_floats, train, proto.patterns, binary=binary):
-        recon = torch.cat([b.retrieve_batch(b.store_batch(x[i:i + 100]), q[i:i + 100])
-                           for i in range(0, x.shape[0], 100)])
-        out[b.name] = {**summarise(per_pattern_error(recon, x, metric, x.dim() - 2).mean(1)),
-                       "memory_floats": b.memory_floats(proto.patterns, tuple(x.shape[2:]))}
+    train = None if train_task == "binary" else _split(train_task, "train").images
+    learned = {} if train is None else bl.learned_artifacts(train_task)
+    dims = x.dim() - 2
+
+    def mean_error(out: Tensor, target: Tensor) -> Tensor:
+        return per_pattern_error(out, target, metric, dims).mean()
+
+    fit_x = fit_q = None
+    out: dict[str, dict[str, Any]] = {}
+    if model.exact_weights(model.params(detach=True), x[0]) is not None:
+        recon = run_ebmm(model, x, q, exact=True)
+        out["exact_codes_ebmm_read"] = {**summarise(per_pattern_error(recon, x, metric, dims).mean(1)),
+                                        "memory_floats": model.memory_floats}
+    for b in bl.make_baselines(kind, model.memory_floats, train, proto.patterns, binary=binary, learned=learned):
+        row: dict[str, Any] = {}
+        if hasattr(b, "fit_episodes"):
+            if fit_x is None:
+                n_fit = FIT_EPISODES["binary" if proto.task == "binary" else "images"]
+                fit_task = proto.task if proto.task == "binary" else train_task
+                fit_x, fit_q, _ = make_episodes(Protocol(fit_task, proto.patterns, proto.distortion, n_fit,
+                                                         FIT_SEED + proto.seed), shape, split="train")
+            row["fitted_on_training_episodes"] = {"episodes": fit_x.shape[0], **b.fit_episodes(fit_x, fit_q, mean_error)}
+        recon = torch.cat([b.retrieve_batch(b.store_batch(x[i:i + 50]), q[i:i + 50])
+                           for i in range(0, x.shape[0], 50)])
+        out[b.name] = {**summarise(per_pattern_error(recon, x, metric, dims).mean(1)),
+                       "memory_floats": b.memory_floats(proto.patterns, shape), **row}
     return out

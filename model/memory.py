@@ -88,6 +88,11 @@ class EBMM(nn.Module):
         """The energy term of the writing loss for the batch being written (the paper's: E itself)."""
         return self.energy.write_energy(self._energy_params(p), x)
 
+    def exact_weights(self, p: Params, x: Tensor) -> Params | None:
+        """The writable slice set from the patterns with no write (see EnergyNet.exact_memory), or None."""
+        w = self.energy.exact_memory(self._energy_params(p), x)
+        return None if w is None else {"energy." + n: t for n, t in w.items()}
+
     @staticmethod
     def _energy_params(p: Params) -> Params:
         return {n[7:]: t for n, t in p.items() if n.startswith("energy.")}

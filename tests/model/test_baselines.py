@@ -166,8 +166,10 @@ def test_registry_sets() -> None:
     names = [b.name for b in make_baselines("binary", 8256, None, 64)]
     assert names == ["hopfield_hebb", "hopfield_hebb_it1", "hopfield_storkey", "hopfield_storkey_it1",
                      "hopfield_pinv", "hopfield_pinv_it1", "hopfield_pinv_zd",
+                     "hopfield_pinv_tuned_gain", "hopfield_pinv_tuned_ridge",
                      "modern_hopfield", "nearest_full", "no_memory"]
-    assert [b.name for b in _image_set()] == ["modern_hopfield", "nearest_full", "nearest_pca",
+    assert [b.name for b in _image_set()] == ["modern_hopfield", "nearest_full", "nearest_robust_full_paste",
+                                              "nearest_pca", "nearest_robust_pca_paste",
                                               "nearest_downscaled", "hopfield_pinv", "no_memory"]
     colour = make_baselines("colour", 2_000, images(100, (3, 8, 8), binary=False), n_patterns=16)
     assert "hopfield_pinv" not in [b.name for b in colour]
