@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-fast demo data bench bench-service report lint compose-config compose-smoke clean
+.PHONY: install run test test-data test-fast demo data bench bench-service report lint compose-config compose-smoke clean
 
 install: $(STAMP)
 
@@ -25,7 +25,11 @@ run: install
 demo: install
 	$(VENV)/bin/ebmm demo
 
-test: install
+# what the shipped-model tests need, fetched once into ~/.cache/ebmm/data (13 s; offline afterwards)
+test-data: install
+	$(VENV)/bin/ebmm data fetch characters
+
+test: install test-data
 	$(VENV)/bin/ruff check model service tests
 	$(PY) -m pytest -q
 

@@ -74,7 +74,10 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise CheckpointError(f"no card at {path}") from e
+        where = "has no card.json" if Path(folder).is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint folder {str(folder)!r} {where}; a checkpoint is a folder with "
+                              f"model.safetensors and card.json (shipped ones: checkpoints/NAME; "
+                              f"train one with `ebmm train`)") from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"card {path} is not valid JSON: {e}") from e
 

@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A user error a command reports as one line (what is wrong, how to fix it), exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `ebmm CMD: error: WHAT (see ebmm CMD --help)`, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -40,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+            raise CommandError(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = parse_value(value)
     cfg = TrainConfig(
         preset=args.preset, task=args.task, distortion=args.distortion,
@@ -254,7 +266,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .evaluate import Protocol, metric_for, one_episode, per_pattern_error
     folders = [Path(args.checkpoint)] if args.checkpoint else find_checkpoints(args.checkpoints)
     if not folders:
-        raise SystemExit(f"no checkpoints in {args.checkpoints}: train one with `ebmm train`")
+        raise CommandError(f"no checkpoints in {args.checkpoints}: train one with `ebmm train`")
     for folder in folders:
         ck = load_checkpoint(folder)
         t = ck.card.get("training", {})
@@ -288,8 +300,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    parser = argparse.ArgumentParser(prog="ebmm", description="Energy-Based Memory Models")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="ebmm", description="Energy-Based Memory Models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("presets", help="list model presets with their sizes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_presets)
@@ -307,7 +319,22 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     if parser is None:
         parser, _ = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (CommandError, *_user_errors()) as e:
+        if os.environ.get("EBMM_TRACEBACK"):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"ebmm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the user asked for something that is not there or not valid: a dataset not
+    fetched, a checkpoint missing or damaged, an unknown preset or dataset, a bad spec or value."""
+    from .checkpoint import CheckpointError
+    from .data import MissingDataError
+    return (MissingDataError, CheckpointError, FileNotFoundError, ValueError, KeyError)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ EXPECT_STORE = os.environ.get("EBMM_TEST_EXPECT_STORE", "redis://")
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not BASE_URL, reason="EBMM_TEST_BASE_URL is not set (no running stack to test; "
-                                            "scripts/compose_smoke.sh sets it)"),
+    pytest.mark.skipif(not BASE_URL, reason="needs the Docker Compose stack: run `make compose-smoke` on a "
+                                            "machine with a Docker engine (it builds the images, starts the stack, "
+                                            "sets EBMM_TEST_BASE_URL and runs these tests)"),
 ]
 
 N_PATTERNS = 4
@@ -166,8 +167,8 @@ def test_session_delete(client: Any, model: dict[str, Any]) -> None:
     assert client.get(f"/v1/sessions/{sid}").status_code == 404
 
 
-@pytest.mark.skipif(not AFTER_RESTART, reason="EBMM_TEST_AFTER_REDIS_RESTART=1 is set by compose_smoke.sh "
-                                              "once it has restarted the Redis container")
+@pytest.mark.skipif(not AFTER_RESTART, reason="run by `make compose-smoke` (needs a Docker engine), which sets "
+                                              "EBMM_TEST_AFTER_REDIS_RESTART=1 once it has restarted the Redis container")
 def test_session_after_redis_restart(client: Any) -> None:
     assert STATE_FILE and Path(STATE_FILE).exists(), "no session was recorded before the restart"
     state = json.loads(Path(STATE_FILE).read_text())

@@ -34,7 +34,7 @@ def characters() -> np.ndarray:
     try:
         test = data.load("characters", "test")                    # classes never seen in training
     except data.MissingDataError:
-        pytest.skip("characters data not fetched (make data)")
+        pytest.skip("characters data not fetched: `make test` fetches it, or run `ebmm data fetch characters`")
     x = data.sample_episodes(test, 64, 1, torch.Generator().manual_seed(11))[0]   # 64 different classes
     return x[:, 0].numpy()                                          # (64, 32, 32) in {0, 1}
 

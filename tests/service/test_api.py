@@ -275,7 +275,7 @@ def _characters_or_skip():
     try:
         return data.load("characters", "test")
     except data.MissingDataError:
-        pytest.skip("characters data not fetched")
+        pytest.skip("characters data not fetched: `make test` fetches it, or run `ebmm data fetch characters`")
 
 
 
