@@ -177,7 +177,8 @@ def run_baselines(model: EBMM, proto: Protocol, x: Tensor, q: Tensor, binary: bo
                 fit_task = proto.task if proto.task == "binary" else train_task
                 fit_x, fit_q, _ = make_episodes(Protocol(fit_task, proto.patterns, proto.distortion, n_fit,
                                                          FIT_SEED + proto.seed), shape, split="train")
-            row["fitted_on_training_episodes"] = {"episodes": fit_x.shape[0], **b.fit_episodes(fit_x, fit_q, mean_error)}
+            fitted = b.fit_episodes(fit_x, fit_q, mean_error)
+            row["fitted_on_training_episodes"] = {"episodes": fit_x.shape[0], **fitted}
         recon = torch.cat([b.retrieve_batch(b.store_batch(x[i:i + 50]), q[i:i + 50])
                            for i in range(0, x.shape[0], 50)])
         out[b.name] = {**summarise(per_pattern_error(recon, x, metric, dims).mean(1)),

@@ -168,7 +168,7 @@ def test_session_delete(client: Any, model: dict[str, Any]) -> None:
 
 
 @pytest.mark.skipif(not AFTER_RESTART, reason="run by `make compose-smoke` (needs a Docker engine), which sets "
-                                              "EBMM_TEST_AFTER_REDIS_RESTART=1 once it has restarted the Redis container")
+                                              "EBMM_TEST_AFTER_REDIS_RESTART=1 once it has restarted Redis")
 def test_session_after_redis_restart(client: Any) -> None:
     assert STATE_FILE and Path(STATE_FILE).exists(), "no session was recorded before the restart"
     state = json.loads(Path(STATE_FILE).read_text())
