@@ -29,7 +29,8 @@ from .nearest import (
 
 __all__ = [
     "Baseline", "HopfieldHebb", "HopfieldPinv", "HopfieldStorkey", "InpaintPrior", "ModernHopfield",
-    "NearestDownscaled", "NearestFull", "NearestPCA", "NearestPaste", "NoMemory", "State", "TunedPinv",
+    "NearestDownscaled", "NearestFull", "NearestPCA", "NearestPaste", "NetCodec", "NoMemory", "PCACodec",
+    "PixelCodec", "State", "TunedPinv",
     "learned_artifacts", "make_baselines",
 ]
 

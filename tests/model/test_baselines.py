@@ -9,11 +9,17 @@ from model.baselines import (
     HopfieldHebb,
     HopfieldPinv,
     HopfieldStorkey,
+    InpaintPrior,
     ModernHopfield,
     NearestDownscaled,
     NearestFull,
+    NearestPaste,
     NearestPCA,
+    NetCodec,
     NoMemory,
+    PCACodec,
+    PixelCodec,
+    TunedPinv,
     make_baselines,
 )
 
@@ -181,3 +187,103 @@ def test_registry_sets() -> None:
 def test_no_memory_returns_the_query() -> None:
     x, q = strings(2, 4, flips=8)
     assert torch.equal(NoMemory().retrieve_batch(NoMemory().store_batch(x), q), q)
+
+
+# ----------------------------------------------------------------------------- baselines that keep the query
+
+def _decoy_episode(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """16x16 binary images: A, and a decoy B that equals A's occluded query except 30 scattered pixels,
+    so B is nearer the query by plain L1 (30 < 36) while A differs only inside the 6x6 block."""
+    g = torch.Generator().manual_seed(seed)
+    a = (torch.rand(1, 16, 16, generator=g) < 0.5).float()
+    q = a.clone()
+    q[:, 3:9, 5:11] = 1 - q[:, 3:9, 5:11]                            # 36 pixels of a block flipped
+    b = q.clone()
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[3:9, 5:11] = False
+    pos = outside.flatten().nonzero().squeeze(1)
+    pick = pos[torch.randperm(len(pos), generator=g)[:30]]
+    b.view(-1)[pick] = 1 - b.view(-1)[pick]
+    return torch.stack([a, b])[None], q[None, None]                    # (1, 2, 1, 16, 16), (1, 1, 1, 16, 16)
+
+
+def test_robust_distance_ignores_the_occluded_block_where_plain_l1_is_fooled() -> None:
+    x, q = _decoy_episode()
+    plain = NearestPaste(PixelCodec(256), binary=True, window=0, threshold=0.5, region="image")
+    robust = NearestPaste(PixelCodec(256), binary=True, window=6, threshold=0.5, region="window")
+    assert torch.equal(plain.retrieve_batch(plain.store_batch(x), q)[0, 0], x[0, 1])     # the decoy
+    assert torch.equal(robust.retrieve_batch(robust.store_batch(x), q)[0, 0], x[0, 0])   # the pattern
+
+
+def test_paste_keeps_the_query_outside_the_square_it_detects() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 8, 3, 16, 16, generator=g)
+    q = x.clone()
+    q[:, :, :, 4:10, 2:8] = torch.rand(1, 8, 3, 6, 6, generator=g).round()
+    pca = PCACodec(torch.full((768,), 0.5), torch.linalg.qr(torch.randn(768, 40, generator=g)).Q)
+    b = NearestPaste(pca, window=6, threshold=0.05, region="window")
+    out = b.retrieve_batch(b.store_batch(x), q)
+    changed = (out != q).any(2)                                        # (1, 8, 16, 16)
+    for i in range(8):
+        rows, cols = changed[0, i].nonzero(as_tuple=True)
+        if len(rows):
+            assert rows.max() - rows.min() < 6 and cols.max() - cols.min() < 6   # inside one 6x6 square
+    assert b.memory_floats(8, (3, 16, 16)) == 8 * 40
+
+
+def test_paste_knobs_are_fitted_on_the_episodes_given_and_never_worse_there() -> None:
+    x, q = _decoy_episode()
+    b = NearestPaste(PixelCodec(256), binary=True, window=0, threshold=0.5, region="image")
+    err = lambda out, t: (out != t).float().flatten(2).sum(-1).mean()   # noqa: E731
+    queries = torch.cat([q, x[:, 1:]], 1)                             # A occluded, the decoy B clean
+    before = float(err(b.retrieve_batch(b.store_batch(x), queries), x))
+    fitted = b.fit_episodes(x, queries, err, windows=(0, 6))
+    assert before > 0 and fitted == {"window": 6, "threshold": 0.05, "region": "window", "train_error": 0.0}
+    assert (b.window, b.region) == (6, "window")
+
+
+def test_pinv_diagonal_gain_interpolates_between_the_classical_and_zero_diagonal_rules() -> None:
+    x, q = strings(4, 40, flips=8, seed=2)
+    for gain, ref in ((1.0, HopfieldPinv()), (0.0, HopfieldPinv(zero_diagonal=True))):
+        b = HopfieldPinv(diag_gain=gain)
+        torch.testing.assert_close(b.store_batch(x)["W"], ref.store_batch(x)["W"])
+    w = HopfieldPinv(diag_gain=0.3).store_batch(x)["W"]
+    full = HopfieldPinv().store_batch(x)["W"]
+    torch.testing.assert_close(torch.diagonal(w, dim1=1, dim2=2), 0.3 * torch.diagonal(full, dim1=1, dim2=2))
+    # a small ridge barely changes the projection; a large one shrinks it
+    small = HopfieldPinv(ridge=1e-6).store_batch(x)["W"]
+    torch.testing.assert_close(small, full, atol=1e-4, rtol=1e-4)
+    assert HopfieldPinv(ridge=1e3).store_batch(x)["W"].abs().max() < full.abs().max()
+
+
+def test_tuned_pinv_fits_on_training_episodes_and_beats_the_classical_rule_on_others() -> None:
+    err = lambda out, t: (out != t).sum(-1).float().mean()             # noqa: E731
+    x_train, q_train = strings(40, 64, flips=8, seed=10)
+    x_test, q_test = strings(40, 64, flips=8, seed=11)
+    tuned = TunedPinv(search="gain")
+    fitted = tuned.fit_episodes(x_train, q_train, err)
+    assert fitted["diag_gain"] < 1.0 and tuned.name == "hopfield_pinv_tuned_gain"
+    classical = error_bits(HopfieldPinv(), x_test, q_test)
+    assert error_bits(tuned, x_test, q_test) < 0.5 * classical
+
+
+def test_learned_baselines_round_trip_and_keep_their_card(tmp_path) -> None:
+    from model.baselines.learned import CodecNet, InpaintNet, load_learned, save_learned
+    torch.manual_seed(0)
+    for net, kind in ((CodecNet(1, code=32, width=4), "autoencoder"), (InpaintNet(1, width=4), "inpainting")):
+        card = {"kind": f"baseline-{kind}", "net": {"channels": 1, **({"code": 32, "width": 4}
+                                                                      if kind == "autoencoder" else {"width": 4})}}
+        folder = save_learned(net, tmp_path / kind, card)
+        back, card2 = load_learned(folder)
+        assert card2 == card and not any(t.requires_grad for t in back.parameters())
+        x = torch.rand(3, 1, 32, 32)
+        if kind == "autoencoder":
+            torch.testing.assert_close(back.decode(back.encode(x, 16)), net.decode(net.encode(x, 16)))
+            codec = NetCodec(back, 16)
+            z = codec.encode(x.view(1, 3, 1, 32, 32))
+            assert z.shape == (1, 3, 16) and codec.decode(z, (1, 32, 32)).shape == (1, 3, 1, 32, 32)
+        else:
+            prior = InpaintPrior(back, binary=True)
+            out = prior.retrieve_batch(prior.store_batch(x[None]), x[None])
+            assert out.shape == (1, 3, 1, 32, 32) and set(out.unique().tolist()) <= {0.0, 1.0}
+            assert prior.memory_floats(64, (1, 32, 32)) == 0

@@ -1,4 +1,5 @@
 """The evaluation harness: per-pattern metrics, percentile summaries, protocol bookkeeping."""
+import pytest
 import torch
 
 from model.config import PRESETS
@@ -27,3 +28,16 @@ def test_zero_read_steps_returns_the_query_and_says_so():
     model = EBMM(PRESETS["binary-hopfield"])
     r = evaluate(model, Protocol("binary", 8, "flip:4", episodes=5, seed=1), read_steps=0)
     assert r["read_steps"] == 0 and r["error_mean"] == r["query_error_mean"] == 4.0
+
+
+def test_baseline_knobs_come_from_training_episodes_not_the_test_ones():
+    """Baselines fit their knobs on episodes of the training split (characters: class-disjoint)."""
+    from model import data
+    from model.evaluate import FIT_SEED, make_episodes
+    try:
+        test = data.load("characters", "test").images
+    except data.MissingDataError:
+        pytest.skip("characters data not fetched: `make test` fetches it, or run `ebmm data fetch characters`")
+    fit_x, _, _ = make_episodes(Protocol("characters", 16, "block:16", 2, FIT_SEED), (1, 32, 32), split="train")
+    seen = {bytes(t.to(torch.uint8).flatten().tolist()) for t in test}
+    assert not any(bytes(t.to(torch.uint8).flatten().tolist()) in seen for t in fit_x.flatten(0, 1))

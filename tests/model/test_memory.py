@@ -224,3 +224,18 @@ def test_indexed_slot_memory_recalls_every_stored_pattern_from_a_corrupted_query
     q[:, :, :2, :] = 1 - q[:, :, :2, :]            # two of eight rows flipped
     out = read(model, p, w, q, steps=10).iterates[-1]
     assert ((out > 0.5).float() != x).sum() < 0.25 * (q != x).sum()
+
+
+@pytest.mark.parametrize("n", [5, 13])
+def test_exact_weights_store_the_codes_without_a_write(n):
+    """The exact-codes baseline: slot k holds the code of its pattern (the mean of its patterns past S)."""
+    cfg = ModelConfig("t-idx", "subspace_slots", (1, 4, 4), "binary", dict(rank=10, slots=8, assign="indexed"))
+    model = EBMM(cfg)
+    model.energy.data_init(_distinct_patterns(64, cfg.input_shape, seed=1))
+    x = _distinct_patterns(n, cfg.input_shape)
+    slots = model.exact_weights(model.params(detach=True), x)["energy.memory_slots"]
+    codes = (2 * x.flatten(1) - 1 - model.energy.centre) @ model.energy.basis.T
+    for k in range(8):
+        owners = [i for i in range(n) if (i % 8 == k if n > 8 else k % n == i)]
+        torch.testing.assert_close(slots[k], codes[owners].mean(0))
+    assert EBMM(TINY["quadratic"]).exact_weights(EBMM(TINY["quadratic"]).params(), torch.rand(2, 5)) is None
