@@ -150,7 +150,10 @@ class GatedRNNEnergy(EnergyNet):
 # --------------------------------------------------------------------------------------------------
 
 class QuadraticEnergy(EnergyNet):
-    """E(x) = -1/2 s^T M s - b^T s with s = 2x-1 and M symmetric and writable (upper triangle).
+    """In plain terms (the shipped `binary128`): a meta-tuned quadratic energy, i.e. a Hopfield net whose
+    couplings are written by the paper's writing loss, which contains the Hebb and delta rules.
+
+    E(x) = -1/2 s^T M s - b^T s with s = 2x-1 and M symmetric and writable (upper triangle).
 
     One write step on the energy term adds the Hebb outer products; the alpha term makes each step a
     delta-rule update, whose fixed point is the projection (pseudo-inverse) rule. `diag` is a static,
@@ -222,7 +225,11 @@ class SubspaceQuadraticEnergy(EnergyNet):
 
 
 class SubspaceSlotEnergy(EnergyNet):
-    """Modern-Hopfield-like energy with writable slots in a learned linear subspace of the pixels:
+    """In plain terms: a meta-tuned modern Hopfield memory over PCA codes. With assign="indexed" (the
+    shipped image memories) each pattern gets a slot of its own, and a handful of meta-learned scalars
+    tune the read; there are no deep weights. Past S patterns, slots are shared and recall breaks down.
+
+    The energy, with writable slots in a fixed linear subspace of the pixels:
 
         E(x) = -1/beta log sum_i exp(-beta (1/2 |f - k_i|^2 + c h(|k_i - a_i|^2)))      (attention)
                + lambda/2 |s~ - f U|^2                          (shrinks what the subspace cannot hold)

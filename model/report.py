@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from . import plots
+from . import comparisons, plots
 from .checkpoint import load_checkpoint
 from .evaluate import Protocol, one_episode
 from .train import TrainConfig
@@ -101,11 +101,16 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
     ours = sorted(ours, key=lambda r: r["memory_floats"])
     ax.errorbar([r["memory_floats"] for r in ours], [r["error_mean"] for r in ours], yerr=_bars(ours),
                 marker="o", color="k", capsize=3, label="ebmm (this project)")
-    for name in ("nearest_pca", "nearest_downscaled"):
+    for name in ("nearest_pca", "nearest_downscaled", "nearest_robust_pca_paste",
+                 "nearest_robust_autoencoder_paste", "exact_codes_ebmm_read"):
         pts = [(r["baselines"][name]["memory_floats"], r["baselines"][name]["error_mean"])
                for r in ours if name in r.get("baselines", {})]
         if pts:
             ax.scatter(*zip(*pts, strict=False), marker="x", label=f"{name} (same episodes)")
+    prior = [r["baselines"]["inpainting_prior"]["error_mean"] for r in ours
+             if "inpainting_prior" in r.get("baselines", {})]
+    if prior:
+        ax.axhline(prior[0], color="C9", ls="-.", lw=1, label="inpainting_prior (0 floats)")
     ax.set_xlabel("memory (floats)"), ax.set_ylabel(ours[0]["metric"].replace("_", " ") + " per image")
     ax.set_title(f"{task}: 64 patterns, {ours[0].get('distortion_text', ours[0]['distortion'])}", fontsize=9)
     ax.set_yscale("log"), ax.grid(alpha=0.3)
@@ -238,15 +243,21 @@ def training_curves(folder: Path, out: Path) -> list[str]:
 
 def build(results: Path = Path("results"), ckpt_root: Path = Path("checkpoints"),
           paper_csv: Path = Path("results/paper_reference.csv"), command: str = "ebmm report") -> Path:
-    rows = load_results(results / "eval")
+    everything = load_results(results / "eval")
+    rows = [r for r in everything if not r["_file"].endswith(comparisons.LOADS_SUFFIX)]   # one cell each
     paper = load_paper(paper_csv)
     doc = ["# Results", "", f"Made by `{command}` from the evaluation JSONs in results/eval/ "
            "(each records the command that made it). Paper numbers: results/paper_reference.csv.",
            "Cells read `mean [p5, p95]`: the mean error per pattern, and the 5th and 95th percentiles over "
            "episodes of the per-episode mean (the paper's error bars).", ""]
     doc += binary_tables(rows, paper)
+    doc += comparisons.binary_margins(rows)
     for task in sorted({r["task"] for r in rows} - {"binary"}):
         doc += image_table(task, rows)
+        doc += comparisons.load_tables(task, everything)
+        fig = comparisons.load_curve(task, everything, results / f"loads_{task}.png")
+        if fig:
+            doc += [f"![error against the number of stored patterns, {task}]({fig.name})", ""]
         fig = rate_curve(task, rows, paper, results / f"rate_{task}.png")
         if fig:
             doc += [f"![distortion/rate, {task}]({fig.name})", ""]

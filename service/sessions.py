@@ -188,3 +188,23 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
         results = await to_thread.run_sync(_results, res.iterates, res.energies, output, inp.options.trajectory)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
                             masked=mask is not None, conversions=notes, results=results)
+
+
+async def export_session(state: AppState, caller: str, session_id: str) -> bytes:
+    """The session's written weights and metadata as one safetensors file (see service/transfer.py)."""
+    from .transfer import export_bytes
+    _check_id(session_id)
+    found = await _store(state, "get", state.store.get(session_id))
+    meta = _owned(None if found is None else found[0], caller, session_id)
+    return export_bytes(meta, found[1])  # type: ignore[index]
+
+
+async def import_session(state: AppState, caller: str, body: bytes) -> SessionInfo:
+    """A new session from an exported file, refused (409) unless this server serves its checkpoint."""
+    from .transfer import new_meta, parse_session_file
+    name, weights, fields = parse_session_file(state, body)
+    blob = pack_weights(weights)
+    meta = new_meta(state, caller, name, weights, len(blob), fields, ID_BYTES)
+    await _store(state, "put", state.store.put(meta, blob, state.settings.session_ttl_seconds))
+    state.metrics.sessions_written.labels(name).inc()
+    return SessionInfo(**info(meta))

@@ -1,4 +1,4 @@
-"""Sessions: write patterns into a new session, read them back, inspect, delete."""
+"""Sessions: write patterns into a new session, read them back, inspect, delete, export and import."""
 from __future__ import annotations
 
 import time
@@ -66,6 +66,32 @@ async def retrieve(request: Request, response: Response, state: State, caller: C
         inp = await read_retrieve(request, state.settings.max_patterns)
     out = await ops.retrieve(state, caller, session_id, inp, t)
     _timed(response, t, t0)
+    return out
+
+
+SESSION_FILE = "application/vnd.ebmm.session+safetensors"
+
+
+@router.get("/{session_id}/export", response_class=Response, summary="Export a session as a safetensors file",
+            responses={200: {"content": {SESSION_FILE: {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "The written weights, with the session's model, checkpoint hash, "
+                                            "pattern count and input shape in the safetensors metadata"},
+                       **error_responses(401, 404, 503)})
+async def export_session(state: State, caller: Caller, session_id: str = SessionId) -> Response:
+    body = await ops.export_session(state, caller, session_id)
+    return Response(body, media_type=SESSION_FILE,
+                    headers={"Content-Disposition": f'attachment; filename="{session_id}.safetensors"'})
+
+
+@router.post("/import", response_model=SessionInfo, status_code=201,
+             summary="Import an exported session file into a new session",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 SESSION_FILE: {"schema": {"type": "string", "format": "binary"}},
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+             responses=error_responses(401, 409, 413, 422, 503))
+async def import_session(request: Request, response: Response, state: State, caller: Caller) -> SessionInfo:
+    out = await ops.import_session(state, caller, await request.body())
+    response.headers["Location"] = f"/v1/sessions/{out.session_id}"
     return out
 
 

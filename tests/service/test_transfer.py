@@ -1,0 +1,108 @@
+"""Export and import of sessions: a round trip to a second server gives identical retrievals; a file
+for other weights is refused with 409; a malformed file with 422 naming what is wrong."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from test_api import as_strings, bits, problem, running
+
+pytestmark = pytest.mark.anyio
+FILE = "application/vnd.ebmm.session+safetensors"
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8:8 + n])["__metadata__"]
+
+
+async def _written(c, n: int = 12) -> tuple[str, list[str]]:
+    x = as_strings(bits(n, seed=3))
+    w = await c.post("/v1/sessions", json={"model": "binary128", "patterns": {"bits": x}})
+    assert w.status_code == 201, w.text
+    return w.json()["session_id"], x
+
+
+async def test_round_trip_to_a_second_server_gives_identical_retrievals(checkpoint_dir: Path) -> None:
+    queries = bits(12, seed=3)
+    queries[:, :10] ^= 1
+    body = {"queries": {"bits": as_strings(queries)}, "output": "array"}
+    async with running(checkpoint_dir) as (a, _):
+        sid, _ = await _written(a)
+        e = await a.get(f"/v1/sessions/{sid}/export")
+        assert e.status_code == 200 and e.headers["content-type"] == FILE
+        assert f'{sid}.safetensors' in e.headers["content-disposition"]
+        before = (await a.post(f"/v1/sessions/{sid}/retrieve", json=body)).json()["results"]
+    meta = _metadata(e.content)
+    assert meta["model"] == "binary128" and meta["patterns"] == "12" and json.loads(meta["input_shape"]) == [128]
+    async with running(checkpoint_dir) as (b, _):                  # a fresh server, its own store
+        i = await b.post("/v1/sessions/import", content=e.content, headers={"content-type": FILE})
+        assert i.status_code == 201, i.text
+        new = i.json()
+        assert new["session_id"] != sid and new["patterns"] == 12 and new["model"] == "binary128"
+        assert i.headers["location"].endswith(new["session_id"])
+        after = (await b.post(f"/v1/sessions/{new['session_id']}/retrieve", json=body)).json()["results"]
+    assert [r["pattern"] for r in after] == [r["pattern"] for r in before]
+    assert [r["energies"] for r in after] == [r["energies"] for r in before]
+
+
+async def test_a_file_for_other_weights_is_refused_with_409(checkpoint_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint_dir, other)
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    ck = load_checkpoint(other / "binary128")
+    with torch.no_grad():
+        ck.model.energy.bias.add_(0.01)                            # the same architecture, other weights
+    save_checkpoint(ck.model, other / "binary128")
+    async with running(checkpoint_dir) as (a, _):
+        sid, _ = await _written(a)
+        blob = (await a.get(f"/v1/sessions/{sid}/export")).content
+    async with running(other) as (b, _):
+        r = await b.post("/v1/sessions/import", content=blob, headers={"content-type": FILE})
+        problem(r, 409, "checkpoint_sha256")
+        assert (await b.get("/v1/models")).status_code == 200
+    weights = st_load(blob)
+    wrong_model = st_save(weights, metadata={**_metadata(blob), "model": "nope"})
+    async with running(checkpoint_dir) as (a, _):
+        problem(await a.post("/v1/sessions/import", content=wrong_model), 409, "model")
+
+
+@pytest.mark.parametrize("case,field", [
+    ("garbage", "body"), ("empty", "body"), ("no_format", "metadata.format"),
+    ("shape", "tensors"), ("nan", "tensors.energy.memory_triu"), ("patterns", "metadata.patterns"),
+])
+async def test_malformed_files_get_422_naming_the_field(checkpoint_dir: Path, case: str, field: str) -> None:
+    async with running(checkpoint_dir) as (a, _):
+        sid, _ = await _written(a)
+        blob = (await a.get(f"/v1/sessions/{sid}/export")).content
+        meta, weights = _metadata(blob), st_load(blob)
+        t = weights["energy.memory_triu"]
+        bad = {
+            "garbage": b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!",
+            "empty": b"",
+            "no_format": st_save(weights, metadata={k: v for k, v in meta.items() if k != "format"}),
+            "shape": st_save({"energy.memory_triu": t[:-1].contiguous()}, metadata=meta),
+            "nan": st_save({"energy.memory_triu": torch.full_like(t, float("nan"))}, metadata=meta),
+            "patterns": st_save(weights, metadata={**meta, "patterns": "0"}),
+        }[case]
+        problem(await a.post("/v1/sessions/import", content=bad), 422, field)
+        # nothing already stored is lost
+        assert (await a.get(f"/v1/sessions/{sid}")).status_code == 200
+
+
+async def test_export_of_an_unknown_or_foreign_session_is_404(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir, api_keys="key-a-0123456789abcdef,key-b-0123456789abcdef") as (a, _):
+        w = await a.post("/v1/sessions", json={"model": "binary128", "patterns": {"bits": as_strings(bits(4))}},
+                         headers={"X-API-Key": "key-a-0123456789abcdef"})
+        sid = w.json()["session_id"]
+        r = await a.get(f"/v1/sessions/{sid}/export", headers={"X-API-Key": "key-b-0123456789abcdef"})
+        problem(r, 404, "session_id")
+        problem(await a.get("/v1/sessions/" + "x" * 43 + "/export",
+                            headers={"X-API-Key": "key-a-0123456789abcdef"}), 404, "session_id")
