@@ -73,8 +73,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .client_cli import add_client
     parser, sub = build_parser()
     add_commands(sub)
+    add_client(sub)
     return model_main(argv, parser)
 
 
