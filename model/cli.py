@@ -112,6 +112,48 @@ def _add_train_baseline(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_baseline)
 
 
+def _familiarity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .familiarity import calibrate, evaluate_familiarity
+    torch_threads(args.threads)
+    ck = load_checkpoint(args.checkpoint)
+    t = ck.card.get("training", {})
+    task = t.get("task", "binary")
+    spec = args.distortion or t.get("distortion", "flip:16").split(",")[0]
+    cal = calibrate(ck.model, task, spec, args.patterns, args.calibration_episodes)
+    ev = evaluate_familiarity(ck.model, task, spec, cal["threshold"], cal["window"], args.patterns, args.episodes)
+    out = {"checkpoint": ck.name, "checkpoint_sha256": ck.sha256, "calibration": cal, "held_out": ev,
+           "command": "ebmm " + " ".join(sys.argv[1:])}
+    print(f"{ck.name}: threshold {cal['threshold']:.4f} (window {cal['window']}); held out: ROC AUC clean "
+          f"{ev['roc_auc_clean']:.4f}, {spec} {ev['roc_auc_distorted']:.4f}; never-stored clean called a match "
+          f"{ev['match_rate']['new_clean']:.2%}, stored clean {ev['match_rate']['stored_clean']:.2%}, "
+          f"stored {spec} {ev['match_rate']['stored_distorted']:.2%}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    if args.update_card:
+        for p in ck.model.parameters():
+            p.requires_grad_(True)
+        save_checkpoint(ck.model, args.checkpoint, familiarity={**cal, "held_out": ev})
+    return 0
+
+
+def _add_familiarity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("familiarity", help="calibrate the familiarity threshold on training data, measure it "
+                       "on held-out data")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--distortion", help="distorted queries (default: the card's training distortion)")
+    p.add_argument("--patterns", type=int, default=64)
+    p.add_argument("--calibration-episodes", type=int, default=20, help="training-split episodes")
+    p.add_argument("--episodes", type=int, default=50, help="held-out episodes")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--update-card", action="store_true", help="store the threshold in the card")
+    p.set_defaults(func=_familiarity)
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -308,6 +350,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     _add_train(sub)
     _add_train_baseline(sub)
     _add_evaluate(sub)
+    _add_familiarity(sub)
     _add_data(sub)
     _add_bench(sub)
     _add_report(sub)

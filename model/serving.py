@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .checkpoint import Checkpoint
 from .energy import Params
+from .familiarity import default_window, familiarity
 from .memory import ReadResult, WriteResult, read, write
 
 
@@ -39,6 +40,27 @@ class Memory:
     @property
     def writable_shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(self.params[n].shape) for n in self.ckpt.model.writable}
+
+    @property
+    def familiarity_threshold(self) -> float | None:
+        """The card's calibrated threshold (`ebmm familiarity --update-card`), or None."""
+        f = self.ckpt.card.get("familiarity") or {}
+        return None if f.get("threshold") is None else float(f["threshold"])
+
+    @property
+    def familiarity_window(self) -> int:
+        f = self.ckpt.card.get("familiarity") or {}
+        if "window" in f:
+            return int(f["window"])
+        spec = str(self.ckpt.card.get("training", {}).get("distortion", "none")).split(",")[0]
+        try:
+            return default_window(self.ckpt.model, spec)
+        except ValueError:
+            return 0
+
+    def familiarity(self, queries: Tensor, recall: Tensor, known: Tensor | None = None) -> Tensor:
+        """(B,) in [0, 1]: how well the recall agrees with the query (model/familiarity.py)."""
+        return familiarity(queries.float(), recall.float(), self.familiarity_window, known)
 
     def _check(self, name: str, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.input_shape:

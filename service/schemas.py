@@ -53,6 +53,9 @@ class RetrieveOptions(BaseModel):
     output: Output | None = Field(None, description="png (base64, image models), array (nested "
                                   "floats) or bits (binary models, thresholded at 0.5); default "
                                   "png for images, bits for bit strings", examples=["png"])
+    match_threshold: float | None = Field(None, ge=0, le=1, description="Familiarity at or above which a "
+                                          "result is called a match (default: the model card's calibrated "
+                                          "threshold)", examples=[0.95])
 
 
 class RetrieveRequest(RetrieveOptions):
@@ -130,6 +133,13 @@ class Retrieved(BaseModel):
                                   examples=[[-1.2, -5.0, -7.1]])
     trajectory: list[str | list[Any]] | None = Field(None, description="Every iterate (query first), "
                                                       "when asked", examples=[None])
+    familiarity: float = Field(description="How well the recall agrees with the query, in [0, 1]: 1 minus the "
+                               "mean disagreement outside the square where they disagree most (images; the "
+                               "known pixels only, when a mask is given). Stored patterns score near 1, "
+                               "patterns never stored lower", examples=[0.998])
+    match: bool | None = Field(description="familiarity >= the threshold (the model card's, calibrated so that "
+                               "about 1% of never-stored clean queries match, or the request's "
+                               "match_threshold); null when neither exists", examples=[True])
 
 
 class RetrieveResponse(BaseModel):
@@ -138,6 +148,8 @@ class RetrieveResponse(BaseModel):
     model: str = Field(examples=["characters32"])
     steps: int = Field(description="Read steps run", examples=[5])
     output: Output = Field(examples=["png"])
+    match_threshold: float | None = Field(description="The familiarity threshold used for `match`",
+                                          examples=[0.9521])
     masked: bool = Field(description="Whether a mask kept known pixels fixed", examples=[True])
     conversions: list[str] = Field(examples=[["decoded PNG 32x32 L", "binarised at 0.5"]])
     results: list[Retrieved]

@@ -156,12 +156,26 @@ def _encode(x: np.ndarray, output: str) -> str | list[Any]:
     return np.round(x, 4).tolist()
 
 
-def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool) -> list[Retrieved]:
+def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
+             fam: torch.Tensor, threshold: float | None) -> list[Retrieved]:
     it, en = iterates.numpy(), energies.numpy()                   # (K+1, B, *S), (K+1, B)
     return [Retrieved(index=b, pattern=_encode(it[-1, b], output), energy=float(en[-1, b]),
                       energies=[float(e) for e in en[:, b]],
-                      trajectory=[_encode(it[k, b], output) for k in range(it.shape[0])] if trajectory else None)
+                      trajectory=[_encode(it[k, b], output) for k in range(it.shape[0])] if trajectory else None,
+                      familiarity=round(float(fam[b]), 6),
+                      match=None if threshold is None else bool(fam[b] >= threshold))
             for b in range(it.shape[1])]
+
+
+def _read_with_familiarity(m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor,
+                           mask: torch.Tensor | None, steps: int) -> tuple[Any, torch.Tensor]:
+    """The read, and each query's familiarity; a masked read keeps the known pixels, so familiarity
+    compares them with an unmasked read's recall instead (one more read)."""
+    res = m.memory.read(weights, x, mask, steps)
+    if mask is None:
+        return res, m.memory.familiarity(x, res.iterates[-1])
+    free = m.memory.read(weights, x, None, steps)
+    return res, m.memory.familiarity(x, free.iterates[-1], known=mask.bool())
 
 
 async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveInput,
@@ -183,11 +197,13 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
             mask = match_mask(raw, x, inp.mask.field)
             notes = [*notes, *(f"mask: {n}" for n in mask_notes)]      # e.g. a resized mask is said
         weights = unpack_weights(found[1])  # type: ignore[index]
-    res = await _model(state, "read", m, t, m.memory.read, weights, x, mask, steps)
+    res, fam = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask, steps)
+    o = inp.options
+    threshold = o.match_threshold if o.match_threshold is not None else m.memory.familiarity_threshold
     with t.stage("encode"):
-        results = await to_thread.run_sync(_results, res.iterates, res.energies, output, inp.options.trajectory)
+        results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam, threshold)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
-                            masked=mask is not None, conversions=notes, results=results)
+                            masked=mask is not None, conversions=notes, results=results, match_threshold=threshold)
 
 
 async def export_session(state: AppState, caller: str, session_id: str) -> bytes:

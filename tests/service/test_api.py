@@ -354,3 +354,25 @@ async def test_openapi_documents_each_error_with_its_own_problem_example(checkpo
     assert {"404", "409", "422"} <= set(examples), sorted(examples)
     assert len({e["detail"] for e in examples.values()}) == len(examples)   # not one example relabelled
     assert all(e["status"] == int(s) and e["field"] for s, e in examples.items())
+
+
+async def test_every_result_says_how_familiar_its_query_is(checkpoint_dir: Path) -> None:
+    stored, never = bits(16, seed=21), bits(16, seed=22)
+    q = stored.copy()
+    q[:, :6] ^= 1
+    async with running(checkpoint_dir) as (c, _):
+        sid = (await c.post("/v1/sessions", json={"model": "binary128",
+                                                  "patterns": {"bits": as_strings(stored)}})).json()["session_id"]
+        r = (await c.post(f"/v1/sessions/{sid}/retrieve", json={"queries": {"bits": as_strings(q)}})).json()
+        n = (await c.post(f"/v1/sessions/{sid}/retrieve",
+                          json={"queries": {"bits": as_strings(never)}, "match_threshold": 0.9})).json()
+        bad = await c.post(f"/v1/sessions/{sid}/retrieve",
+                           json={"queries": {"bits": as_strings(q)}, "match_threshold": 1.5})
+    # the fixture card has no calibrated threshold: match is null unless the request gives one
+    assert r["match_threshold"] is None and all(x["match"] is None for x in r["results"])
+    fam_stored = [x["familiarity"] for x in r["results"]]
+    fam_never = [x["familiarity"] for x in n["results"]]
+    assert all(0 <= f <= 1 for f in fam_stored + fam_never)
+    assert min(fam_stored) > max(fam_never)
+    assert n["match_threshold"] == 0.9 and not any(x["match"] for x in n["results"])
+    problem(bad, 422, "match_threshold")

@@ -1,0 +1,128 @@
+"""Familiarity: how well a query agrees with what the memory recalls from it, and whether it was stored.
+
+A stored pattern, clean or occluded, is recalled as itself, so the recall agrees with the query
+everywhere except inside the occlusion. A query that was never stored is recalled as some other
+pattern (every memory answers with something), which disagrees with it in many places. The score is
+
+    familiarity = 1 - (disagreement outside the w x w square where recall and query disagree most)
+                      / (number of entries outside that square),
+
+with disagreement the summed |recall - query| over channels (w = 0 for bit strings: no square). With a
+mask, only the known pixels count and no square is removed. It lies in [0, 1]; 1 is perfect
+agreement. `calibrate` picks the threshold on the training split such that at most 1% of
+never-stored clean queries are called a match; `ebmm familiarity` stores it in the card.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import distortions
+from .memory import EBMM, read, write
+
+FALSE_MATCH_RATE = 0.01
+
+
+def window_sums(e: Tensor, w: int) -> Tensor:
+    """e (..., H, W) -> (..., H-w+1, W-w+1): the sum over every w x w window (integral image)."""
+    c = torch.nn.functional.pad(e.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+    return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
+
+
+def familiarity(query: Tensor, recall: Tensor, window: int = 0, known: Tensor | None = None) -> Tensor:
+    """query, recall (B, *S) in [0, 1] -> (B,) familiarity in [0, 1] (see the module docstring)."""
+    e = (recall - query).abs()
+    if known is not None:
+        k = known.to(e.dtype)
+        return 1 - (e * k).flatten(1).sum(1) / k.flatten(1).sum(1).clamp_min(1)
+    if e.dim() == 4:                                          # images: channels summed per pixel
+        e = e.sum(1) / e.shape[1]                             # (B, H, W)
+    if e.dim() != 3 or window <= 0:
+        return 1 - e.flatten(1).mean(1)
+    w = min(window, *e.shape[-2:])
+    total = e.flatten(1).sum(1)
+    worst = window_sums(e, w).flatten(1).max(1).values
+    return 1 - (total - worst) / (e[0].numel() - w * w)
+
+
+def default_window(model: EBMM, distortion: str) -> int:
+    """The occlusion's side for images read with a block distortion (block:16 -> 16); 0 otherwise."""
+    if len(model.cfg.input_shape) != 3:
+        return 0
+    d = distortions.parse(distortion)
+    return int(d.args[0]) if d.kind == "block" else 0
+
+
+def roc_auc(pos: Tensor, neg: Tensor) -> float:
+    """P(a stored query scores above a never-stored one), ties counted half."""
+    pos, neg = pos.double(), neg.double()
+    allv = torch.cat([pos, neg])
+    ranks = allv.argsort().argsort().double() + 1
+    for v in allv.unique():                                  # average ranks of ties
+        same = allv == v
+        if same.sum() > 1:
+            ranks[same] = ranks[same].mean()
+    r_pos = ranks[: len(pos)].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def scores(model: EBMM, stored: Tensor, other: Tensor, distortion: str, window: int,
+           generator: torch.Generator) -> dict[str, Tensor]:
+    """Episodes stored (M, N, *S) written; queries from them and from never-stored `other` (M, N, *S),
+    clean and distorted: familiarity per query, flattened over episodes."""
+    p = model.params(detach=True)
+    out: dict[str, list[Tensor]] = {k: [] for k in ("stored_clean", "new_clean", "stored_distorted",
+                                                       "new_distorted")}
+    dist = distortions.parse(distortion)
+    for i in range(stored.shape[0]):
+        w = write(model, p, stored[i]).weights
+        for tag, x in (("stored", stored[i]), ("new", other[i])):
+            for kind, q in (("clean", x), ("distorted", dist(x, generator).x)):
+                recall = read(model, p, w, q).iterates[-1]
+                out[f"{tag}_{kind}"].append(familiarity(q, recall, window))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _episodes(task: str, split: str, n: int, episodes: int, shape: tuple[int, ...],
+              g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Pairs of disjoint sets: (M, N, *S) to store and (M, N, *S) never stored."""
+    if task == "binary":
+        x = (torch.rand(episodes, 2 * n, *shape, generator=g) < 0.5).float()
+    else:
+        from . import data
+        x = data.sample_episodes(data.load(task, split), 2 * n, episodes, g)
+    return x[:, :n], x[:, n:]
+
+
+def calibrate(model: EBMM, task: str, distortion: str, patterns: int = 64, episodes: int = 20,
+              seed: int = 0) -> dict[str, Any]:
+    """Threshold from the training split: the (1 - FALSE_MATCH_RATE) quantile of never-stored clean
+    queries' familiarity, so that about 1% of them are called a match."""
+    g = torch.Generator().manual_seed(seed)
+    window = default_window(model, distortion)
+    shape = tuple(model.cfg.input_shape)
+    s = scores(model, *_episodes(task, "train", patterns, episodes, shape, g), distortion, window, g)
+    t = float(torch.quantile(s["new_clean"].double(), 1 - FALSE_MATCH_RATE))
+    return {"threshold": round(t, 6), "window": window, "false_match_rate_target": FALSE_MATCH_RATE,
+            "calibrated_on": {"task": task, "split": "train", "patterns": patterns, "episodes": episodes,
+                              "distortion": distortion, "seed": seed}}
+
+
+def evaluate_familiarity(model: EBMM, task: str, distortion: str, threshold: float, window: int,
+                         patterns: int = 64, episodes: int = 50, seed: int = 1) -> dict[str, Any]:
+    """Held-out (test split): ROC AUC stored against never-stored, clean and distorted; match rates."""
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    s = scores(model, *_episodes(task, "test", patterns, episodes, tuple(model.cfg.input_shape), g),
+               distortion, window, g)
+    rate = lambda v: round(float((v >= threshold).double().mean()), 5)  # noqa: E731
+    return {"task": task, "split": "test", "patterns": patterns, "episodes": episodes, "distortion": distortion,
+            "seed": seed, "threshold": threshold, "window": window,
+            "roc_auc_clean": round(roc_auc(s["stored_clean"], s["new_clean"]), 5),
+            "roc_auc_distorted": round(roc_auc(s["stored_distorted"], s["new_distorted"]), 5),
+            "match_rate": {k: rate(v) for k, v in s.items()},
+            "median": {k: round(float(v.median()), 5) for k, v in s.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,46 @@
+"""Familiarity: its formula, the square it forgives, the mask, the ROC AUC helper, calibration."""
+import torch
+
+from model.config import PRESETS
+from model.familiarity import calibrate, familiarity, roc_auc
+from model.memory import EBMM
+
+
+def test_familiarity_is_one_minus_the_mean_disagreement():
+    q = torch.zeros(2, 10)
+    r = q.clone()
+    r[1, :3] = 1.0                                             # 3 of 10 entries disagree fully
+    torch.testing.assert_close(familiarity(q, r), torch.tensor([1.0, 0.7]))
+
+
+def test_the_most_disagreeing_square_is_forgiven_and_only_it():
+    q = torch.zeros(1, 1, 8, 8)
+    block = q.clone()
+    block[..., 2:5, 3:6] = 1.0                                 # an occluded 3x3 square
+    scattered = q.clone()
+    scattered.view(-1)[torch.arange(0, 64, 7)] = 1.0          # 10 entries spread out
+    assert familiarity(q, block, window=3).item() == 1.0
+    assert familiarity(q, block, window=0).item() < 1.0
+    assert familiarity(q, scattered, window=3).item() < 1.0
+
+
+def test_with_a_mask_only_the_known_pixels_count():
+    q = torch.zeros(1, 1, 4, 4)
+    r = q.clone()
+    r[..., :2, :] = 1.0
+    known = torch.zeros_like(q, dtype=torch.bool)
+    known[..., 2:, :] = True
+    assert familiarity(q, r, known=known).item() == 1.0
+    assert familiarity(q, r, known=~known).item() == 0.0
+
+
+def test_roc_auc():
+    assert roc_auc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert roc_auc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
+    assert abs(roc_auc(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])) - 0.75) < 1e-9
+
+
+def test_calibration_calls_about_one_percent_of_never_stored_training_queries_a_match():
+    model = EBMM(PRESETS["binary-hopfield"])                   # untrained: a Hebb-like quadratic memory
+    cal = calibrate(model, "binary", "flip:8", patterns=16, episodes=10)
+    assert cal["window"] == 0 and 0 < cal["threshold"] <= 1 and cal["calibrated_on"]["split"] == "train"
