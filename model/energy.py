@@ -101,6 +101,14 @@ class EnergyNet(nn.Module):
         (`SubspaceSlotEnergy` with assign="indexed": its attention part bounds E's from above)."""
         return self.energy(p, x)
 
+    def append_plan(self, p: Params, n_old: int, n_new: int) -> dict | None:
+        """How to store n_new more patterns in a memory holding n_old (p: with the written slice), for
+        energies with a rule of their own; None: further write steps from the written weights."""
+        return None
+
+    def finish_append(self, written: Params, plan: dict) -> Params:
+        return written
+
     def exact_memory(self, p: Params, x: Tensor) -> Params | None:
         """The writable slice set straight from the patterns x (N, *input_shape), with no write loop,
         where the energy has such a closed form (slot memories: each slot the code of its pattern);
@@ -351,12 +359,39 @@ class SubspaceSlotEnergy(EnergyNet):
         a = self.assignment(x.shape[0], x.device).to(f.dtype)          # (N, S), columns sum to 1
         return {"memory_slots": a.T @ f}                              # (S, r): own code, or the mean
 
-    def write_energy(self, p: Params, x: Tensor) -> Tensor:
+    def append_plan(self, p: Params, n_old: int, n_new: int) -> dict | None:
+        """Slots re-dealt as a write of all n_old + n_new patterns at once would deal them: each slot's
+        old owners keep their (mean) code, slots of new patterns restart from theta_bar and are written
+        by the new patterns only, and a slot shared by old and new patterns ends as the mean of all."""
+        if self.assign != "indexed":
+            return None
+        total = n_old + n_new
+        k_old = p["memory_slots"]                                     # (S, r) written
+        a = self.assignment(total, k_old.device)                      # (total, S), columns sum to 1
+        owners = a > 0
+        old_owners, new_owners = owners[:n_old].sum(0), owners[n_old:].sum(0)    # (S,)
+        share = old_owners / (old_owners + new_owners).clamp_min(1)   # (S,) weight of the old mean
+        if total <= self.slots:      # one owner per slot: its old code sits in the old slot of its index
+            src = torch.arange(self.slots, device=k_old.device) % total
+            old_mean = k_old[src.clamp(max=max(n_old - 1, 0))]
+        else:                        # slot k's old owners are the same set in both deals
+            old_mean = k_old
+        fresh = self.memory_slots.detach().to(k_old)                  # theta_bar
+        start = torch.where((new_owners > 0)[:, None], fresh, old_mean)
+        new_a = owners[n_old:].float()
+        new_a = new_a / new_a.sum(0, keepdim=True).clamp_min(1)       # (n_new, S): columns sum to 1
+        return {"start": {"memory_slots": start}, "assign": new_a, "share": share, "old_mean": old_mean}
+
+    def finish_append(self, written: Params, plan: dict) -> Params:
+        share = plan["share"][:, None].to(written["memory_slots"])
+        return {"memory_slots": share * plan["old_mean"] + (1 - share) * written["memory_slots"]}
+
+    def write_energy(self, p: Params, x: Tensor, assign: Tensor | None = None) -> Tensor:
         if self.assign == "shared":
             return self.energy(p, x)
         s, st, f = self._code(x)
         k = p["memory_slots"]
-        a = self.assignment(x.shape[0], x.device).to(k.dtype)          # (N, S)
+        a = (self.assignment(x.shape[0], x.device) if assign is None else assign).to(k.dtype)   # (N, S)
         d = self._half_sq_dist(f, k)                                  # (N, S)
         own = (a * d).sum(-1)                       # N <= S: a sum of whole d_k, so >= softmin_k d_k
         recall = (a @ k) / a.sum(-1, keepdim=True).clamp_min(1e-12)

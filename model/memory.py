@@ -84,9 +84,11 @@ class EBMM(nn.Module):
         """E(x; p) for x (B, *input_shape) -> (B,), with `p` named as in `params()`."""
         return self.energy.energy(self._energy_params(p), x)
 
-    def write_energy_fn(self, p: Params, x: Tensor) -> Tensor:
-        """The energy term of the writing loss for the batch being written (the paper's: E itself)."""
-        return self.energy.write_energy(self._energy_params(p), x)
+    def write_energy_fn(self, p: Params, x: Tensor, assign: Tensor | None = None) -> Tensor:
+        """The energy term of the writing loss for the batch being written (the paper's: E itself).
+        assign (N, S): where each pattern goes, for energies that say so (slot memories appending)."""
+        ep = self._energy_params(p)
+        return self.energy.write_energy(ep, x) if assign is None else self.energy.write_energy(ep, x, assign)
 
     def exact_weights(self, p: Params, x: Tensor) -> Params | None:
         """The writable slice set from the patterns with no write (see EnergyNet.exact_memory), or None."""
@@ -108,15 +110,16 @@ class WriteResult:
     losses: list[float]        # writing loss before each step, reduced over patterns (diagnostic, detached)
 
 
-def _grad_x(model: EBMM, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+def _grad_x(model: EBMM, p: Params, x: Tensor, assign: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Energy (B,) and grad_x E at a fresh input leaf, with a graph back to the parameters."""
     x = x.detach().requires_grad_(True)            # fresh leaf: never differentiate the write history
-    e = model.write_energy_fn(p, x)
+    e = model.write_energy_fn(p, x, assign)
     (g,) = torch.autograd.grad(e.sum(), x, create_graph=True)
     return e, g
 
 
-def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool) -> tuple[Tensor, Tensor | None]:
+def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool,
+                  assign: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """E and ||grad_x E||^2 (or None), reduced over the patterns (E: the network's `write_energy`). The
     third term of the writing loss, beta ||theta - theta_bar||^2, has the gradient 2 beta (theta -
     theta_bar): `write` applies it directly.
@@ -127,29 +130,33 @@ def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool) -> tup
     """
     reduce = torch.sum if model.cfg.loop.write_reduction == "sum" else torch.mean
     if use_grad_norm:
-        e, g = _grad_x(model, p, x)
+        e, g = _grad_x(model, p, x, assign)
         gn = reduce(g.pow(2).flatten(1).sum(1))
     else:
-        e, gn = model.write_energy_fn(p, x), None
+        e, gn = model.write_energy_fn(p, x, assign), None
     return reduce(e), gn
 
 
 def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
-          steps: int | None = None) -> WriteResult:
-    """Store patterns x (N, *input_shape): T steps on the writing loss over the writable slice."""
+          steps: int | None = None, start: Params | None = None, assign: Tensor | None = None) -> WriteResult:
+    """Store patterns x (N, *input_shape): T steps on the writing loss over the writable slice.
+
+    start: written weights to continue from (appending) instead of theta_bar; the prior term still
+    pulls towards theta_bar. assign: see `EBMM.write_energy_fn`."""
     steps = model.cfg.loop.write_steps if steps is None else steps
     names = model.writable
     theta_bar = {n: p[n] for n in names}
     rates = F.softplus(p["loop.write_rate"])                    # (n_writable, 3)
     alpha, beta = F.softplus(p["loop.alpha"]), F.softplus(p["loop.beta"])
     use_gn = model.cfg.loop.grad_norm_term
+    first = theta_bar if start is None else {n: start[n].to(theta_bar[n]) for n in names}
     w = {n: (t if create_graph and t.requires_grad else t.detach().requires_grad_(True))
-         for n, t in theta_bar.items()}
+         for n, t in first.items()}
     losses: list[float] = []
     with torch.enable_grad():
         for _ in range(steps):
             q = {**p, **w}
-            e, gn = writing_terms(model, q, x, use_gn)
+            e, gn = writing_terms(model, q, x, use_gn, assign)
             ws = list(w.values())
             ge = torch.autograd.grad(e, ws, create_graph=create_graph, retain_graph=use_gn or create_graph)
             gg = (torch.autograd.grad(gn, ws, create_graph=create_graph) if use_gn
@@ -166,6 +173,20 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     if not create_graph:
         w = {n: t.detach() for n, t in w.items()}
     return WriteResult(w, losses)
+
+
+def append(model: EBMM, p: Params, weights: Params, x: Tensor, n_old: int) -> WriteResult:
+    """Store more patterns x (M, *input_shape) in weights that already hold n_old: the energy's own
+    rule where it has one (slot memories re-deal their slots as if all n_old + M had been written at
+    once), else T further write steps from the written weights on the new patterns."""
+    ep = model._energy_params({**p, **weights})
+    plan = model.energy.append_plan(ep, n_old, x.shape[0])
+    if plan is None:
+        return write(model, p, x, start=weights)
+    start = {"energy." + n: t for n, t in plan["start"].items()}
+    res = write(model, p, x, start={**weights, **start}, assign=plan["assign"])
+    done = model.energy.finish_append({n[7:]: t for n, t in res.weights.items()}, plan)
+    return WriteResult({"energy." + n: t for n, t in done.items()}, res.losses)
 
 
 # --------------------------------------------------------------------------------------------------

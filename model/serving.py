@@ -9,7 +9,7 @@ from torch import Tensor
 from .checkpoint import Checkpoint
 from .energy import Params
 from .familiarity import default_window, familiarity
-from .memory import ReadResult, WriteResult, read, write
+from .memory import ReadResult, WriteResult, append, read, write
 
 
 @dataclass
@@ -70,6 +70,20 @@ class Memory:
     def write(self, patterns: Tensor) -> WriteResult:
         """patterns (N, *input_shape) in [0, 1] -> written weights (on the CPU, for storage)."""
         res = write(self.ckpt.model, self.params, self._check("patterns", patterns))
+        return WriteResult({n: t.cpu() for n, t in res.weights.items()}, res.losses)
+
+    @property
+    def append_rule(self) -> str:
+        """"redeal": the energy re-deals its memory as a write of all patterns at once would (slot
+        memories); "continue": further write steps from the written weights on the new patterns only."""
+        model = self.ckpt.model
+        ep = model._energy_params(self.params)
+        return "continue" if model.energy.append_plan(ep, 1, 1) is None else "redeal"
+
+    def append(self, weights: Params, patterns: Tensor, n_old: int) -> WriteResult:
+        """More patterns into written weights that hold n_old (model/memory.py: append)."""
+        w = {n: t.to(self.device, torch.float32) for n, t in weights.items()}
+        res = append(self.ckpt.model, self.params, w, self._check("patterns", patterns), n_old)
         return WriteResult({n: t.cpu() for n, t in res.weights.items()}, res.losses)
 
     def read(self, weights: Params, queries: Tensor, mask: Tensor | None = None,

@@ -54,6 +54,13 @@ class MemoryStore(SessionStore):
         self._items[meta.id] = (meta, weights, self.clock() + ttl_seconds)
         self._bytes += len(weights)
 
+    async def replace(self, meta: SessionMeta, weights: bytes, ttl_seconds: int, expected_version: int) -> bool:
+        item = self._live(meta.id)           # no await between the check and the write: atomic here
+        if item is None or item[0].version != expected_version:
+            return False
+        await self.put(meta, weights, ttl_seconds)
+        return True
+
     async def get(self, session_id: str) -> tuple[SessionMeta, bytes] | None:
         item = self._live(session_id)
         return None if item is None else (item[0], item[1])

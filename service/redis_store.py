@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from .errors import StoreUnavailable
 from .store import SessionMeta, SessionStore
@@ -49,6 +49,26 @@ class RedisStore(SessionStore):
             pipe.zadd(self.index, {meta.id: meta.expires_at})
             pipe.zremrangebyscore(self.index, "-inf", time.time())
             await pipe.execute()
+
+    async def replace(self, meta: SessionMeta, weights: bytes, ttl_seconds: int, expected_version: int) -> bool:
+        """WATCH the session's hash, check its version, then MULTI/EXEC the new record: a concurrent
+        change between the check and EXEC aborts the transaction (WatchError) and returns False."""
+        key = self.key(meta.id)
+        async with self._guard("replace"), self.client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                raw = await pipe.hget(key, "meta")
+                if raw is None or SessionMeta.from_json(raw).version != expected_version:
+                    await pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.hset(key, mapping={"meta": meta.to_json(), "weights": weights})
+                pipe.expire(key, ttl_seconds)
+                pipe.zadd(self.index, {meta.id: meta.expires_at})
+                await pipe.execute()
+                return True
+            except WatchError:
+                return False
 
     async def get(self, session_id: str) -> tuple[SessionMeta, bytes] | None:
         async with self._guard("get"):

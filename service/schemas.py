@@ -102,6 +102,7 @@ class SessionInfo(BaseModel):
     model: str = Field(examples=["characters32"])
     checkpoint_sha256: str = Field(description="Weights the session was written with", examples=["9f2c..."])
     patterns: int = Field(description="Patterns stored", examples=[64])
+    version: int = Field(0, description="Appends so far (each one bumps it)", examples=[0])
     input_shape: list[int] = Field(examples=[[1, 32, 32]])
     memory_bytes: int = Field(description="Bytes of written weights (float32)", examples=[18496])
     stored_bytes: int = Field(description="Bytes held by the store (safetensors)", examples=[18600])

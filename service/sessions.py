@@ -76,7 +76,8 @@ async def _model(state: AppState, op: str, m: LoadedModel, t: Timings, fn: Calla
 
 def info(meta: SessionMeta) -> dict[str, Any]:
     return {"session_id": meta.id, "model": meta.model, "checkpoint_sha256": meta.checkpoint_sha256,
-            "patterns": meta.patterns, "input_shape": meta.input_shape, "memory_bytes": meta.memory_bytes,
+            "patterns": meta.patterns, "version": meta.version, "input_shape": meta.input_shape,
+            "memory_bytes": meta.memory_bytes,
             "stored_bytes": meta.stored_bytes, "writing_loss": meta.writing_loss,
             "created_at": iso(meta.created_at), "expires_at": iso(meta.expires_at)}
 
@@ -224,3 +225,49 @@ async def import_session(state: AppState, caller: str, body: bytes) -> SessionIn
     await _store(state, "put", state.store.put(meta, blob, state.settings.session_ttl_seconds))
     state.metrics.sessions_written.labels(name).inc()
     return SessionInfo(**info(meta))
+
+
+APPEND_ATTEMPTS = 3
+CONTINUE_WARNING = ("this model appends by further write steps on the new patterns only, which can disturb "
+                    "the patterns stored before (results/append.json has the measured cost); writing all "
+                    "patterns at once recalls them best")
+
+
+async def append_patterns(state: AppState, caller: str, session_id: str, inp: WriteInput,
+                          t: Timings) -> WriteResponse:
+    """More patterns into an existing session. The new weights replace the old only if no other
+    append changed the session meanwhile (compare-and-set on its version); a lost race is retried,
+    and after APPEND_ATTEMPTS answered 409."""
+    s = state.settings
+    _check_id(session_id)
+    check_count(inp.patterns, s.max_patterns)
+    for _ in range(APPEND_ATTEMPTS):
+        with t.stage("store"):
+            found = await _store(state, "get", state.store.get(session_id))
+        meta = _owned(None if found is None else found[0], caller, session_id)
+        m = _session_model(state, meta)
+        if inp.model is not None and inp.model != m.name:
+            raise BadInput(f"model: the session holds {m.name!r} weights; an append cannot change the model",
+                           "model", inp.model)
+        with t.stage("decode"):
+            x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels)
+        total = meta.patterns + int(x.shape[0])
+        if total > s.max_patterns * 16:
+            raise BadInput(f"patterns: a session of {total} patterns exceeds {s.max_patterns * 16}", "patterns", total)
+        weights = unpack_weights(found[1])  # type: ignore[index]
+        res = await _model(state, "append", m, t, m.memory.append, weights, x, meta.patterns)
+        with t.stage("store"):
+            blob = pack_weights(res.weights)
+            now = time.time()
+            new = SessionMeta(meta.id, meta.model, meta.checkpoint_sha256, meta.owner, meta.input_shape, total,
+                              meta.memory_bytes, len(blob), float(res.losses[-1]) if res.losses else 0.0,
+                              meta.created_at, now + s.session_ttl_seconds, meta.version + 1)
+            if await _store(state, "replace", state.store.replace(new, blob, s.session_ttl_seconds, meta.version)):
+                break
+    else:
+        raise Conflict(f"session {session_id!r} changed during {APPEND_ATTEMPTS} append attempts; retry",
+                       "session_id", session_id)
+    warnings = [w for w in (m.memory.capacity_warning(total),
+                            CONTINUE_WARNING if m.memory.append_rule == "continue" else None) if w]
+    return WriteResponse(**info(new), writing_losses=res.losses, ttl_seconds=s.session_ttl_seconds,
+                         warnings=warnings, conversions=notes)

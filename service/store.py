@@ -26,6 +26,7 @@ class SessionMeta:
     writing_loss: float        # the last writing loss
     created_at: float          # unix seconds
     expires_at: float          # unix seconds
+    version: int = 0           # bumped by every append; appends compare and set it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -34,7 +35,7 @@ class SessionMeta:
     def from_json(cls, text: str | bytes) -> SessionMeta:
         """Fields added by a later version are ignored, so old and new servers can share a store."""
         data = json.loads(text)
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def pack_weights(weights: dict[str, Tensor]) -> bytes:
@@ -58,6 +59,11 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def get_meta(self, session_id: str) -> SessionMeta | None: ...
+
+    @abstractmethod
+    async def replace(self, meta: SessionMeta, weights: bytes, ttl_seconds: int, expected_version: int) -> bool:
+        """Store meta and weights only if the stored session still has `expected_version` (atomic);
+        False if it changed or vanished meanwhile."""
 
     @abstractmethod
     async def delete(self, session_id: str) -> bool: ...

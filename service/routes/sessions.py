@@ -69,6 +69,25 @@ async def retrieve(request: Request, response: Response, state: State, caller: C
     return out
 
 
+@router.post("/{session_id}/patterns", response_model=WriteResponse, summary="Append patterns to a session",
+             description="Writes more patterns into the session's weights (same bodies as a write; `model`, "
+                         "if given, must be the session's). Slot memories re-deal their slots as a write of "
+                         "all patterns at once would; other energies run further write steps from the written "
+                         "weights and say so in `warnings`. Concurrent appends never lose one: the store "
+                         "compares and sets the session's version, retries a lost race, and answers 409 "
+                         "after repeated losses.",
+             openapi_extra=_body("WriteRequest", WRITE_FORM),
+             responses=error_responses(401, 404, 409, 413, 415, 422, 503))
+async def append(request: Request, response: Response, state: State, caller: Caller,
+                 session_id: str = SessionId) -> WriteResponse:
+    t, t0 = ops.Timings(), time.perf_counter()
+    with t.stage("parse"):
+        inp = await read_write(request, state.settings.max_patterns)
+    out = await ops.append_patterns(state, caller, session_id, inp, t)
+    _timed(response, t, t0)
+    return out
+
+
 SESSION_FILE = "application/vnd.ebmm.session+safetensors"
 
 

@@ -239,3 +239,33 @@ def test_exact_weights_store_the_codes_without_a_write(n):
         owners = [i for i in range(n) if (i % 8 == k if n > 8 else k % n == i)]
         torch.testing.assert_close(slots[k], codes[owners].mean(0))
     assert EBMM(TINY["quadratic"]).exact_weights(EBMM(TINY["quadratic"]).params(), torch.rand(2, 5)) is None
+
+
+@pytest.mark.parametrize("n_old,n_new", [(5, 3), (3, 3), (6, 7)])
+def test_appending_to_a_slot_memory_deals_slots_as_one_write_of_all(n_old, n_new):
+    """8 slots: 5 + 3 and 3 + 3 fit; 6 + 7 share slots, each the mean of its patterns' codes."""
+    from model.memory import append
+    cfg = ModelConfig("t-idx", "subspace_slots", (1, 4, 4), "binary", dict(rank=10, slots=8, assign="indexed"),
+                      LoopConfig(write_steps=6, write_rate_init=0.9, beta_init=1e-6, grad_norm_term=False,
+                                 write_reduction="sum"))
+    model = EBMM(cfg)
+    model.energy.data_init(_distinct_patterns(64, cfg.input_shape, seed=1))
+    with torch.no_grad():
+        model.energy.quart_raw.fill_(-1e3)
+    p = model.params(detach=True)
+    x = _distinct_patterns(n_old + n_new, cfg.input_shape)
+    at_once = write(model, p, x).weights["energy.memory_slots"]
+    first = write(model, p, x[:n_old]).weights
+    appended = append(model, p, first, x[n_old:], n_old).weights["energy.memory_slots"]
+    torch.testing.assert_close(appended, at_once, atol=2e-3, rtol=0)
+
+
+def test_appending_to_other_energies_continues_the_write_from_the_written_weights():
+    from model.memory import append
+    model = EBMM(TINY["quadratic"])
+    p = model.params(detach=True)
+    x = _distinct_patterns(4, (5,))
+    first = write(model, p, x[:2]).weights
+    assert torch.equal(append(model, p, first, x[2:], 2).weights["energy.memory_triu"],
+                       write(model, p, x[2:], start=first).weights["energy.memory_triu"])
+    assert not torch.equal(first["energy.memory_triu"], append(model, p, first, x[2:], 2).weights["energy.memory_triu"])

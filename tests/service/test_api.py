@@ -376,3 +376,41 @@ async def test_every_result_says_how_familiar_its_query_is(checkpoint_dir: Path)
     assert min(fam_stored) > max(fam_never)
     assert n["match_threshold"] == 0.9 and not any(x["match"] for x in n["results"])
     problem(bad, 422, "match_threshold")
+
+
+async def test_append_adds_patterns_and_says_how_it_appends(checkpoint_dir: Path) -> None:
+    x = bits(12, seed=31)
+    async with running(checkpoint_dir) as (c, _):
+        sid = (await c.post("/v1/sessions", json={"model": "binary128",
+                                                  "patterns": {"bits": as_strings(x[:8])}})).json()["session_id"]
+        a = await c.post(f"/v1/sessions/{sid}/patterns", json={"patterns": {"bits": as_strings(x[8:])}})
+        assert a.status_code == 200, a.text
+        body = a.json()
+        assert body["patterns"] == 12 and body["version"] == 1 and body["session_id"] == sid
+        assert any("further write steps" in w for w in body["warnings"])
+        info = (await c.get(f"/v1/sessions/{sid}")).json()
+        assert info["patterns"] == 12 and info["version"] == 1
+        r = (await c.post(f"/v1/sessions/{sid}/retrieve", json={"queries": {"bits": as_strings(x[8:])}})).json()
+        assert sum(res["pattern"] == s for res, s in zip(r["results"], as_strings(x[8:]), strict=True)) >= 3
+        problem(await c.post(f"/v1/sessions/{sid}/patterns",
+                             json={"model": "shapes16", "patterns": {"bits": as_strings(x[:1])}}), 422, "model")
+        problem(await c.post(f"/v1/sessions/{sid}/patterns",
+                             json={"patterns": {"bits": ["01"]}}), 422, "patterns.bits[0]")
+        problem(await c.post("/v1/sessions/" + "y" * 43 + "/patterns",
+                             json={"patterns": {"bits": as_strings(x[:1])}}), 404, "session_id")
+        assert (await c.get(f"/v1/sessions/{sid}")).json()["patterns"] == 12      # refusals lost nothing
+
+
+async def test_racing_appends_never_lose_either(checkpoint_dir: Path) -> None:
+    x = bits(24, seed=32)
+    async with running(checkpoint_dir, pool_size=2) as (c, _):
+        sid = (await c.post("/v1/sessions", json={"model": "binary128",
+                                                  "patterns": {"bits": as_strings(x[:8])}})).json()["session_id"]
+        answers = await asyncio.gather(*[
+            c.post(f"/v1/sessions/{sid}/patterns", json={"patterns": {"bits": as_strings(x[8 + 4 * i:12 + 4 * i])}})
+            for i in range(4)])
+        final = (await c.get(f"/v1/sessions/{sid}")).json()
+    ok = [a for a in answers if a.status_code == 200]
+    assert all(a.status_code in (200, 409) for a in answers) and ok
+    assert final["patterns"] == 8 + 4 * len(ok) and final["version"] == len(ok)
+    assert sorted(a.json()["version"] for a in ok) == list(range(1, len(ok) + 1))

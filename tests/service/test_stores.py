@@ -54,6 +54,28 @@ async def test_put_get_meta_delete(store: SessionStore) -> None:
     assert await store.delete(m.id) is False
 
 
+async def test_replace_is_a_compare_and_set_on_the_version(store: SessionStore) -> None:
+    from dataclasses import replace
+    m = meta("session-vvvvvvvvvvvvvvvvvvvv")
+    await store.put(m, b"v0", ttl_seconds=60)
+    v1 = replace(m, patterns=5, version=1)
+    assert await store.replace(v1, b"v1", 60, expected_version=0) is True
+    assert await store.get(m.id) == (v1, b"v1")
+    # a writer that read version 0 loses: nothing it sends is stored
+    assert await store.replace(replace(m, patterns=9, version=1), b"stale", 60, expected_version=0) is False
+    assert await store.get(m.id) == (v1, b"v1")
+    await store.delete(m.id)
+    assert await store.replace(replace(v1, version=2), b"gone", 60, expected_version=1) is False
+    assert await store.get(m.id) is None
+
+
+def test_records_without_a_version_read_as_version_zero() -> None:
+    import json
+    data = json.loads(meta("old-rrrrrrrrrrrrrrrrrrrrrr").to_json())
+    del data["version"]
+    assert SessionMeta.from_json(json.dumps(data)).version == 0
+
+
 async def test_unknown_session_is_none(store: SessionStore) -> None:
     assert await store.get("nobody-bbbbbbbbbbbbbbbbbbbb") is None
     await store.ping()
