@@ -173,11 +173,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     for spec in specs:
         for n in sizes:
             r = evaluate(ck.model, Protocol(task, n, spec, args.episodes, args.seed), args.baselines,
-                         args.read_steps, training.get("task", task))
+                         args.read_steps, training.get("task", task), with_append=args.append)
             r["checkpoint"], r["checkpoint_sha256"] = ck.name, ck.sha256
             r["command"] = "ebmm " + " ".join(sys.argv[1:])
             results.append(r)
             base = r.get("baselines", {})
+            if "append_halves" in r:
+                print(f"  appended in halves: {r['append_halves']['error_mean']:.3f}", flush=True)
             print(f"{ck.name} {task} N={n:<3d} {spec:14s} {r['metric']} {r['error_mean']:.3f} "
                   f"[{r['error_p5']:.3f}, {r['error_p95']:.3f}]  query {r['query_error_mean']:.2f}  "
                   + "  ".join(f"{k} {v['error_mean']:.2f}" for k, v in base.items()), flush=True)
@@ -208,6 +210,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-steps", type=int, help="read steps (default: the model's K)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baselines", action="store_true", help="add every baseline on the same episodes")
+    p.add_argument("--append", action="store_true", help="also write half of each episode, append the other "
+                   "half, and read back (quality of appending against writing at once)")
     p.add_argument("--json", help="write the results here (one object, or a list for several cells)")
     p.add_argument("--update-card", action="store_true", help="record the results in the card")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default); small "

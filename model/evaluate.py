@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import baselines as bl
 from . import distortions
-from .memory import EBMM, ReadResult, read, write
+from .memory import EBMM, ReadResult, append, read, write
 
 METRICS = {
     "error_bits": "bits that differ from the stored string (output thresholded at 0.5), per pattern",
@@ -122,8 +122,22 @@ def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None,
     return out
 
 
+def run_ebmm_append(model: EBMM, x: Tensor, q: Tensor) -> Tensor:
+    """Each episode written as its first half, then the second half appended, and read back."""
+    p = model.params(detach=True)
+    dev = next(iter(p.values())).device
+    out = torch.empty_like(x)
+    h = x.shape[1] // 2
+    for i in range(x.shape[0]):
+        xi = x[i].to(dev)
+        w = append(model, p, write(model, p, xi[:h]).weights, xi[h:], h).weights
+        out[i] = read(model, p, w, q[i].to(dev)).iterates[-1].cpu()
+    return out
+
+
 def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
-             read_steps: int | None = None, train_task: str | None = None) -> dict[str, Any]:
+             read_steps: int | None = None, train_task: str | None = None,
+             with_append: bool = False) -> dict[str, Any]:
     """One protocol cell: EBMM (and, if asked, every baseline) on the same seeded episodes.
 
     train_task: the data the model was meta-trained on; baselines fit their static parts (PCA bases)
@@ -145,6 +159,11 @@ def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
         "query_error_mean": round(float(per_pattern_error(q, x, metric, dims).mean()), 4),
         "seconds_per_episode": round(seconds / proto.episodes, 5),
     }
+    if with_append:
+        halves = run_ebmm_append(model, x, q)
+        res["append_halves"] = {**summarise(per_pattern_error(halves, x, metric, dims).mean(1)),
+                                "how": f"{proto.patterns // 2} written, then {proto.patterns - proto.patterns // 2} "
+                                       "appended (model.memory.append), on the same episodes"}
     if with_baselines:
         res["baselines"] = run_baselines(model, proto, x, q, binary, metric, train_task or proto.task)
         res["baselines_fitted_on"] = train_task or proto.task
