@@ -101,6 +101,11 @@ class EnergyNet(nn.Module):
         (`SubspaceSlotEnergy` with assign="indexed": its attention part bounds E's from above)."""
         return self.energy(p, x)
 
+    def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
+        """(B, n, *input_shape) starting points for descents into n different stored patterns near the
+        queries q (top-k and sampling, model/sampling.py), where the family can name them; else None."""
+        return None
+
     def append_plan(self, p: Params, n_old: int, n_new: int) -> dict | None:
         """How to store n_new more patterns in a memory holding n_old (p: with the written slice), for
         energies with a rule of their own; None: further write steps from the written weights."""
@@ -358,6 +363,27 @@ class SubspaceSlotEnergy(EnergyNet):
         _, _, f = self._code(x)                                       # (N, r) exact codes
         a = self.assignment(x.shape[0], x.device).to(f.dtype)          # (N, S), columns sum to 1
         return {"memory_slots": a.T @ f}                              # (S, r): own code, or the mean
+
+    def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
+        """The n distinct slots nearest each query in code space (copies of one pattern's slots count
+        once), decoded to pixels and pasted over the query where they disagree by more than 0.25."""
+        _, _, f = self._code(q)
+        k = p["memory_slots"]                                         # (S, r)
+        d = self._half_sq_dist(f, k)                                  # (B, S)
+        same = self._half_sq_dist(k, k) < 0.05 * self.unit            # (S, S): copies of one pattern
+        recon = ((k @ self.basis + self.centre + 1) / 2).clamp(0, 1).view(-1, *self.input_shape)  # (S, *P)
+        picks = []
+        for b in range(q.shape[0]):
+            kept: list[int] = []
+            for s in d[b].argsort().tolist():
+                if not any(bool(same[s, t]) for t in kept):
+                    kept.append(s)
+                if len(kept) == n:
+                    break
+            picks.append(kept + [kept[-1]] * (n - len(kept)))
+        cand = recon[torch.tensor(picks, device=q.device)]            # (B, n, *P)
+        qq = q[:, None].expand_as(cand)
+        return torch.where((cand - qq).abs() > 0.25, cand, qq)
 
     def append_plan(self, p: Params, n_old: int, n_new: int) -> dict | None:
         """Slots re-dealt as a write of all n_old + n_new patterns at once would deal them: each slot's

@@ -200,11 +200,14 @@ class ReadResult:
 
 
 def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor | None = None,
-         steps: int | None = None, create_graph: bool = False) -> ReadResult:
+         steps: int | None = None, create_graph: bool = False, temperature: float = 0.0,
+         generator: torch.Generator | None = None) -> ReadResult:
     """K projected Nesterov steps from queries (B, *input_shape) on E(.; p with weights written).
 
     mask (same shape, bool or {0,1}): pixels known to be right; they are kept at the query's value
     (inpainting). Iterates stay in [0, 1] by clipping, as in the paper.
+    temperature T > 0 makes the read stochastic (annealed Langevin): step k adds sqrt(2 gamma_k T_k) xi,
+    xi ~ N(0, I), to the velocity, T_k falling linearly from T to 0 at the last step.
     """
     steps = model.cfg.loop.read_steps if steps is None else steps
     q = {**p, **weights}
@@ -222,6 +225,10 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
                 xh = xh.requires_grad_(True)
             (g,) = torch.autograd.grad(model.energy_fn(q, xh).sum(), xh, create_graph=create_graph)
             v = psi[k] * v - gamma[k] * g
+            t_k = temperature * (1 - k / max(steps - 1, 1))             # annealed to 0 at the last step
+            if t_k > 0:
+                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+                v = v + (2 * gamma[k] * t_k) ** 0.5 * noise
             x = (x + v).clamp(0, 1)
             if keep is not None:                # known pixels stay put, and so does their velocity,
                 x = keep * x0 + (1 - keep) * x  # so that the look-ahead never moves them either

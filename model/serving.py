@@ -10,6 +10,7 @@ from .checkpoint import Checkpoint
 from .energy import Params
 from .familiarity import default_window, familiarity
 from .memory import ReadResult, WriteResult, append, read, write
+from .sampling import Candidates, sample, top_k
 
 
 @dataclass
@@ -86,14 +87,33 @@ class Memory:
         res = append(self.ckpt.model, self.params, w, self._check("patterns", patterns), n_old)
         return WriteResult({n: t.cpu() for n, t in res.weights.items()}, res.losses)
 
-    def read(self, weights: Params, queries: Tensor, mask: Tensor | None = None,
-             steps: int | None = None) -> ReadResult:
-        """queries (B, *input_shape) in [0, 1]; mask True where a pixel is known (kept fixed)."""
+    def _weights(self, weights: Params) -> Params:
         expected = self.writable_shapes
         got = {n: tuple(t.shape) for n, t in weights.items()}
         if got != expected:
             raise ValueError(f"written weights {got} do not match the model's writable slice {expected}")
-        w = {n: t.to(self.device, torch.float32) for n, t in weights.items()}
+        return {n: t.to(self.device, torch.float32) for n, t in weights.items()}
+
+    def top_k(self, weights: Params, queries: Tensor, k: int, mask: Tensor | None = None,
+              steps: int | None = None) -> Candidates:
+        """The k best distinct candidates per query, ranked by familiarity (model/sampling.py)."""
+        m = None if mask is None else self._check("mask", mask.to(torch.float32))
+        c = top_k(self.ckpt.model, self.params, self._weights(weights), self._check("queries", queries), k, m,
+                  steps, self.familiarity_window)
+        return Candidates(c.patterns.cpu(), c.familiarity.cpu(), c.energies.cpu(), c.count.cpu())
+
+    def sample(self, weights: Params, queries: Tensor, n: int, temperature: float, mask: Tensor | None = None,
+               steps: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """n stochastic reads per query: samples (B, n, *P), familiarity (B, n), energies (B, n)."""
+        m = None if mask is None else self._check("mask", mask.to(torch.float32))
+        out = sample(self.ckpt.model, self.params, self._weights(weights), self._check("queries", queries), n,
+                     temperature, m, steps, self.familiarity_window, seed)
+        return tuple(t.cpu() for t in out)  # type: ignore[return-value]
+
+    def read(self, weights: Params, queries: Tensor, mask: Tensor | None = None,
+             steps: int | None = None) -> ReadResult:
+        """queries (B, *input_shape) in [0, 1]; mask True where a pixel is known (kept fixed)."""
+        w = self._weights(weights)
         m = None if mask is None else self._check("mask", mask.to(torch.float32))
         res = read(self.ckpt.model, self.params, w, self._check("queries", queries), m, steps)
         return ReadResult(res.iterates.cpu(), res.energies.cpu())

@@ -118,7 +118,8 @@ async def read_retrieve(request: Request, max_patterns: int) -> RetrieveInput:
         return RetrieveInput(_batch(req.queries, "queries"), mask, req)
     form = await _form(request, max_patterns)
     try:
-        fields = _text_fields(form, ("steps", "trajectory", "output", "match_threshold"))
+        fields = _text_fields(form, ("steps", "trajectory", "output", "match_threshold", "top_k", "samples",
+                                      "temperature"))
         options = _validate(RetrieveOptions, fields)
         files, masks = await _files(form, "files"), await _files(form, "masks")
     finally:

@@ -3,7 +3,8 @@
     from service.client import Client
     c = Client("http://127.0.0.1:8000", api_key=None)
     s = c.write(images)                          # numpy (N, H, W) / (N, C, H, W) / (N, D) in [0, 1], or PIL images
-    r = s.retrieve(queries, mask=known)          # r.patterns: numpy (B, *input_shape); r.energies: (B,)
+    r = s.retrieve(queries, mask=known, top_k=3, samples=8)   # r.patterns: (B, *input_shape); r.energies: (B,)
+    s.append(more)                               # more patterns into the same session
     blob = s.export(); s2 = c.import_session(blob); s.delete()
 
 Errors are raised as `EBMMError`, carrying the problem+json fields (status, title, detail, field, value).
@@ -85,18 +86,30 @@ class Session:
         return f"Session({self.id[:10]}..., model={self.model!r}, patterns={self.patterns})"
 
     def retrieve(self, queries: Images, mask: Images | None = None, steps: int | None = None,
-                 **options: Any) -> Retrieval:
-        """Restore queries; mask marks known pixels (>= 0.5), kept fixed. Extra options (for example
-        trajectory=True) are passed to the API as they are."""
+                 top_k: int | None = None, samples: int | None = None, **options: Any) -> Retrieval:
+        """Restore queries; mask marks known pixels (>= 0.5), kept fixed. top_k: the k best candidates
+        per query (in `results[i]["candidates"]`); samples: stochastic reads (`results[i]["samples"]`).
+        Extra options (trajectory=True, temperature=..., match_threshold=...) go to the API as they are."""
         body: dict[str, Any] = {"queries": _batch(queries), "output": "array", **options}
-        if mask is not None:
-            body["mask"] = _batch(mask)
-        if steps is not None:
-            body["steps"] = steps
+        for key, value in (("mask", None if mask is None else _batch(mask)), ("steps", steps),
+                           ("top_k", top_k), ("samples", samples)):
+            if value is not None:
+                body[key] = value
         r = self.client._call("POST", f"/v1/sessions/{self.id}/retrieve", json=body).json()
         res = r["results"]
         return Retrieval(np.array([x["pattern"] for x in res], dtype=np.float32),
                          np.array([x["energy"] for x in res], dtype=np.float64), res, r)
+
+    def candidates(self, r: Retrieval, i: int) -> list[tuple[np.ndarray, float]]:
+        """Query i's top-k candidates from a retrieve with top_k: (pattern array, familiarity), best first."""
+        return [(np.array(c["pattern"], dtype=np.float32), float(c["familiarity"]))
+                for c in r.results[i].get("candidates") or []]
+
+    def append(self, patterns: Images) -> Session:
+        """Write more patterns into this session (POST /v1/sessions/{id}/patterns)."""
+        self.info = self.client._call("POST", f"/v1/sessions/{self.id}/patterns",
+                                      json={"patterns": _batch(patterns)}).json()
+        return self
 
     def refresh(self) -> Session:
         self.info = self.client._call("GET", f"/v1/sessions/{self.id}").json()

@@ -53,6 +53,15 @@ class RetrieveOptions(BaseModel):
     output: Output | None = Field(None, description="png (base64, image models), array (nested "
                                   "floats) or bits (binary models, thresholded at 0.5); default "
                                   "png for images, bits for bit strings", examples=["png"])
+    top_k: int | None = Field(None, ge=1, le=16, description="Also return, per query, the k best distinct "
+                              "candidates with their familiarity (several descents from different starts: "
+                              "the query, the slots nearest it for slot memories, perturbed queries "
+                              "otherwise; see model/sampling.py)", examples=[3])
+    samples: int | None = Field(None, ge=1, le=64, description="Also return this many stochastic reads per "
+                                "query (annealed Langevin descents started from candidates drawn in "
+                                "proportion to softmax(familiarity / temperature))", examples=[8])
+    temperature: float = Field(0.01, gt=0, le=1, description="Temperature of `samples`: higher spreads the "
+                               "samples over more candidates and adds more noise", examples=[0.01])
     match_threshold: float | None = Field(None, ge=0, le=1, description="Familiarity at or above which a "
                                           "result is called a match (default: the model card's calibrated "
                                           "threshold)", examples=[0.95])
@@ -125,6 +134,16 @@ class WriteResponse(SessionInfo):
                                               "resized 28x28 to 32x32 (bilinear)", "binarised at 0.5"]])
 
 
+class Candidate(BaseModel):
+    pattern: str | list[Any] = Field(description="A candidate restoration, in the requested output",
+                                     examples=[PNG_1x1])
+    familiarity: float = Field(description="How well it agrees with the query (as `Retrieved.familiarity`)",
+                               examples=[0.97])
+    match: bool | None = Field(description="familiarity >= the threshold in use; null without one",
+                               examples=[True])
+    energy: float = Field(description="Energy of the candidate under the session's memory", examples=[-7.1])
+
+
 class Retrieved(BaseModel):
     index: int = Field(description="Position of the query", examples=[0])
     pattern: str | list[Any] = Field(description="The restored pattern, in the requested output",
@@ -138,6 +157,11 @@ class Retrieved(BaseModel):
                                "mean disagreement outside the square where they disagree most (images; the "
                                "known pixels only, when a mask is given). Stored patterns score near 1, "
                                "patterns never stored lower", examples=[0.998])
+    candidates: list[Candidate] | None = Field(None, description="With `top_k`: the k best distinct "
+                                               "candidates, best first (fewer when fewer were found)",
+                                               examples=[None])
+    samples: list[Candidate] | None = Field(None, description="With `samples`: stochastic reads",
+                                            examples=[None])
     match: bool | None = Field(description="familiarity >= the threshold (the model card's, calibrated so that "
                                "about 1% of never-stored clean queries match, or the request's "
                                "match_threshold); null when neither exists", examples=[True])

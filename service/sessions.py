@@ -18,7 +18,7 @@ from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable
 from .imaging import encode_png
 from .inputs import check_count, match_mask, to_tensor
 from .registry import LoadedModel
-from .schemas import Retrieved, RetrieveResponse, SessionInfo, WriteResponse
+from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
 from .store import SessionMeta, pack_weights, unpack_weights
 
@@ -158,25 +158,43 @@ def _encode(x: np.ndarray, output: str) -> str | list[Any]:
 
 
 def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
-             fam: torch.Tensor, threshold: float | None) -> list[Retrieved]:
+             fam: torch.Tensor, threshold: float | None, cands: Any = None, drawn: Any = None) -> list[Retrieved]:
     it, en = iterates.numpy(), energies.numpy()                   # (K+1, B, *S), (K+1, B)
     return [Retrieved(index=b, pattern=_encode(it[-1, b], output), energy=float(en[-1, b]),
                       energies=[float(e) for e in en[:, b]],
                       trajectory=[_encode(it[k, b], output) for k in range(it.shape[0])] if trajectory else None,
                       familiarity=round(float(fam[b]), 6),
-                      match=None if threshold is None else bool(fam[b] >= threshold))
+                      match=None if threshold is None else bool(fam[b] >= threshold),
+                      candidates=None if cands is None else _alternatives(
+                          cands.patterns[b], cands.familiarity[b], cands.energies[b], int(cands.count[b]), output,
+                          threshold),
+                      samples=None if drawn is None else _alternatives(
+                          drawn[0][b], drawn[1][b], drawn[2][b], drawn[0].shape[1], output, threshold))
             for b in range(it.shape[1])]
 
 
 def _read_with_familiarity(m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor,
-                           mask: torch.Tensor | None, steps: int) -> tuple[Any, torch.Tensor]:
-    """The read, and each query's familiarity; a masked read keeps the known pixels, so familiarity
-    compares them with an unmasked read's recall instead (one more read)."""
+                           mask: torch.Tensor | None, steps: int, top_k: int | None, samples: int | None,
+                           temperature: float) -> tuple[Any, torch.Tensor, Any, Any]:
+    """The read and each query's familiarity (a masked read keeps the known pixels, so familiarity
+    compares them with an unmasked read's recall instead: one more read); top-k candidates and
+    samples when asked."""
     res = m.memory.read(weights, x, mask, steps)
     if mask is None:
-        return res, m.memory.familiarity(x, res.iterates[-1])
-    free = m.memory.read(weights, x, None, steps)
-    return res, m.memory.familiarity(x, free.iterates[-1], known=mask.bool())
+        fam = m.memory.familiarity(x, res.iterates[-1])
+    else:
+        fam = m.memory.familiarity(x, m.memory.read(weights, x, None, steps).iterates[-1], known=mask.bool())
+    cands = None if top_k is None else m.memory.top_k(weights, x, top_k, mask, steps)
+    drawn = None if samples is None else m.memory.sample(weights, x, samples, temperature, mask, steps)
+    return res, fam, cands, drawn
+
+
+def _alternatives(patterns: torch.Tensor, fam: torch.Tensor, energies: torch.Tensor, count: int,
+                  output: str, threshold: float | None) -> list[Candidate]:
+    x = patterns.numpy()
+    return [Candidate(pattern=_encode(x[i], output), familiarity=round(float(fam[i]), 6),
+                      match=None if threshold is None else bool(fam[i] >= threshold), energy=float(energies[i]))
+            for i in range(count)]
 
 
 async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveInput,
@@ -198,11 +216,13 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
             mask = match_mask(raw, x, inp.mask.field)
             notes = [*notes, *(f"mask: {n}" for n in mask_notes)]      # e.g. a resized mask is said
         weights = unpack_weights(found[1])  # type: ignore[index]
-    res, fam = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask, steps)
     o = inp.options
+    res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask, steps,
+                                          o.top_k, o.samples, o.temperature)
     threshold = o.match_threshold if o.match_threshold is not None else m.memory.familiarity_threshold
     with t.stage("encode"):
-        results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam, threshold)
+        results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam,
+                                           threshold, cands, drawn)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
                             masked=mask is not None, conversions=notes, results=results, match_threshold=threshold)
 

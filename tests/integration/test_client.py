@@ -44,11 +44,17 @@ def test_client_round_trip_with_numpy_and_pil(servers: Any) -> None:
         assert ((r.patterns > 0.5) != x[:, None]).sum() < (q != x).sum()
         pil = [Image.fromarray((im * 255).astype(np.uint8)) for im in q]
         assert np.array_equal(s.retrieve(pil).patterns, r.patterns)        # PNG files decode to the same
+        tk = s.retrieve(q[:2], top_k=2, samples=3)
+        assert len(s.candidates(tk, 0)) >= 1 and len(tk.results[1]["samples"]) == 3
+        assert all(0 <= f <= 1 for _, f in s.candidates(tk, 0))
+        s.append(images(4, seed=9))
+        assert s.patterns == 12 and s.info["version"] == 1
+        after_append = s.retrieve(q).patterns
         blob = s.export()
     with Client(b.url, KEY) as c2:
         s2 = c2.import_session(blob)
-        assert s2.id != s.id and s2.patterns == 8
-        assert np.array_equal(s2.retrieve(q).patterns, r.patterns)
+        assert s2.id != s.id and s2.patterns == 12
+        assert np.array_equal(s2.retrieve(q).patterns, after_append)
         s2.delete()
         with pytest.raises(EBMMError) as e:
             s2.refresh()

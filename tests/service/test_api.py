@@ -414,3 +414,48 @@ async def test_racing_appends_never_lose_either(checkpoint_dir: Path) -> None:
     assert all(a.status_code in (200, 409) for a in answers) and ok
     assert final["patterns"] == 8 + 4 * len(ok) and final["version"] == len(ok)
     assert sorted(a.json()["version"] for a in ok) == list(range(1, len(ok) + 1))
+
+
+async def test_top_k_and_samples_come_with_familiarity_and_refuse_bad_counts(checkpoint_dir: Path) -> None:
+    x = bits(16, seed=41)
+    q = x.copy()
+    q[:, :5] ^= 1
+    async with running(checkpoint_dir) as (c, _):
+        sid = (await c.post("/v1/sessions", json={"model": "binary128",
+                                                  "patterns": {"bits": as_strings(x)}})).json()["session_id"]
+        r = (await c.post(f"/v1/sessions/{sid}/retrieve", json={
+            "queries": {"bits": as_strings(q[:3])}, "top_k": 3, "samples": 4, "match_threshold": 0.9})).json()
+        for field, value in (("top_k", 0), ("top_k", 17), ("samples", 65), ("temperature", 0)):
+            problem(await c.post(f"/v1/sessions/{sid}/retrieve",
+                                 json={"queries": {"bits": as_strings(q[:1])}, field: value}), 422, field)
+    for res in r["results"]:
+        cands = res["candidates"]
+        assert 1 <= len(cands) <= 3 and len(res["samples"]) == 4
+        fams = [cand["familiarity"] for cand in cands]
+        assert fams == sorted(fams, reverse=True) and len({cand["pattern"] for cand in cands}) == len(cands)
+        assert all(cand["match"] == (cand["familiarity"] >= 0.9) for cand in cands + res["samples"])
+    assert [res["candidates"][0]["pattern"] for res in r["results"]] == as_strings(x[:3])
+
+
+@pytest.mark.skipif(not (SHIPPED / "characters32" / "card.json").exists(), reason="no shipped checkpoints")
+async def test_shipped_characters_sample_both_halves_of_an_ambiguous_query() -> None:
+    """A query made of the left half of one stored character and the right half of another: top-2
+    names both, and samples find both (the deterministic read picks one)."""
+    from model import data
+    x = data.sample_episodes(_characters_or_skip(), 64, 1, torch.Generator().manual_seed(0))[0]   # (64, 1, 32, 32)
+    q = torch.cat([x[0, :, :, :16], x[1, :, :, 16:]], -1)                    # (1, 32, 32)
+    async with running(SHIPPED) as (c, _):
+        w = await c.post("/v1/sessions", json={"model": "characters32",
+                                               "patterns": {"arrays": [img[0].tolist() for img in x]}})
+        r = (await c.post(f"/v1/sessions/{w.json()['session_id']}/retrieve", json={
+            "queries": {"arrays": [q[0].tolist()]}, "output": "array", "top_k": 2, "samples": 16})).json()
+    res = r["results"][0]
+
+    def nearest(pattern: list) -> tuple[int, float]:
+        d = ((torch.tensor(pattern) > 0.5).float() != x[:2]).flatten(1).sum(1)
+        return int(d.argmin()), float(d.min())
+
+    tops = [nearest(cand["pattern"]) for cand in res["candidates"]]
+    assert sorted(i for i, _ in tops) == [0, 1] and all(d < 12 for _, d in tops), tops
+    found = [nearest(s["pattern"]) for s in res["samples"]]
+    assert {i for i, d in found if d < 12} == {0, 1}, found
