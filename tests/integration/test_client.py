@@ -102,3 +102,27 @@ def test_command_line_writes_retrieves_exports_and_imports(servers: Any, tmp_pat
     assert json.loads(imp.stdout)["patterns"] == 4
     bad = ebmm("info", "x" * 43)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "404" in bad.stderr and "session_id" in bad.stderr
+
+
+def test_appends_racing_on_one_session_through_redis_never_lose_either(servers: Any) -> None:
+    """Six clients appending to one session at once through a real server and Redis: the compare-and-set
+    on the session's version keeps every append (or answers 409, and then nothing of it is stored)."""
+    from concurrent.futures import ThreadPoolExecutor
+    a, _ = servers
+    with Client(a.url, KEY) as c:
+        s = c.write(images(8, seed=11), model="shapes16")
+
+    def add(i: int) -> int:
+        with Client(a.url, KEY) as ci:
+            try:
+                ci.session(s.id).append(images(2, seed=100 + i))
+                return 1
+            except EBMMError as e:
+                assert e.status == 409, e
+                return 0
+
+    with ThreadPoolExecutor(6) as pool:
+        ok = sum(pool.map(add, range(6)))
+    with Client(a.url, KEY) as c:
+        final = c.session(s.id).info
+    assert ok >= 1 and final["patterns"] == 8 + 2 * ok and final["version"] == ok
