@@ -84,6 +84,8 @@ class ModelInfo(BaseModel):
     kind: str = Field(description="binary, grayscale or colour", examples=["binary"])
     input_shape: list[int] = Field(examples=[[1, 32, 32]])
     architecture: str = Field(examples=["resnet_conv"])
+    description: str = Field("", description="What the model is, in plain terms (the card's description)",
+                             examples=["A meta-tuned modern Hopfield memory over PCA codes: 64 writable slots ..."])
     memory_floats: int = Field(description="Floats written per session", examples=[4624])
     capacity_patterns: int | None = Field(
         description="Patterns one session holds apart, each in memory of its own (slot memories); more "

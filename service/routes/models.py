@@ -14,7 +14,9 @@ router = APIRouter(prefix="/v1", tags=["models"])
 def model_info(m: LoadedModel, default: str) -> ModelInfo:
     c = m.card
     return ModelInfo(name=m.name, default=m.name == default, kind=m.kind, input_shape=list(m.input_shape),
-                     architecture=str(c.get("architecture", "")), memory_floats=int(c.get("memory_floats", 0)),
+                     architecture=str(c.get("architecture", "")),
+                     description=str(c.get("description") or c.get("config", {}).get("note", "")),
+                     memory_floats=int(c.get("memory_floats", 0)),
                      capacity_patterns=m.memory.capacity,
                      parameters=int(c.get("parameters", 0)), default_read_steps=m.default_read_steps,
                      write_steps=m.write_steps, weights_sha256=m.sha256, evaluation=c.get("evaluation"),
