@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Path, Request, Response
@@ -38,21 +39,23 @@ RETRIEVE_FORM = {"files": _binary_field("Query images"),
                  "output": {"type": "string", "enum": ["png", "array", "bits"], "example": "png"}}
 
 
-def _timed(response: Response, t: ops.Timings, t0: float) -> None:
+async def _timed(request: Request, response: Response, state: Any, parse: Callable, op: Callable) -> Any:
+    """parse the body, run op(input, timings), and send every stage's time as a Server-Timing header."""
+    t, t0 = ops.Timings(), time.perf_counter()
+    with t.stage("parse"):
+        inp = await parse(request, state.settings.max_patterns)
+    out = await op(inp, t)
     t.add("total", time.perf_counter() - t0)
     response.headers["Server-Timing"] = t.header()
+    return out
 
 
 @router.post("", response_model=WriteResponse, status_code=201, summary="Write patterns into a new session",
              openapi_extra=_body("WriteRequest", WRITE_FORM),
              responses=error_responses(401, 413, 415, 422, 503))
 async def write(request: Request, response: Response, state: State, caller: Caller) -> WriteResponse:
-    t, t0 = ops.Timings(), time.perf_counter()
-    with t.stage("parse"):
-        inp = await read_write(request, state.settings.max_patterns)
-    out = await ops.write_session(state, caller, inp, t)
+    out = await _timed(request, response, state, read_write, lambda inp, t: ops.write_session(state, caller, inp, t))
     response.headers["Location"] = f"/v1/sessions/{out.session_id}"
-    _timed(response, t, t0)
     return out
 
 
@@ -61,12 +64,8 @@ async def write(request: Request, response: Response, state: State, caller: Call
              responses=error_responses(401, 404, 409, 413, 415, 422, 503))
 async def retrieve(request: Request, response: Response, state: State, caller: Caller,
                    session_id: str = SessionId) -> RetrieveResponse:
-    t, t0 = ops.Timings(), time.perf_counter()
-    with t.stage("parse"):
-        inp = await read_retrieve(request, state.settings.max_patterns)
-    out = await ops.retrieve(state, caller, session_id, inp, t)
-    _timed(response, t, t0)
-    return out
+    return await _timed(request, response, state, read_retrieve,
+                        lambda inp, t: ops.retrieve(state, caller, session_id, inp, t))
 
 
 @router.post("/{session_id}/patterns", response_model=WriteResponse, summary="Append patterns to a session",
@@ -80,12 +79,8 @@ async def retrieve(request: Request, response: Response, state: State, caller: C
              responses=error_responses(401, 404, 409, 413, 415, 422, 503))
 async def append(request: Request, response: Response, state: State, caller: Caller,
                  session_id: str = SessionId) -> WriteResponse:
-    t, t0 = ops.Timings(), time.perf_counter()
-    with t.stage("parse"):
-        inp = await read_write(request, state.settings.max_patterns)
-    out = await ops.append_patterns(state, caller, session_id, inp, t)
-    _timed(response, t, t0)
-    return out
+    return await _timed(request, response, state, read_write,
+                        lambda inp, t: ops.append_patterns(state, caller, session_id, inp, t))
 
 
 SESSION_FILE = "application/vnd.ebmm.session+safetensors"
