@@ -32,6 +32,15 @@ def strongest_within_budget(row: dict[str, Any], budget: int | None = None) -> t
     return min(fits, key=lambda nb: nb[1]["error_mean"]) if fits else None
 
 
+def prefer_loads(rows: list[dict]) -> list[dict]:
+    """Rows for one-cell figures (the rate curve): where a checkpoint has a graded-load row for a cell,
+    it replaces the single-cell file's (the load files carry every baseline of the fair judge)."""
+    key = lambda r: (r.get("checkpoint"), r["task"], r["patterns"], r["distortion"])  # noqa: E731
+    loads = {key(r): r for r in rows if r.get("_file", "").endswith(LOADS_SUFFIX)}
+    return list(loads.values()) + [r for r in rows if not r.get("_file", "").endswith(LOADS_SUFFIX)
+                                   and key(r) not in loads]
+
+
 def load_rows(rows: list[dict], task: str) -> dict[str, dict[int, dict]]:
     """checkpoint -> N -> row, from the graded-load files of one task (the paper's 16x16 block)."""
     out: dict[str, dict[int, dict]] = defaultdict(dict)

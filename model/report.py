@@ -258,7 +258,7 @@ def build(results: Path = Path("results"), ckpt_root: Path = Path("checkpoints")
         fig = comparisons.load_curve(task, everything, results / f"loads_{task}.png")
         if fig:
             doc += [f"![error against the number of stored patterns, {task}]({fig.name})", ""]
-        fig = rate_curve(task, rows, paper, results / f"rate_{task}.png")
+        fig = rate_curve(task, comparisons.prefer_loads(everything), paper, results / f"rate_{task}.png")
         if fig:
             doc += [f"![distortion/rate, {task}]({fig.name})", ""]
         fig = distortion_curve(task, rows, results / f"distortion_{task}.png")
