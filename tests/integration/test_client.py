@@ -41,6 +41,9 @@ def test_client_round_trip_with_numpy_and_pil(servers: Any) -> None:
         assert s.patterns == 8 and s.model == "shapes16" and len(s.id) >= 43
         r = s.retrieve(q)
         assert r.patterns.shape == (8, 1, 16, 16) and r.energies.shape == (8,)
+        never = s.retrieve(images(8, seed=77), match_threshold=0.9).results
+        assert min(x["familiarity"] for x in r.results) > max(x["familiarity"] for x in never)
+        assert not any(x["match"] for x in never)
         assert ((r.patterns > 0.5) != x[:, None]).sum() < (q != x).sum()
         pil = [Image.fromarray((im * 255).astype(np.uint8)) for im in q]
         assert np.array_equal(s.retrieve(pil).patterns, r.patterns)        # PNG files decode to the same
