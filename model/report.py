@@ -143,11 +143,12 @@ def distortion_curve(task: str, rows: list[dict], path: Path) -> Path | None:
         sides = [int(r["distortion"].split(":")[1]) for r in pts]
         ax.errorbar(sides, [r["error_mean"] for r in pts], yerr=_bars(pts), marker="o", capsize=3,
                     color=f"C{i}", label=f"ebmm {name} ({pts[0]['memory_floats']} floats)")
-        pca = [(s, (r.get("baselines") or {}).get("nearest_pca")) for s, r in zip(sides, pts, strict=True)]
-        base = [(s, b["error_mean"]) for s, b in pca if b]
-        if base:
-            ax.plot(*zip(*base, strict=True), "x--", color=f"C{i}", alpha=0.7,
-                    label=f"nearest_pca, same budget as {name}")
+        for style, bname in (("x--", "nearest_pca"), ("+:", "nearest_robust_pca_paste")):
+            found = [(s, (r.get("baselines") or {}).get(bname)) for s, r in zip(sides, pts, strict=True)]
+            base = [(s, b["error_mean"]) for s, b in found if b]
+            if base:
+                ax.plot(*zip(*base, strict=True), style, color=f"C{i}", alpha=0.7,
+                        label=f"{bname}, same budget as {name}")
     ax.plot(sorted(query), [query[s] for s in sorted(query)], ":", color="gray", label="query (no memory)")
     ax.set_xlabel("side of the occluded square (pixels of 32)")
     ax.set_ylabel(pts[0]["metric"].replace("_", " ") + " per image")
