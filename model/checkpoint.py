@@ -69,6 +69,20 @@ def save_checkpoint(model: EBMM, folder: str | Path, **card_fields: Any) -> Path
     return folder
 
 
+def update_card(folder: str | Path, **fields: Any) -> Path:
+    """Set fields of a checkpoint's card (evaluation, familiarity, ...) without touching its weights,
+    so that the weights' hash, and everything measured on them, stays valid."""
+    folder = Path(folder)
+    card = read_card(folder)
+    if card.get("weights_sha256") != _sha256(folder / WEIGHTS):
+        raise CheckpointError(f"{folder}: the card does not describe these weights; re-save the checkpoint")
+    card.update(fields)
+    tmp = folder / (CARD + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    tmp.replace(folder / CARD)
+    return folder
+
+
 def read_card(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CARD
     try:

@@ -115,7 +115,7 @@ def _add_train_baseline(sub: argparse._SubParsersAction) -> None:
 def _familiarity(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import load_checkpoint, update_card
     from .familiarity import calibrate, evaluate_familiarity
     torch_threads(args.threads)
     ck = load_checkpoint(args.checkpoint)
@@ -134,9 +134,7 @@ def _familiarity(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     if args.update_card:
-        for p in ck.model.parameters():
-            p.requires_grad_(True)
-        save_checkpoint(ck.model, args.checkpoint, familiarity={**cal, "held_out": ev})
+        update_card(args.checkpoint, familiarity={**cal, "held_out": ev})
     return 0
 
 
@@ -159,7 +157,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import load_checkpoint, update_card
     from .evaluate import IMAGE_LOADS, Protocol, evaluate
     if args.threads:
         torch_threads(args.threads)
@@ -193,9 +191,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         fresh = {key(r) for r in results}
         evaluation = [e for e in ck.card.get("evaluation", []) if key(e) not in fresh]
         slim = [{k: v for k, v in r.items() if k != "baselines"} for r in results]
-        for t in ck.model.parameters():
-            t.requires_grad_(True)
-        save_checkpoint(ck.model, args.checkpoint, evaluation=evaluation + slim)
+        update_card(args.checkpoint, evaluation=evaluation + slim)
     return 0
 
 

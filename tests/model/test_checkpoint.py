@@ -67,3 +67,17 @@ def test_evaluation_results_do_not_survive_new_weights(tmp_path):
         next(model.parameters()).add_(1.0)
     save_checkpoint(model, folder)                       # new weights: they are dropped
     assert "evaluation" not in json.loads((folder / "card.json").read_text())
+
+
+def test_updating_the_card_keeps_the_weights_byte_for_byte(tmp_path):
+    from model.checkpoint import update_card
+    folder = save_checkpoint(EBMM(PRESETS["binary-hopfield"]), tmp_path / "m", evaluation=[{"error_mean": 1.0}])
+    before = (folder / "model.safetensors").read_bytes()
+    update_card(folder, familiarity={"threshold": 0.9})
+    card = json.loads((folder / "card.json").read_text())
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert card["familiarity"] == {"threshold": 0.9} and card["evaluation"] == [{"error_mean": 1.0}]
+    load_checkpoint(folder)                                        # still a valid checkpoint
+    (folder / "model.safetensors").write_bytes(before[:-1] + bytes([before[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match="does not describe these weights"):
+        update_card(folder, familiarity={})
