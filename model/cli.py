@@ -122,7 +122,7 @@ def _familiarity(args: argparse.Namespace) -> int:
     t = ck.card.get("training", {})
     task = t.get("task", "binary")
     spec = args.distortion or t.get("distortion", "flip:16").split(",")[0]
-    cal = calibrate(ck.model, task, spec, args.patterns, args.calibration_episodes)
+    cal = calibrate(ck.model, task, spec, args.patterns, args.calibration_episodes, rate=args.calibration_rate)
     ev = evaluate_familiarity(ck.model, task, spec, cal["threshold"], cal["window"], args.patterns, args.episodes)
     out = {"checkpoint": ck.name, "checkpoint_sha256": ck.sha256, "calibration": cal, "held_out": ev,
            "command": "ebmm " + " ".join(sys.argv[1:])}
@@ -145,6 +145,8 @@ def _add_familiarity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distortion", help="distorted queries (default: the card's training distortion)")
     p.add_argument("--patterns", type=int, default=64)
     p.add_argument("--calibration-episodes", type=int, default=20, help="training-split episodes")
+    p.add_argument("--calibration-rate", type=float, default=0.005, help="share of never-stored training "
+                   "queries left above the threshold (half the 1%% aim by default, a margin for held-out data)")
     p.add_argument("--episodes", type=int, default=50, help="held-out episodes")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the results here")

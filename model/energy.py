@@ -101,6 +101,11 @@ class EnergyNet(nn.Module):
         (`SubspaceSlotEnergy` with assign="indexed": its attention part bounds E's from above)."""
         return self.energy(p, x)
 
+    def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Two images whose agreement says whether query q was stored, given the recall x (model/
+        familiarity.py: memory_familiarity); None: compare q and x themselves."""
+        return None
+
     def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
         """(B, n, *input_shape) starting points for descents into n different stored patterns near the
         queries q (top-k and sampling, model/sampling.py), where the family can name them; else None."""
@@ -364,6 +369,20 @@ class SubspaceSlotEnergy(EnergyNet):
         a = self.assignment(x.shape[0], x.device).to(f.dtype)          # (N, S), columns sum to 1
         return {"memory_slots": a.T @ f}                              # (S, r): own code, or the mean
 
+    def _decode(self, codes: Tensor) -> Tensor:
+        """(B, r) subspace codes -> (B, *input_shape) images in [0, 1]."""
+        return ((codes @ self.basis + self.centre + 1) / 2).clamp(0, 1).view(-1, *self.input_shape)
+
+    def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The query projected on the subspace, and the slot nearest the recall x, decoded: a stored
+        pattern's slot holds its code, so the two agree up to the occlusion; never-stored queries
+        recall another pattern's slot."""
+        _, _, fq = self._code(q)
+        _, _, fx = self._code(x)
+        k = p["memory_slots"]
+        nearest = k[self._half_sq_dist(fx, k).argmin(1)]                # (B, r)
+        return self._decode(fq), self._decode(nearest)
+
     def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
         """The n distinct slots nearest each query in code space (copies of one pattern's slots count
         once), decoded to pixels and pasted over the query where they disagree by more than 0.25."""
@@ -371,7 +390,7 @@ class SubspaceSlotEnergy(EnergyNet):
         k = p["memory_slots"]                                         # (S, r)
         d = self._half_sq_dist(f, k)                                  # (B, S)
         same = self._half_sq_dist(k, k) < 0.05 * self.unit            # (S, S): copies of one pattern
-        recon = ((k @ self.basis + self.centre + 1) / 2).clamp(0, 1).view(-1, *self.input_shape)  # (S, *P)
+        recon = self._decode(k)                                       # (S, *P)
         picks = []
         for b in range(q.shape[0]):
             kept: list[int] = []

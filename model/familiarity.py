@@ -1,7 +1,8 @@
 """Familiarity: how well a query agrees with what the memory recalls from it, and whether it was stored.
 
 A stored pattern, clean or occluded, is recalled as itself, so the recall agrees with the query
-everywhere except inside the occlusion. A query that was never stored is recalled as some other
+everywhere except inside the occlusion (slot memories compare two views instead: see
+`memory_familiarity`). A query that was never stored is recalled as some other
 pattern (every memory answers with something), which disagrees with it in many places. The score is
 
     familiarity = 1 - (disagreement outside the w x w square where recall and query disagree most)
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import distortions
+from .energy import Params
 from .memory import EBMM, read, write
 
 FALSE_MATCH_RATE = 0.01      # the aim on held-out data
@@ -48,6 +50,21 @@ def familiarity(query: Tensor, recall: Tensor, window: int = 0, known: Tensor | 
     total = e.flatten(1).sum(1)
     worst = window_sums(e, w).flatten(1).max(1).values
     return 1 - (total - worst) / (e[0].numel() - w * w)
+
+
+def memory_familiarity(model: EBMM, p: Params, weights: Params, q: Tensor, x: Tensor, window: int,
+                       known: Tensor | None = None) -> Tensor:
+    """Familiarity of queries q given what the memory recalled from them, x (both (B, *P)).
+
+    Energies that can say what a stored pattern would look like through their own static part give two
+    views to compare (slot memories: the query projected on their subspace, and the slot nearest the
+    recall, decoded), so that what the subspace cannot hold does not count against a stored pattern; the
+    others compare the query with the recall. With a mask, the known pixels of query and recall."""
+    if known is None:
+        views = model.energy.familiarity_views(model._energy_params({**p, **weights}), q, x)
+        if views is not None:
+            return familiarity(*views, window)
+    return familiarity(q, x, window, known)
 
 
 def default_window(model: EBMM, distortion: str) -> int:
@@ -84,7 +101,7 @@ def scores(model: EBMM, stored: Tensor, other: Tensor, distortion: str, window: 
         for tag, x in (("stored", stored[i]), ("new", other[i])):
             for kind, q in (("clean", x), ("distorted", dist(x, generator).x)):
                 recall = read(model, p, w, q).iterates[-1]
-                out[f"{tag}_{kind}"].append(familiarity(q, recall, window))
+                out[f"{tag}_{kind}"].append(memory_familiarity(model, p, w, q, recall, window))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -100,16 +117,16 @@ def _episodes(task: str, split: str, n: int, episodes: int, shape: tuple[int, ..
 
 
 def calibrate(model: EBMM, task: str, distortion: str, patterns: int = 64, episodes: int = 20,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, rate: float = CALIBRATION_RATE) -> dict[str, Any]:
     """Threshold from the training split: the (1 - CALIBRATION_RATE) quantile of never-stored clean
     queries' familiarity (0.5% of them above it), so that on held-out data at most about 1% are."""
     g = torch.Generator().manual_seed(seed)
     window = default_window(model, distortion)
     shape = tuple(model.cfg.input_shape)
     s = scores(model, *_episodes(task, "train", patterns, episodes, shape, g), distortion, window, g)
-    t = float(torch.quantile(s["new_clean"].double(), 1 - CALIBRATION_RATE))
+    t = float(torch.quantile(s["new_clean"].double(), 1 - rate))
     return {"threshold": round(t, 6), "window": window, "false_match_rate_target": FALSE_MATCH_RATE,
-            "calibration_quantile": 1 - CALIBRATION_RATE,
+            "calibration_quantile": 1 - rate,
             "calibrated_on": {"task": task, "split": "train", "patterns": patterns, "episodes": episodes,
                               "distortion": distortion, "seed": seed}}
 

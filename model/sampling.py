@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .energy import Params
-from .familiarity import familiarity
+from .familiarity import memory_familiarity
 from .memory import EBMM, read
 
 PERTURB = 0.1                   # fraction of entries replaced in the default starts
@@ -56,7 +56,7 @@ def _descend(model: EBMM, p: Params, weights: Params, x0: Tensor, q: Tensor, mas
     r = read(model, p, weights, flat, m, steps, temperature=temperature, generator=g)
     out = r.iterates[-1].view_as(x0)
     qq = q[:, None].expand_as(x0).flatten(0, 1)
-    fam = familiarity(qq, out.flatten(0, 1), window, None if m is None else m.bool())
+    fam = memory_familiarity(model, p, weights, qq, out.flatten(0, 1), window, None if m is None else m.bool())
     return out, fam.view(b, n), r.energies[-1].view(b, n)
 
 

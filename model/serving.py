@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .checkpoint import Checkpoint
 from .energy import Params
-from .familiarity import default_window, familiarity
+from .familiarity import default_window, memory_familiarity
 from .memory import ReadResult, WriteResult, append, read, write
 from .sampling import Candidates, sample, top_k
 
@@ -59,9 +59,12 @@ class Memory:
         except ValueError:
             return 0
 
-    def familiarity(self, queries: Tensor, recall: Tensor, known: Tensor | None = None) -> Tensor:
-        """(B,) in [0, 1]: how well the recall agrees with the query (model/familiarity.py)."""
-        return familiarity(queries.float(), recall.float(), self.familiarity_window, known)
+    def familiarity(self, weights: Params, queries: Tensor, recall: Tensor, known: Tensor | None = None) -> Tensor:
+        """(B,) in [0, 1]: whether the queries were stored, from what the memory recalled from them
+        (model/familiarity.py: memory_familiarity)."""
+        return memory_familiarity(self.ckpt.model, self.params, self._weights(weights),
+                                  self._check("queries", queries), recall.to(self.device, torch.float32),
+                                  self.familiarity_window, None if known is None else known.to(self.device)).cpu()
 
     def _check(self, name: str, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.input_shape:

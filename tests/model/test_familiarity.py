@@ -44,3 +44,23 @@ def test_calibration_calls_about_one_percent_of_never_stored_training_queries_a_
     model = EBMM(PRESETS["binary-hopfield"])                   # untrained: a Hebb-like quadratic memory
     cal = calibrate(model, "binary", "flip:8", patterns=16, episodes=10)
     assert cal["window"] == 0 and 0 < cal["threshold"] <= 1 and cal["calibrated_on"]["split"] == "train"
+
+
+def test_slot_memories_compare_the_query_projection_with_the_nearest_slot():
+    """Slot memories: stored patterns score higher than never-stored ones through their two views."""
+    from model.config import LoopConfig, ModelConfig
+    from model.familiarity import memory_familiarity
+    from model.memory import read, write
+    cfg = ModelConfig("t-idx", "subspace_slots", (1, 8, 8), "binary", dict(rank=40, slots=16, assign="indexed"),
+                      LoopConfig(write_steps=6, write_rate_init=0.9, grad_norm_term=False, write_reduction="sum"))
+    model = EBMM(cfg)
+    g = torch.Generator().manual_seed(0)
+    model.energy.data_init((torch.rand(512, 1, 8, 8, generator=g) < 0.5).float())
+    p = model.params(detach=True)
+    stored, never = (torch.rand(2, 16, 1, 8, 8, generator=g) < 0.5).float()
+    w = write(model, p, stored).weights
+    views = model.energy.familiarity_views(model._energy_params({**p, **w}), stored, stored)
+    assert views is not None and views[0].shape == views[1].shape == stored.shape
+    fam = {name: memory_familiarity(model, p, w, x, read(model, p, w, x).iterates[-1], window=3)
+           for name, x in (("stored", stored), ("never", never))}
+    assert fam["stored"].min() > fam["never"].max()
