@@ -181,9 +181,10 @@ def _read_with_familiarity(m: LoadedModel, weights: dict[str, torch.Tensor], x: 
     samples when asked."""
     res = m.memory.read(weights, x, mask, steps)
     if mask is None:
-        fam = m.memory.familiarity(x, res.iterates[-1])
+        fam = m.memory.familiarity(weights, x, res.iterates[-1])
     else:
-        fam = m.memory.familiarity(x, m.memory.read(weights, x, None, steps).iterates[-1], known=mask.bool())
+        free = m.memory.read(weights, x, None, steps).iterates[-1]
+        fam = m.memory.familiarity(weights, x, free, known=mask.bool())
     cands = None if top_k is None else m.memory.top_k(weights, x, top_k, mask, steps)
     drawn = None if samples is None else m.memory.sample(weights, x, samples, temperature, mask, steps)
     return res, fam, cands, drawn
