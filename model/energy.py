@@ -388,13 +388,13 @@ class SubspaceSlotEnergy(EnergyNet):
         once), decoded to pixels and pasted over the query where they disagree by more than 0.25."""
         _, _, f = self._code(q)
         k = p["memory_slots"]                                         # (S, r)
-        d = self._half_sq_dist(f, k)                                  # (B, S)
-        same = self._half_sq_dist(k, k) < 0.05 * self.unit            # (S, S): copies of one pattern
+        order = self._half_sq_dist(f, k).argsort(1).cpu()             # (B, S), nearest first
+        same = (self._half_sq_dist(k, k) < 0.05 * self.unit).cpu()    # (S, S): copies of one pattern
         recon = self._decode(k)                                       # (S, *P)
         picks = []
-        for b in range(q.shape[0]):
+        for b in range(q.shape[0]):              # greedy, on the CPU: one device sync per query at most
             kept: list[int] = []
-            for s in d[b].argsort().tolist():
+            for s in order[b].tolist():
                 if not any(bool(same[s, t]) for t in kept):
                     kept.append(s)
                 if len(kept) == n:

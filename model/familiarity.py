@@ -44,9 +44,9 @@ def familiarity(query: Tensor, recall: Tensor, window: int = 0, known: Tensor | 
         return 1 - (e * k).flatten(1).sum(1) / k.flatten(1).sum(1).clamp_min(1)
     if e.dim() == 4:                                          # images: channels summed per pixel
         e = e.sum(1) / e.shape[1]                             # (B, H, W)
-    if e.dim() != 3 or window <= 0:
+    w = min(window, *e.shape[-2:]) if e.dim() == 3 else 0
+    if w <= 0 or w * w >= e[0].numel():                      # no square, or one that would cover it all
         return 1 - e.flatten(1).mean(1)
-    w = min(window, *e.shape[-2:])
     total = e.flatten(1).sum(1)
     worst = window_sums(e, w).flatten(1).max(1).values
     return 1 - (total - worst) / (e[0].numel() - w * w)

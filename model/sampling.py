@@ -56,7 +56,9 @@ def _descend(model: EBMM, p: Params, weights: Params, x0: Tensor, q: Tensor, mas
     r = read(model, p, weights, flat, m, steps, temperature=temperature, generator=g)
     out = r.iterates[-1].view_as(x0)
     qq = q[:, None].expand_as(x0).flatten(0, 1)
-    fam = memory_familiarity(model, p, weights, qq, out.flatten(0, 1), window, None if m is None else m.bool())
+    # candidates are ranked on the whole query (a masked read keeps the known pixels, so comparing only
+    # those would score every candidate 1)
+    fam = memory_familiarity(model, p, weights, qq, out.flatten(0, 1), window)
     return out, fam.view(b, n), r.energies[-1].view(b, n)
 
 
@@ -76,18 +78,19 @@ def top_k(model: EBMM, p: Params, weights: Params, q: Tensor, k: int, mask: Tens
     x0 = starts(model, p, weights, q, max(2 * k, k + 3), g)
     out, fam, en = _descend(model, p, weights, x0, q, mask, steps, window)
     binary = model.cfg.kind == "binary"
+    out_cpu, fam_cpu = out.cpu(), fam.cpu()                         # the greedy loop below, off the device
     pats, fams, ens, counts = [], [], [], []
     for b in range(q.shape[0]):
         kept: list[int] = []
-        for i in fam[b].argsort(descending=True).tolist():
-            if all(_distinct(out[b, i], out[b, j], binary) for j in kept):
+        for i in fam_cpu[b].argsort(descending=True).tolist():
+            if all(_distinct(out_cpu[b, i], out_cpu[b, j], binary) for j in kept):
                 kept.append(i)
             if len(kept) == k:
                 break
         counts.append(len(kept))
         kept += [kept[-1]] * (k - len(kept))
         pats.append(out[b, kept]), fams.append(fam[b, kept]), ens.append(en[b, kept])
-    return Candidates(torch.stack(pats), torch.stack(fams), torch.stack(ens), torch.tensor(counts))
+    return Candidates(torch.stack(pats), torch.stack(fams), torch.stack(ens), torch.tensor(counts, device=q.device))
 
 
 def sample(model: EBMM, p: Params, weights: Params, q: Tensor, n: int, temperature: float,
@@ -96,9 +99,9 @@ def sample(model: EBMM, p: Params, weights: Params, q: Tensor, n: int, temperatu
     """n stochastic reads per query: (B, n, *P) samples, their familiarity (B, n) and energies (B, n)."""
     g = torch.Generator().manual_seed(seed)
     cands = top_k(model, p, weights, q, min(8, max(n, 2)), mask, steps, window, seed)
-    logits = cands.familiarity / max(temperature, 1e-6)
-    idx = torch.arange(cands.familiarity.shape[1])[None] < cands.count[:, None]
+    logits = cands.familiarity.cpu() / max(temperature, 1e-6)      # drawn on the CPU with a CPU generator
+    idx = torch.arange(cands.familiarity.shape[1])[None] < cands.count.cpu()[:, None]
     logits = logits.masked_fill(~idx, float("-inf"))
-    pick = torch.multinomial(torch.softmax(logits, -1), n, replacement=True, generator=g)   # (B, n)
+    pick = torch.multinomial(torch.softmax(logits, -1), n, replacement=True, generator=g).to(q.device)  # (B, n)
     x0 = torch.stack([cands.patterns[b, pick[b]] for b in range(q.shape[0])])             # (B, n, *P)
     return _descend(model, p, weights, x0, q, mask, steps, window, temperature, g)

@@ -273,8 +273,10 @@ async def append_patterns(state: AppState, caller: str, session_id: str, inp: Wr
         with t.stage("decode"):
             x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels)
         total = meta.patterns + int(x.shape[0])
-        if total > s.max_patterns * 16:
-            raise BadInput(f"patterns: a session of {total} patterns exceeds {s.max_patterns * 16}", "patterns", total)
+        from .transfer import max_session_patterns
+        if total > max_session_patterns(state):
+            raise BadInput(f"patterns: a session of {total} patterns exceeds {max_session_patterns(state)}",
+                           "patterns", total)
         weights = unpack_weights(found[1])  # type: ignore[index]
         res = await _model(state, "append", m, t, m.memory.append, weights, x, meta.patterns)
         with t.stage("store"):

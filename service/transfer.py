@@ -21,6 +21,11 @@ FORMAT, VERSION = "ebmm-session", "1"
 MAX_HEADER = 1 << 20                    # bytes of safetensors JSON header we are willing to parse
 
 
+def max_session_patterns(state: AppState) -> int:
+    """Patterns one session may hold after appends (and so may carry when imported)."""
+    return state.settings.max_patterns * 16
+
+
 def export_bytes(meta: SessionMeta, blob: bytes) -> bytes:
     """The stored weights re-saved with the session's metadata in the safetensors header."""
     weights = st_load(blob)
@@ -58,6 +63,8 @@ def parse_session_file(state: AppState, blob: bytes) -> tuple[str, dict[str, tor
     """Validate a session file against the loaded models: (model name, weights, fields for the meta).
     422 for a malformed file, 409 when its model or checkpoint is not the one this server serves."""
     info = _header(blob).get("__metadata__") or {}
+    if not isinstance(info, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in info.items()):
+        raise BadInput("metadata: the safetensors metadata must map strings to strings", "metadata", str(type(info)))
     if info.get("format") != FORMAT:
         raise BadInput(f"metadata.format: {info.get('format')!r} is not an {FORMAT!r} file (export one with "
                        "GET /v1/sessions/{id}/export)", "metadata.format", info.get("format"))
@@ -85,9 +92,9 @@ def parse_session_file(state: AppState, blob: bytes) -> tuple[str, dict[str, tor
     try:
         patterns = int(_field(info, "patterns"))
         loss = float(info.get("writing_loss", "0"))
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise BadInput(f"metadata: {e}", "metadata.patterns", info.get("patterns")) from e
-    if not 1 <= patterns <= state.settings.max_patterns or not math.isfinite(loss):
+    if not 1 <= patterns <= max_session_patterns(state) or not math.isfinite(loss):
         raise BadInput(f"metadata.patterns: {patterns} (and writing_loss {loss}) out of range", "metadata.patterns",
                        patterns)
     return name, weights, {"patterns": patterns, "writing_loss": loss}

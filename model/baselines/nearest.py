@@ -286,8 +286,9 @@ class NearestPaste(Baseline):
         wp = win.shape[-1]
         r0, c0 = pos // wp, pos % wp
         hh, ww = q.shape[-2:]
-        rows = (torch.arange(hh)[None] >= r0[:, None]) & (torch.arange(hh)[None] < r0[:, None] + w)
-        cols = (torch.arange(ww)[None] >= c0[:, None]) & (torch.arange(ww)[None] < c0[:, None] + w)
+        ar, ac = torch.arange(hh, device=q.device)[None], torch.arange(ww, device=q.device)[None]
+        rows = (ar >= r0[:, None]) & (ar < r0[:, None] + w)
+        cols = (ac >= c0[:, None]) & (ac < c0[:, None] + w)
         return idx, (rows[:, :, None] & cols[:, None, :])[:, None]   # (B, 1, H, W)
 
     def _one(self, recon: Tensor, q: Tensor, w: int, t: float, region: str) -> Tensor:

@@ -64,3 +64,9 @@ def test_slot_memories_compare_the_query_projection_with_the_nearest_slot():
     fam = {name: memory_familiarity(model, p, w, x, read(model, p, w, x).iterates[-1], window=3)
            for name, x in (("stored", stored), ("never", never))}
     assert fam["stored"].min() > fam["never"].max()
+
+
+def test_a_square_as_large_as_the_image_falls_back_to_the_plain_mean():
+    q, r = torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.5)
+    f = familiarity(q, r, window=16)
+    assert torch.isfinite(f).all() and f.item() == 0.5

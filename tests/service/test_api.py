@@ -459,3 +459,20 @@ async def test_shipped_characters_sample_both_halves_of_an_ambiguous_query() -> 
     assert sorted(i for i, _ in tops) == [0, 1] and all(d < 12 for _, d in tops), tops
     found = [nearest(s["pattern"]) for s in res["samples"]]
     assert {i for i, d in found if d < 12} == {0, 1}, found
+
+
+async def test_masked_top_k_is_ranked_on_the_whole_query(checkpoint_dir: Path) -> None:
+    """A masked read keeps the known pixels; candidates are still ranked (not all scored 1)."""
+    x = bits(16, seed=51)
+    q = x.copy()
+    q[:, 64:] = 0
+    async with running(checkpoint_dir) as (c, _):
+        sid = (await c.post("/v1/sessions", json={"model": "binary128",
+                                                  "patterns": {"bits": as_strings(x)}})).json()["session_id"]
+        r = (await c.post(f"/v1/sessions/{sid}/retrieve", json={
+            "queries": {"bits": as_strings(q[:2])}, "mask": {"bits": ["1" * 64 + "0" * 64]},
+            "top_k": 3, "samples": 3})).json()
+    for res in r["results"]:
+        fams = [cand["familiarity"] for cand in res["candidates"]]
+        assert fams == sorted(fams, reverse=True) and all(f < 1.0 for f in fams)
+        assert len(res["samples"]) == 3

@@ -106,3 +106,26 @@ async def test_export_of_an_unknown_or_foreign_session_is_404(checkpoint_dir: Pa
         problem(r, 404, "session_id")
         problem(await a.get("/v1/sessions/" + "x" * 43 + "/export",
                             headers={"X-API-Key": "key-a-0123456789abcdef"}), 404, "session_id")
+
+
+def _raw_file(header: dict, data: bytes = b"") -> bytes:
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
+@pytest.mark.parametrize("metadata", [["x"], "text", {"format": "ebmm-session", "model": ["m"]},
+                                      {"format": "ebmm-session", "format_version": "1", "model": "binary128",
+                                       "checkpoint_sha256": 5}])
+async def test_metadata_of_odd_types_gets_422_not_500(checkpoint_dir: Path, metadata) -> None:
+    async with running(checkpoint_dir) as (a, _):
+        problem(await a.post("/v1/sessions/import", content=_raw_file({"__metadata__": metadata})), 422, "metadata")
+
+
+async def test_a_session_grown_past_the_write_limit_by_appends_imports_back(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir, max_patterns=8) as (a, _):
+        sid, _ = await _written(a, n=8)
+        app = await a.post(f"/v1/sessions/{sid}/patterns", json={"patterns": {"bits": as_strings(bits(8, seed=9))}})
+        assert app.status_code == 200 and app.json()["patterns"] == 16
+        blob = (await a.get(f"/v1/sessions/{sid}/export")).content
+        i = await a.post("/v1/sessions/import", content=blob)
+        assert i.status_code == 201 and i.json()["patterns"] == 16, i.text
