@@ -91,6 +91,8 @@ def match_mask(mask: torch.Tensor, queries: torch.Tensor, field: str) -> torch.T
     if mask.shape[0] == 1:
         mask = mask.expand_as(queries)
     if mask.shape != queries.shape:
-        raise BadInput(f"{field}: {mask.shape[0]} masks for {queries.shape[0]} queries; send 1 or "
-                       f"{queries.shape[0]}", field, mask.shape[0])
+        n = queries.shape[0]
+        what = "one mask" if n == 1 else f"one mask for all or one per query ({n})"
+        raise BadInput(f"{field}: {mask.shape[0]} masks for {n} {'query' if n == 1 else 'queries'}; "
+                       f"send {what}", field, mask.shape[0])
     return mask >= 0.5

@@ -16,6 +16,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
+@router.head("/healthz", include_in_schema=False)
+async def healthz_head() -> Response:
+    """What load balancers and `curl -I` send: the GET's status without a body."""
+    return Response(status_code=200, media_type="application/json")
+
+
 @router.get("/readyz", response_model=Readiness, summary="Models loaded and store reachable",
             responses={503: {"model": Readiness, "description": "Not ready"}})
 async def readyz(state: State, response: Response) -> Readiness:

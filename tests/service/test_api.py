@@ -476,3 +476,9 @@ async def test_masked_top_k_is_ranked_on_the_whole_query(checkpoint_dir: Path) -
         fams = [cand["familiarity"] for cand in res["candidates"]]
         assert fams == sorted(fams, reverse=True) and all(f < 1.0 for f in fams)
         assert len(res["samples"]) == 3
+
+
+async def test_head_on_healthz_answers_like_get(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir) as (c, _):
+        r = await c.head("/healthz")
+    assert r.status_code == 200 and r.content == b""
