@@ -113,11 +113,14 @@ class EnergyNet(nn.Module):
 
     def append_plan(self, p: Params, n_old: int, n_new: int) -> dict | None:
         """How to store n_new more patterns in a memory holding n_old (p: with the written slice), for
-        energies with a rule of their own; None: further write steps from the written weights."""
+        energies with a rule of their own (which then also define `finish_append`); None: further write
+        steps from the written weights."""
         return None
 
-    def finish_append(self, written: Params, plan: dict) -> Params:
-        return written
+    @property
+    def redeals_on_append(self) -> bool:
+        """True where `append_plan` gives the memory a write of all patterns at once would."""
+        return False
 
     def exact_memory(self, p: Params, x: Tensor) -> Params | None:
         """The writable slice set straight from the patterns x (N, *input_shape), with no write loop,
@@ -426,6 +429,10 @@ class SubspaceSlotEnergy(EnergyNet):
         new_a = owners[n_old:].float()
         new_a = new_a / new_a.sum(0, keepdim=True).clamp_min(1)       # (n_new, S): columns sum to 1
         return {"start": {"memory_slots": start}, "assign": new_a, "share": share, "old_mean": old_mean}
+
+    @property
+    def redeals_on_append(self) -> bool:
+        return self.assign == "indexed"
 
     def finish_append(self, written: Params, plan: dict) -> Params:
         share = plan["share"][:, None].to(written["memory_slots"])

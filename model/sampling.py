@@ -39,7 +39,7 @@ def starts(model: EBMM, p: Params, weights: Params, q: Tensor, n: int, g: torch.
     if own is None:
         noise = torch.rand((q.shape[0], n - 1, *q.shape[1:]), generator=g).to(q)
         pick = torch.rand((q.shape[0], n - 1, *q.shape[1:]), generator=g).to(q) < PERTURB
-        binary = bool(((q == 0) | (q == 1)).all())
+        binary = model.cfg.kind == "binary"
         own = torch.where(pick, noise.round() if binary else noise, q[:, None].expand_as(noise))
     return torch.cat([q[:, None], own], 1)
 

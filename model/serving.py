@@ -80,9 +80,7 @@ class Memory:
     def append_rule(self) -> str:
         """"redeal": the energy re-deals its memory as a write of all patterns at once would (slot
         memories); "continue": further write steps from the written weights on the new patterns only."""
-        model = self.ckpt.model
-        ep = model._energy_params(self.params)
-        return "continue" if model.energy.append_plan(ep, 1, 1) is None else "redeal"
+        return "redeal" if self.ckpt.model.energy.redeals_on_append else "continue"
 
     def append(self, weights: Params, patterns: Tensor, n_old: int) -> WriteResult:
         """More patterns into written weights that hold n_old (model/memory.py: append)."""

@@ -21,6 +21,7 @@ from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
 from .store import SessionMeta, pack_weights, unpack_weights
+from .transfer import export_bytes, max_session_patterns, new_meta, parse_session_file
 
 T = TypeVar("T")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
@@ -230,17 +231,15 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
 
 async def export_session(state: AppState, caller: str, session_id: str) -> bytes:
     """The session's written weights and metadata as one safetensors file (see service/transfer.py)."""
-    from .transfer import export_bytes
     _check_id(session_id)
     found = await _store(state, "get", state.store.get(session_id))
     meta = _owned(None if found is None else found[0], caller, session_id)
-    return export_bytes(meta, found[1])  # type: ignore[index]
+    return await to_thread.run_sync(export_bytes, meta, found[1])  # type: ignore[index]
 
 
 async def import_session(state: AppState, caller: str, body: bytes) -> SessionInfo:
     """A new session from an exported file, refused (409) unless this server serves its checkpoint."""
-    from .transfer import new_meta, parse_session_file
-    name, weights, fields = parse_session_file(state, body)
+    name, weights, fields = await to_thread.run_sync(parse_session_file, state, body)
     blob = pack_weights(weights)
     meta = new_meta(state, caller, name, weights, len(blob), fields, ID_BYTES)
     await _store(state, "put", state.store.put(meta, blob, state.settings.session_ttl_seconds))
@@ -250,30 +249,33 @@ async def import_session(state: AppState, caller: str, body: bytes) -> SessionIn
 
 APPEND_ATTEMPTS = 3
 CONTINUE_WARNING = ("this model appends by further write steps on the new patterns only, which can disturb "
-                    "the patterns stored before (results/append.json has the measured cost); writing all "
+                    "the patterns stored before (results/append/NAME.json has the measured cost); writing all "
                     "patterns at once recalls them best")
 
 
 async def append_patterns(state: AppState, caller: str, session_id: str, inp: WriteInput,
                           t: Timings) -> WriteResponse:
     """More patterns into an existing session. The new weights replace the old only if no other
-    append changed the session meanwhile (compare-and-set on its version); a lost race is retried,
-    and after APPEND_ATTEMPTS answered 409."""
+    append changed the session meanwhile (compare-and-set on its version); a lost race is retried
+    (the patterns are decoded once: a session's model never changes), and after APPEND_ATTEMPTS
+    answered 409."""
     s = state.settings
     _check_id(session_id)
     check_count(inp.patterns, s.max_patterns)
-    for _ in range(APPEND_ATTEMPTS):
-        with t.stage("store"):
-            found = await _store(state, "get", state.store.get(session_id))
+    with t.stage("store"):
+        found = await _store(state, "get", state.store.get(session_id))
+    m = _session_model(state, _owned(None if found is None else found[0], caller, session_id))
+    if inp.model is not None and inp.model != m.name:
+        raise BadInput(f"model: the session holds {m.name!r} weights; an append cannot change the model",
+                       "model", inp.model)
+    with t.stage("decode"):
+        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels)
+    for attempt in range(APPEND_ATTEMPTS):
+        if attempt:                                   # a lost race: read the session as it is now
+            with t.stage("store"):
+                found = await _store(state, "get", state.store.get(session_id))
         meta = _owned(None if found is None else found[0], caller, session_id)
-        m = _session_model(state, meta)
-        if inp.model is not None and inp.model != m.name:
-            raise BadInput(f"model: the session holds {m.name!r} weights; an append cannot change the model",
-                           "model", inp.model)
-        with t.stage("decode"):
-            x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels)
         total = meta.patterns + int(x.shape[0])
-        from .transfer import max_session_patterns
         if total > max_session_patterns(state):
             raise BadInput(f"patterns: a session of {total} patterns exceeds {max_session_patterns(state)}",
                            "patterns", total)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..familiarity import window_sums
 from .base import Baseline, State, _finish, _gather, _nearest
 
 
@@ -234,12 +235,6 @@ class NetCodec(Codec):
 # nearest stored pattern by an occlusion-robust distance, pasted where it disagrees with the query
 # --------------------------------------------------------------------------------------------------
 
-def _window_sums(e: Tensor, w: int) -> Tensor:
-    """e (..., H, W) -> (..., H-w+1, W-w+1): the sum of e over every w x w window (integral image)."""
-    c = F.pad(e.cumsum(-2).cumsum(-1), (1, 0, 1, 0))                 # (..., H+1, W+1)
-    return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
-
-
 @dataclass(eq=False)
 class NearestPaste(Baseline):
     """Reads keep the query's pixels: the stored pattern nearest by a robust distance is decoded and
@@ -279,7 +274,7 @@ class NearestPaste(Baseline):
         total = e.sum((-2, -1))                                      # (B, N)
         if w <= 0:
             return total.argmin(1), None
-        win = _window_sums(e, w)                                     # (B, N, H', W')
+        win = window_sums(e, w)                                     # (B, N, H', W')
         best, where = win.flatten(2).max(-1)                         # (B, N)
         idx = (total - best).argmin(1)                               # (B,)
         pos = where.gather(1, idx[:, None]).squeeze(1)               # (B,)

@@ -40,10 +40,16 @@ def test_roc_auc():
     assert abs(roc_auc(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])) - 0.75) < 1e-9
 
 
-def test_calibration_calls_about_one_percent_of_never_stored_training_queries_a_match():
+def test_calibration_leaves_the_chosen_share_of_never_stored_training_queries_above_the_threshold():
+    from model.familiarity import _episodes, scores
     model = EBMM(PRESETS["binary-hopfield"])                   # untrained: a Hebb-like quadratic memory
-    cal = calibrate(model, "binary", "flip:8", patterns=16, episodes=10)
-    assert cal["window"] == 0 and 0 < cal["threshold"] <= 1 and cal["calibrated_on"]["split"] == "train"
+    cal = calibrate(model, "binary", "flip:8", patterns=16, episodes=10, rate=0.05)
+    assert cal["window"] == 0 and cal["calibrated_on"]["split"] == "train" and cal["calibration_quantile"] == 0.95
+    g = torch.Generator().manual_seed(0)                       # the same training episodes calibrate() drew
+    s = scores(model, *_episodes("binary", "train", 16, 10, (128,), g), "flip:8", 0, g)
+    above = float((s["new_clean"] > cal["threshold"]).double().mean())
+    assert 0.0 < above <= 0.05 + 1e-9
+    assert float((s["stored_clean"] >= cal["threshold"]).double().mean()) > above
 
 
 def test_slot_memories_compare_the_query_projection_with_the_nearest_slot():
