@@ -50,12 +50,45 @@ def _kind(request: Request) -> str:
                            "multipart/form-data", "content-type", ctype)
 
 
-async def _json(request: Request) -> Any:
-    raw = await request.body()
+def _reject_constant(name: str) -> Any:
+    raise BadInput(f"body: {name} is not valid JSON (numbers must be finite)", "body", name)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or a 422 naming what is wrong: invalid text, NaN/Infinity, nesting
+    past the parser's recursion limit, integers past Python's digit limit, lone surrogate escapes."""
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"body: not valid JSON ({e})", "body", raw[:40]) from e
+    except RecursionError as e:
+        raise BadInput("body: JSON nested too deeply", "body", None) from e
+    except ValueError as e:                       # e.g. an integer past the int/str digit limit
+        raise BadInput(f"body: a number in the JSON cannot be read ({e})", "body", None) from e
+    _check_strings(data)
+    return data
+
+
+def _check_strings(data: Any) -> None:
+    """Refuse lone surrogates (valid JSON escapes, but not text) anywhere in keys or values."""
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise BadInput("body: a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), "
+                               "which is not text", "body", v.encode("utf-8", "backslashreplace").decode()) from e
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
+async def _json(request: Request) -> Any:
+    return parse_json(await request.body())
 
 
 async def _form(request: Request, max_files: int) -> FormData:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,10 +16,21 @@ MAX_VALUE_CHARS = 80
 
 
 def shorten(value: Any) -> Any:
-    """Echo a bad value back without echoing a whole upload."""
-    if isinstance(value, (int, float, bool)) or value is None:
+    """Echo a bad value back without echoing a whole upload, as something JSON can always encode:
+    non-finite floats and huge integers as text, lone surrogates escaped."""
+    if isinstance(value, bool) or value is None:
         return value
-    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, int) and abs(value) < 2 ** 63:
+        return value
+    if isinstance(value, int):
+        return f"an integer of {len(str(abs(value))) if value.bit_length() < 12000 else 'over 3600'} digits"
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except (RecursionError, ValueError):
+        text = f"<{type(value).__name__} too deeply nested or too large to show>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS] + f"... ({len(text)} chars)"
 
 
@@ -70,8 +82,23 @@ class Busy(Unavailable):
     title, slug = "All model workers are busy", "busy"
 
 
+def _encodable(v: Any) -> Any:
+    """v with every string valid UTF-8 and every number finite, so that the answer always encodes."""
+    if isinstance(v, str):
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(v, dict):
+        return {_encodable(k): _encodable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encodable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
 def problem(status: int, title: str, detail: str, slug: str, instance: str,
             headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    extra = _encodable(extra)
+    detail, instance = _encodable(detail), _encodable(instance)
     body = {"type": f"urn:ebmm:problem:{slug}", "title": title, "status": status, "detail": detail,
             "instance": instance, **extra}
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
@@ -112,7 +139,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal server error", f"{type(exc).__name__} while handling the request",
-                   "internal", request.url.path)
+                   "internal", request.url.path, {"Connection": "close"})
 
 
 def install(app: FastAPI) -> None:

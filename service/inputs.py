@@ -47,14 +47,17 @@ def _bits(items: list[Any], field: str, shape: tuple[int, ...]) -> np.ndarray:
 def _array(item: Any, field: str, shape: tuple[int, ...]) -> np.ndarray:
     try:
         a = np.asarray(item, dtype=np.float32)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise BadInput(f"{field}: not a rectangular array of numbers ({e})", field, item) from e
     if a.shape == shape[1:] and len(shape) == 3 and shape[0] == 1:
         a = a[None]                                                # (H, W) -> (1, H, W)
     if a.shape != shape:
         raise BadInput(f"{field}: shape {list(a.shape)} does not match the model's input {list(shape)}",
                        field, list(a.shape))
-    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+    if not np.isfinite(a).all():
+        raise BadInput(f"{field}: values must be finite numbers within [0, 1] (one is too large for "
+                       "float32 or not a number)", field, "non-finite")
+    if a.min() < 0 or a.max() > 1:
         raise BadInput(f"{field}: values must be finite and within [0, 1], got [{a.min()}, {a.max()}]",
                        field, [float(a.min()), float(a.max())])
     return a

@@ -1,0 +1,144 @@
+"""Shared pieces of every energy network: the EnergyNet base class (energy(params, x) is a pure
+function of an explicit parameter dict) and the layer helpers the families are written with.
+
+Each network owns its parameters (initial values, names) as an nn.Module, but its energy is
+computed by `energy(params, x)` from a dict, so that the write loop can substitute written
+weights for the writable slice without touching the module (paper appendix A; MAML style).
+Writable slices are separate parameters named `memory.*`; `memory_floats` counts them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+def _linear(module: nn.Module, prefix: str, d_in: int, d_out: int, gain: float = 2.0) -> None:
+    """Register He-initialised `prefix.weight` (d_out, d_in) and zero `prefix.bias` on module."""
+    w = torch.randn(d_out, d_in) * math.sqrt(gain / d_in)
+    module.register_parameter(prefix.replace(".", "_") + "_w", nn.Parameter(w))
+    module.register_parameter(prefix.replace(".", "_") + "_b", nn.Parameter(torch.zeros(d_out)))
+
+
+def _conv(module: nn.Module, prefix: str, c_in: int, c_out: int, k: int, gain: float = 2.0) -> None:
+    w = torch.randn(c_out, c_in, k, k) * math.sqrt(gain / (c_in * k * k))
+    module.register_parameter(prefix.replace(".", "_") + "_w", nn.Parameter(w))
+    module.register_parameter(prefix.replace(".", "_") + "_b", nn.Parameter(torch.zeros(c_out)))
+
+
+def lin(p: Params, name: str, x: Tensor) -> Tensor:
+    return F.linear(x, p[name + "_w"], p[name + "_b"])
+
+
+def conv(p: Params, name: str, x: Tensor, stride: int = 1) -> Tensor:
+    w = p[name + "_w"]
+    return F.conv2d(x, w, p[name + "_b"], stride=stride, padding=w.shape[-1] // 2)
+
+
+def layer_norm(h: Tensor, dims: int, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """LayerNorm over the last `dims` dimensions, written out: torch's fused layer_norm has a wrong
+    third derivative (its double-backward is not differentiable correctly), and the meta-gradient
+    through a write with the grad-norm term needs exactly that order (tests/model/test_memory.py)."""
+    red = tuple(range(-dims, 0))
+    mu = h.mean(dim=red, keepdim=True)
+    var = (h - mu).pow(2).mean(dim=red, keepdim=True)
+    out = (h - mu) * torch.rsqrt(var + eps)
+    return out if weight is None else out * weight
+
+
+def symmetric_from_triu(t: Tensor, iu: Tensor, n: int) -> Tensor:
+    """The (n, n) symmetric matrix whose upper triangle (diagonal included) is t (n(n+1)/2,)."""
+    upper = t.new_zeros(n, n).index_put((iu[0], iu[1]), t)
+    return upper + upper.T - torch.diag(torch.diagonal(upper))
+
+
+def _signed(x: Tensor) -> Tensor:
+    """Data live in [0, 1]; the networks see them centred in [-1, 1]."""
+    return 2.0 * x - 1.0
+
+
+def principal_basis(images: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Signed flattened images (M, D), their mean (D,) and top-`rank` principal directions (rank, D);
+    the SVD runs in float64."""
+    s = _signed(images).flatten(1).double()
+    mu = s.mean(0)
+    _, _, vh = torch.linalg.svd(s - mu, full_matrices=False)
+    return s.float(), mu.float(), vh[:rank].float()
+
+
+class EnergyNet(nn.Module):
+    """Base class: parameters live on the module; `energy(params, x)` is a pure function."""
+
+    input_shape: tuple[int, ...]
+
+    @property
+    def writable(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.named_parameters() if n.startswith("memory"))
+
+    @property
+    def memory_floats(self) -> int:
+        params = dict(self.named_parameters())
+        return sum(params[n].numel() for n in self.writable)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:  # x (B, *input_shape) -> (B,)
+        raise NotImplementedError
+
+    @property
+    def capacity(self) -> int | None:
+        """Patterns a write can store apart (each in memory of its own); None where capacity is graded."""
+        return None
+
+    def write_energy(self, p: Params, x: Tensor) -> Tensor:
+        """The energy term of the writing loss for the batch x being written (N, *input_shape) -> (N,).
+        The paper's: E itself. An energy may instead give a term that says where each pattern is stored
+        (`SubspaceSlotEnergy` with assign="indexed": its attention part bounds E's from above)."""
+        return self.energy(p, x)
+
+    def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Two images whose agreement says whether query q was stored, given the recall x (model/
+        familiarity.py: memory_familiarity); None: compare q and x themselves."""
+        return None
+
+    def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
+        """(B, n, *input_shape) starting points for descents into n different stored patterns near the
+        queries q (top-k and sampling, model/sampling.py), where the family can name them; else None."""
+        return None
+
+    def append_plan(self, p: Params, n_old: int, n_new: int) -> dict | None:
+        """How to store n_new more patterns in a memory holding n_old (p: with the written slice), for
+        energies with a rule of their own (which then also define `finish_append`); None: further write
+        steps from the written weights."""
+        return None
+
+    @property
+    def redeals_on_append(self) -> bool:
+        """True where `append_plan` gives the memory a write of all patterns at once would."""
+        return False
+
+    def exact_memory(self, p: Params, x: Tensor) -> Params | None:
+        """The writable slice set straight from the patterns x (N, *input_shape), with no write loop,
+        where the energy has such a closed form (slot memories: each slot the code of its pattern);
+        None otherwise. A baseline: what the write adds over storing the codes."""
+        return None
+
+    def head(self, p: Params, h: Tensor) -> Tensor:
+        """Shared energy read-out, scaled by a learned log-scale (the initial-scale trap)."""
+        return lin(p, "out", h).squeeze(-1) * p["log_scale"].exp()
+
+    def _init_scale(self, value: float) -> None:
+        self.log_scale = nn.Parameter(torch.tensor(math.log(value)))
+
+
+_GAIN = 30.0
+
+
+def inv_softplus(y: float) -> float:
+    """x with softplus(x) = y: how positive quantities are stored unconstrained."""
+    return float(torch.log(torch.expm1(torch.tensor(float(y)))))

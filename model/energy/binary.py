@@ -1,0 +1,75 @@
+"""Energies for binary strings: the paper's gated RNN and a writable quadratic (Hopfield) energy."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import EnergyNet, Params, _linear, _signed, lin, symmetric_from_triu
+
+
+# --------------------------------------------------------------------------------------------------
+# binary strings: gated RNN (appendix, "binary strings")
+# --------------------------------------------------------------------------------------------------
+
+class GatedRNNEnergy(EnergyNet):
+    """z = [x, h]; c = tanh([memory(x), static(z)]); u = sigmoid(gate(z)); h <- u c + (1-u) h."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: int = 1024, memory: int = 63,
+                 hops: int = 5, scale: float = 1.0):
+        super().__init__()
+        (d,) = input_shape
+        self.input_shape, self.hops = tuple(input_shape), hops
+        _linear(self, "memory", d, memory, gain=1.0)           # the writable slice: d*memory + memory
+        _linear(self, "static", d + hidden, hidden - memory, gain=1.0)
+        _linear(self, "gate", d + hidden, hidden, gain=1.0)
+        _linear(self, "out", hidden, 1, gain=1.0)
+        self._init_scale(scale)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x)                                         # (B, D)
+        m = lin(p, "memory", s)                                # (B, d_mem), the same at every hop
+        h = s.new_zeros(s.shape[0], p["gate_b"].shape[0])      # (B, H)
+        for _ in range(self.hops):
+            z = torch.cat([s, h], dim=-1)                      # (B, D+H)
+            c = torch.tanh(torch.cat([m, lin(p, "static", z)], dim=-1))
+            u = torch.sigmoid(lin(p, "gate", z))
+            h = u * c + (1 - u) * h
+        return self.head(p, h)
+
+
+# --------------------------------------------------------------------------------------------------
+# binary strings: writable quadratic energy (the Hopfield budget, 128*129/2 = 8,256 floats)
+# --------------------------------------------------------------------------------------------------
+
+class QuadraticEnergy(EnergyNet):
+    """In plain terms (the shipped `binary128`): a meta-tuned quadratic energy, i.e. a Hopfield net whose
+    couplings are written by the paper's writing loss, which contains the Hebb and delta rules.
+
+    E(x) = -1/2 s^T M s - b^T s with s = 2x-1 and M symmetric and writable (upper triangle).
+
+    One write step on the energy term adds the Hebb outer products; the alpha term makes each step a
+    delta-rule update, whose fixed point is the projection (pseudo-inverse) rule. `diag` is a static,
+    meta-learned gain on M's diagonal (self-coupling hurts retrieval below capacity).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], scale: float = 1.0):
+        super().__init__()
+        d = math.prod(input_shape)                              # images are flattened
+        self.input_shape, self.dim = tuple(input_shape), d
+        iu = torch.triu_indices(d, d)
+        self.register_buffer("iu", iu, persistent=False)
+        self.memory_triu = nn.Parameter(torch.zeros(iu.shape[1]))  # (D(D+1)/2,) writable
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.diag = nn.Parameter(torch.tensor(1.0))
+        self._init_scale(scale)
+
+    def matrix(self, p: Params) -> Tensor:
+        m = symmetric_from_triu(p["memory_triu"], self.iu, self.dim)     # (D, D)
+        return m + torch.diag(torch.diagonal(m) * (p["diag"] - 1))        # diagonal scaled by the gain
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x).flatten(1)                               # (B, D)
+        e = -0.5 * ((s @ self.matrix(p)) * s).sum(-1) - s @ p["bias"]
+        return e * p["log_scale"].exp()

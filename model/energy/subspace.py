@@ -1,0 +1,258 @@
+"""Energies on the training data's principal subspace: a writable quadratic and the slot memories."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import _GAIN, EnergyNet, Params, _signed, inv_softplus, principal_basis, symmetric_from_triu
+
+
+class SubspaceQuadraticEnergy(EnergyNet):
+    """A writable quadratic energy on a learned linear subspace of the pixels:
+
+        E(x) = -1/2 f^T M f + lambda/2 ||s||^2 - b^T s,    f = U s,  s = 2x - 1,
+
+    with U (r, D) static (meta-learned, started from the training data's principal components), M
+    symmetric (r, r) and writable: r (r + 1) / 2 memory floats (r = 180 gives 16,290). Writing with the
+    grad-norm term is a delta rule in the subspace, so the stored codes become fixed points; reading
+    moves the query towards the stored pattern it is closest to, and the [0, 1] clip keeps the pixels
+    that the memory agrees with.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], rank: int = 180, scale: float = 1.0):
+        super().__init__()
+        d = math.prod(input_shape)
+        self.input_shape, self.dim, self.rank = tuple(input_shape), d, rank
+        q, _ = torch.linalg.qr(torch.randn(d, rank))
+        self.basis = nn.Parameter(q.T.contiguous())                 # (r, D), orthonormal rows
+        iu = torch.triu_indices(rank, rank)
+        self.register_buffer("iu", iu, persistent=False)
+        self.memory_triu = nn.Parameter(torch.zeros(iu.shape[1]))   # (r(r+1)/2,) writable
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.confine = nn.Parameter(torch.tensor(0.0))              # lambda = softplus(confine)
+        self._init_scale(scale)
+
+    def data_init(self, images: Tensor) -> None:
+        """Start U at the top-r principal directions of (a sample of) the training images."""
+        _, _, u = principal_basis(images, self.rank)
+        with torch.no_grad():
+            self.basis.copy_(u)
+            self.bias.zero_()
+
+    def matrix(self, p: Params) -> Tensor:
+        return symmetric_from_triu(p["memory_triu"], self.iu, self.rank)   # (r, r)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x).flatten(1)                                    # (B, D)
+        f = (s @ p["basis"].T) * math.sqrt(self.rank / self.dim)     # (B, r), |f|^2 ~ r: rates transfer
+        e = -0.5 * ((f @ self.matrix(p)) * f).sum(-1)
+        e = e + 0.5 * F.softplus(p["confine"]) * s.pow(2).sum(-1) - s @ p["bias"]
+        return e * p["log_scale"].exp()
+
+
+class SubspaceSlotEnergy(EnergyNet):
+    """In plain terms: a meta-tuned modern Hopfield memory over PCA codes. With assign="indexed" (the
+    shipped image memories) each pattern gets a slot of its own, and a handful of meta-learned scalars
+    tune the read; there are no deep weights. Past S patterns, slots are shared and recall breaks down.
+
+    The energy, with writable slots in a fixed linear subspace of the pixels:
+
+        E(x) = -1/beta log sum_i exp(-beta (1/2 |f - k_i|^2 + c h(|k_i - a_i|^2)))      (attention)
+               + lambda/2 |s~ - f U|^2                          (shrinks what the subspace cannot hold)
+               + q/4 sum_pixels (s~ - kbar U)^4                 (pulls only pixels far from the recall)
+               - w/2 |s|^2                                      (double well: keeps confident corners)
+
+    with s = 2x - 1, s~ = s - centre, f = s~ U^T (r-dim code, U static, started at the principal
+    directions), slots K (S, r) writable (S r memory floats), kbar = softmax-weighted slot mean, a_i a
+    static copy of the slots' initial value (anchor) and h(d) = d / (d + tau) a saturating occupancy
+    penalty: a slot already moved by an earlier write step costs c, which sends later patterns that
+    collide on it to free slots (gradient writes from a shared init otherwise merge patterns).
+    Reading from the query moves its subspace code to the recalled slot, shrinks the residual, and the
+    quartic term overwrites only the pixels that disagree strongly with the recall (the occluded block).
+
+    assign="indexed" replaces the occupancy penalty by a write that says where each pattern goes: the
+    energy term of the writing loss for pattern i of N is its distance to its own slots {k : k mod N = i}
+    (N <= S: every slot holds a pattern, small batches are stored several times) or to slot i mod S
+    (N > S: patterns share slots and each slot moves to their mean, so past S patterns recall blends
+    them and errs more than returning the query; results/eval/*-loads.json). For
+    N <= S that distance bounds the attention term of E(x_i) from above (a softmin is at most any of its
+    terms), so the write lowers a bound of the attention energy of what it stores, and no two patterns
+    share a slot. The pixel terms recall the pattern's own slots instead of the softmax mean (so the
+    whole write term is not a bound of E where the quartic term is on). No anchor, no penalty.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], rank: int = 126, slots: int = 128,
+                 scale: float = 1.0, assign: str = "shared"):
+        super().__init__()
+        if assign not in ("shared", "indexed"):
+            raise ValueError(f"assign={assign!r}: expected 'shared' or 'indexed'")
+        d = math.prod(input_shape)
+        self.input_shape, self.dim, self.rank, self.slots = tuple(input_shape), d, rank, slots
+        self.assign = assign
+        q, _ = torch.linalg.qr(torch.randn(d, rank))
+        # U and the centre stay at the data's principal directions and mean (static buffers): learning
+        # them with the rest made U non-orthonormal and the read and write unstable (measured)
+        self.register_buffer("basis", q.T.contiguous())              # (r, D)
+        self.register_buffer("centre", torch.zeros(d))
+        self.memory_slots = nn.Parameter(torch.randn(slots, rank))  # (S, r) writable; init = theta_bar
+        if assign == "shared":
+            self.anchor = nn.Parameter(self.memory_slots.detach().clone())  # static, meta-learned
+            self.register_buffer("tau", torch.tensor(1.0))
+        # scalar knobs are stored divided by _GAIN so that the network's (small) meta-learning rate
+        # moves them at a useful pace; the energy multiplies them back
+        self.log_beta = nn.Parameter(torch.tensor(0.0))
+        if assign == "shared":
+            self.pen_raw = nn.Parameter(torch.tensor(inv_softplus(0.25) / _GAIN))   # c = softplus * unit
+        self.comp_raw = nn.Parameter(torch.tensor(inv_softplus(0.2) / _GAIN))   # lambda
+        self.quart_raw = nn.Parameter(torch.tensor(-6.0 / _GAIN))          # q, starts ~0
+        self.well = nn.Parameter(torch.tensor(0.0))                         # w (either sign)
+        self.register_buffer("unit", torch.tensor(1.0))               # typical half distance
+        self._init_scale(scale)
+
+    def data_init(self, images: Tensor) -> None:
+        s, mu, u = principal_basis(images, self.rank)
+        codes = (s - mu) @ u.T                                        # (M, r)
+        idx = torch.randperm(codes.shape[0], generator=torch.Generator().manual_seed(0))
+        anchors = codes[idx[: self.slots]]
+        sub = codes[idx[: 256]]
+        half = 0.5 * torch.cdist(sub, sub).pow(2)
+        m = float(half[half > 0].median())
+        with torch.no_grad():
+            self.basis.copy_(u)
+            self.centre.copy_(mu)
+            self.memory_slots.copy_(anchors)
+            self.unit.fill_(m)
+            if self.assign == "shared":
+                self.anchor.copy_(anchors)
+                self.tau.fill_(0.025 * m)
+            self.log_beta.fill_(math.log(400.0 / m) / _GAIN)
+
+    def _code(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s = _signed(x).flatten(1)                                     # (B, D)
+        st = s - self.centre
+        return s, st, st @ self.basis.T                               # f: (B, r)
+
+    @staticmethod
+    def _half_sq_dist(f: Tensor, k: Tensor) -> Tensor:
+        """(B, r) codes, (S, r) slots -> (B, S) half squared distances, as matmuls."""
+        return 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1))
+
+    def _pixel_terms(self, p: Params, s: Tensor, st: Tensor, f: Tensor, recall: Tensor) -> Tensor:
+        u = self.basis
+        e = 0.5 * F.softplus(p["comp_raw"] * _GAIN) * (st - f @ u).pow(2).sum(-1)
+        e = e + 0.25 * F.softplus(p["quart_raw"] * _GAIN) * (st - recall @ u).pow(4).sum(-1)
+        return e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s, st, f = self._code(x)
+        k = p["memory_slots"]                                         # (S, r)
+        beta = (p["log_beta"] * _GAIN).exp()
+        d = self._half_sq_dist(f, k)                                  # (B, S)
+        if self.assign == "shared":
+            disp = (k - p["anchor"]).pow(2).sum(-1)                   # (S,)
+            d = d + F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
+        e = -torch.logsumexp(-beta * d, dim=-1) / beta
+        kbar = torch.softmax(-beta * d, dim=-1) @ k                   # (B, r)
+        return (e + self._pixel_terms(p, s, st, f, kbar)) * p["log_scale"].exp()
+
+    @property
+    def capacity(self) -> int | None:
+        return self.slots if self.assign == "indexed" else None
+
+    def assignment(self, n: int, device: torch.device | None = None) -> Tensor:
+        """(N, S) weights: which slots pattern i of a batch of N is written to (each slot's column sums
+        to 1, so a slot shared by several patterns moves to their mean at the same rate)."""
+        if n < 1:
+            raise ValueError(f"a write needs at least one pattern, got {n}")
+        slot = torch.arange(self.slots, device=device)[None, :]
+        pat = torch.arange(n, device=device)[:, None]
+        a = (slot % n == pat) if n <= self.slots else (pat % self.slots == slot)
+        a = a.float()
+        return a / a.sum(0, keepdim=True).clamp_min(1)
+
+    def exact_memory(self, p: Params, x: Tensor) -> Params | None:
+        if self.assign != "indexed":
+            return None
+        _, _, f = self._code(x)                                       # (N, r) exact codes
+        a = self.assignment(x.shape[0], x.device).to(f.dtype)          # (N, S), columns sum to 1
+        return {"memory_slots": a.T @ f}                              # (S, r): own code, or the mean
+
+    def _decode(self, codes: Tensor) -> Tensor:
+        """(B, r) subspace codes -> (B, *input_shape) images in [0, 1]."""
+        return ((codes @ self.basis + self.centre + 1) / 2).clamp(0, 1).view(-1, *self.input_shape)
+
+    def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The query projected on the subspace, and the slot nearest the recall x, decoded: a stored
+        pattern's slot holds its code, so the two agree up to the occlusion; never-stored queries
+        recall another pattern's slot."""
+        _, _, fq = self._code(q)
+        _, _, fx = self._code(x)
+        k = p["memory_slots"]
+        nearest = k[self._half_sq_dist(fx, k).argmin(1)]                # (B, r)
+        return self._decode(fq), self._decode(nearest)
+
+    def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
+        """The n distinct slots nearest each query in code space (copies of one pattern's slots count
+        once), decoded to pixels and pasted over the query where they disagree by more than 0.25."""
+        _, _, f = self._code(q)
+        k = p["memory_slots"]                                         # (S, r)
+        order = self._half_sq_dist(f, k).argsort(1).cpu()             # (B, S), nearest first
+        same = (self._half_sq_dist(k, k) < 0.05 * self.unit).cpu()    # (S, S): copies of one pattern
+        recon = self._decode(k)                                       # (S, *P)
+        picks = []
+        for b in range(q.shape[0]):              # greedy, on the CPU: one device sync per query at most
+            kept: list[int] = []
+            for s in order[b].tolist():
+                if not any(bool(same[s, t]) for t in kept):
+                    kept.append(s)
+                if len(kept) == n:
+                    break
+            picks.append(kept + [kept[-1]] * (n - len(kept)))
+        cand = recon[torch.tensor(picks, device=q.device)]            # (B, n, *P)
+        qq = q[:, None].expand_as(cand)
+        return torch.where((cand - qq).abs() > 0.25, cand, qq)
+
+    def append_plan(self, p: Params, n_old: int, n_new: int) -> dict | None:
+        """Slots re-dealt as a write of all n_old + n_new patterns at once would deal them: each slot's
+        old owners keep their (mean) code, slots of new patterns restart from theta_bar and are written
+        by the new patterns only, and a slot shared by old and new patterns ends as the mean of all."""
+        if self.assign != "indexed":
+            return None
+        total = n_old + n_new
+        k_old = p["memory_slots"]                                     # (S, r) written
+        a = self.assignment(total, k_old.device)                      # (total, S), columns sum to 1
+        owners = a > 0
+        old_owners, new_owners = owners[:n_old].sum(0), owners[n_old:].sum(0)    # (S,)
+        share = old_owners / (old_owners + new_owners).clamp_min(1)   # (S,) weight of the old mean
+        if total <= self.slots:      # one owner per slot: its old code sits in the old slot of its index
+            src = torch.arange(self.slots, device=k_old.device) % total
+            old_mean = k_old[src.clamp(max=max(n_old - 1, 0))]
+        else:                        # slot k's old owners are the same set in both deals
+            old_mean = k_old
+        fresh = self.memory_slots.detach().to(k_old)                  # theta_bar
+        start = torch.where((new_owners > 0)[:, None], fresh, old_mean)
+        new_a = owners[n_old:].float()
+        new_a = new_a / new_a.sum(0, keepdim=True).clamp_min(1)       # (n_new, S): columns sum to 1
+        return {"start": {"memory_slots": start}, "assign": new_a, "share": share, "old_mean": old_mean}
+
+    @property
+    def redeals_on_append(self) -> bool:
+        return self.assign == "indexed"
+
+    def finish_append(self, written: Params, plan: dict) -> Params:
+        share = plan["share"][:, None].to(written["memory_slots"])
+        return {"memory_slots": share * plan["old_mean"] + (1 - share) * written["memory_slots"]}
+
+    def write_energy(self, p: Params, x: Tensor, assign: Tensor | None = None) -> Tensor:
+        if self.assign == "shared":
+            return self.energy(p, x)
+        s, st, f = self._code(x)
+        k = p["memory_slots"]
+        a = (self.assignment(x.shape[0], x.device) if assign is None else assign).to(k.dtype)   # (N, S)
+        d = self._half_sq_dist(f, k)                                  # (N, S)
+        own = (a * d).sum(-1)                       # N <= S: a sum of whole d_k, so >= softmin_k d_k
+        recall = (a @ k) / a.sum(-1, keepdim=True).clamp_min(1e-12)
+        return (own + self._pixel_terms(p, s, st, f, recall)) * p["log_scale"].exp()
