@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-data test-fast demo data bench bench-service report lint compose-config compose-smoke clean
+.PHONY: install run test test-data browser test-fast demo data bench bench-service report lint compose-config compose-smoke clean
 
 install: $(STAMP)
 
@@ -29,7 +29,11 @@ demo: install
 test-data: install
 	$(VENV)/bin/ebmm data fetch characters
 
-test: install test-data
+# Debian's chromium for the web-page tests (apt-get when missing)
+browser:
+	bash scripts/install_browser.sh
+
+test: install test-data browser
 	$(VENV)/bin/ruff check model service tests
 	$(PY) -m pytest -q
 

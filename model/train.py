@@ -47,6 +47,7 @@ class TrainConfig:
     out: str = "checkpoints/run"
     state_dir: str = ""                   # resume state; default ~/.cache/ebmm/runs/<out name>
     init: str = ""                        # warm start from a checkpoint folder
+    codec: str = ""                       # warm start of a code_hopfield static part (ebmm pretrain-codec)
     overrides: dict = field(default_factory=dict)   # ModelConfig / LoopConfig / arch overrides
 
     def resolved_state_dir(self) -> Path:
@@ -134,6 +135,11 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     sample = make_sampler(cfg.task)
     if not cfg.init and hasattr(model.energy, "data_init"):
         model.energy.data_init(sample(64, 256, torch.Generator().manual_seed(cfg.seed + 1)).flatten(0, 1))
+    if cfg.codec and not cfg.init:
+        from .pretrain import load_codec
+        if not hasattr(model.energy, "warm_start"):
+            raise ValueError(f"codec={cfg.codec!r}: preset {cfg.preset!r} has no codec to warm-start")
+        model.energy.warm_start(load_codec(cfg.codec)[0])
     opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
@@ -211,7 +217,7 @@ def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -
         "wall_seconds": round(info["seconds"], 1), "threads": cfg.threads or torch.get_num_threads(),
         "optimizer": {"name": "AdamW", "lr": cfg.lr, "loop_lr": cfg.loop_lr,
                       "weight_decay": cfg.weight_decay, "clip": cfg.clip},
-        "seed": cfg.seed, "init": cfg.init, "command": command, "host": os.uname().machine,
+        "seed": cfg.seed, "init": cfg.init, "codec": cfg.codec, "command": command, "host": os.uname().machine,
     }, **extra)
 
 

@@ -46,6 +46,11 @@ def _kind(request: Request) -> str:
         return "json"
     if base == "multipart/form-data":
         return "form"
+    if base == "application/x-www-form-urlencoded":
+        raise UnsupportedMedia("content-type 'application/x-www-form-urlencoded' is a form without files: "
+                               "send the images as multipart/form-data in field 'files' (curl -F "
+                               "files=@a.png; httpx files=[('files', ...)]), or a JSON body",
+                               "content-type", ctype)
     raise UnsupportedMedia(f"content-type {ctype!r} is not accepted; send application/json or "
                            "multipart/form-data", "content-type", ctype)
 

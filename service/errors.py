@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("uvicorn.error.ebmm")
 PROBLEM_JSON = "application/problem+json"
@@ -132,8 +133,24 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return problem(exc.status_code, detail, f"{request.method} {request.url.path}: {detail}", slug,
-                   request.url.path, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:              # every method any route of this path takes, not the first's
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{detail}; this path takes {', '.join(allowed)}"
+    return problem(exc.status_code, "Method Not Allowed" if exc.status_code == 405 else detail,
+                   f"{request.method} {request.url.path}: {detail}", slug, request.url.path, headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app fully matches for this path (routers included)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(r.matches(scope)[0] == Match.FULL for r in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -159,8 +176,8 @@ _EXAMPLES: dict[int, tuple[str, str, str, str, Any]] = {   # status -> slug, tit
           "of 4000000", "files[0]", "20000x20000"),
     415: ("unsupported-media", "Unsupported media type", "files[1]: not a decodable image; send PNG, JPEG, "
           "BMP, GIF, WEBP", "files[1]", "b'%PDF-1.7'"),
-    422: ("invalid-input", "Invalid input", "patterns.bits[2]: expected 128 characters of 0/1, got 127",
-          "patterns.bits[2]", "0110..."),
+    422: ("invalid-input", "Invalid input", "patterns.bits[2]: expected a string of 128 characters 0/1, "
+          "got 127 characters", "patterns.bits[2]", "0110..."),
     503: ("store-unavailable", "Session store unreachable", "the session store did not answer: "
           "Connection refused", "store", "redis://redis:6379/0"),
 }

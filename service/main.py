@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from . import errors
+from . import docs, errors, web
 from .config import Settings
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
@@ -63,17 +63,35 @@ def _openapi(app: FastAPI) -> Any:
             _, defs = models_json_schema([(WriteRequest, "validation"), (RetrieveRequest, "validation")],
                                          ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+            _problem_422s(schema)
             app.openapi_schema = schema
         return app.openapi_schema
     return build
+
+
+def _problem_422s(schema: dict[str, Any]) -> None:
+    """Every 422 the schema documents is the service's problem+json, not FastAPI's default shape
+    (path and query parameters of GET and DELETE are validated by FastAPI, answered by errors.py)."""
+    ours = errors.error_responses(422)[422]
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            if isinstance(op, dict) and "422" in op.get("responses", {}):
+                op["responses"]["422"] = ours
+    comps = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" in comps and "HTTPValidationError" not in str(schema.get("paths")):
+        comps.pop("HTTPValidationError", None)
+        if "ValidationError" not in str({k: v for k, v in comps.items() if k != "ValidationError"}):
+            comps.pop("ValidationError", None)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     app = FastAPI(title="ebmm memory service", version="1", description=DESCRIPTION,
-                  lifespan=_lifespan(settings, metrics))
+                  lifespan=_lifespan(settings, metrics), docs_url=None, redoc_url=None)
     errors.install(app)
+    docs.install(app)
+    web.install(app)
     for r in (health.router, models.router, sessions.router):
         app.include_router(r)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

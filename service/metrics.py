@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -33,9 +34,18 @@ class Metrics:
 
 
 def route_label(scope: Scope) -> str:
-    """The route template (/v1/sessions/{session_id}), never the raw path: bounded label values."""
+    """The route template (/v1/sessions/{session_id}), never the raw path: bounded label values.
+    Routes that are not API routes (the docs, the schema, the web page's static files) set no
+    `route` in the scope; they are found by matching the app's routes."""
     route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    if route is not None and getattr(route, "path", None):
+        return route.path
+    app = scope.get("app")
+    for r in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = r.matches(scope)
+        if match == Match.FULL:
+            return getattr(r, "path", None) or "unmatched"
+    return "unmatched"
 
 
 class MetricsMiddleware:
