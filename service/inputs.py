@@ -99,3 +99,27 @@ def match_mask(mask: torch.Tensor, queries: torch.Tensor, field: str) -> torch.T
         raise BadInput(f"{field}: {mask.shape[0]} masks for {n} {'query' if n == 1 else 'queries'}; "
                        f"send {what}", field, mask.shape[0])
     return mask >= 0.5
+
+
+INK_SHARE = 0.5     # binary image models store light strokes on dark: more light pixels than this is odd
+
+
+def input_warnings(x: torch.Tensor, notes: list[str], model: LoadedModel, field: str) -> list[str]:
+    """What about the decoded input may make recall worse, said in `warnings` (not only `conversions`):
+    a resize to the model's size, and for binary image models (white strokes on black) images that
+    are mostly white, i.e. likely dark ink on a light background."""
+    out = []
+    resized = [n for n in notes if n.startswith(("resized", "mask: resized"))]
+    if resized:
+        out.append(f"{field}: {'; '.join(resized)}: the model works at {'x'.join(map(str, model.input_shape[1:]))} "
+                   "pixels, so detail finer than that is lost")
+    if model.is_image and model.kind == "binary" and x.numel():
+        light = (x.flatten(1).mean(1) > INK_SHARE)                       # (N,)
+        if bool(light.any()):
+            which = light.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, which[:8])) + (" ..." if len(which) > 8 else "")
+            out.append(f"{field}: {len(which)} of {x.shape[0]} images are mostly white (items {shown}): "
+                       f"model {model.name} stores white strokes on black, so these look inverted; send "
+                       "255 - value (light ink on a dark background) unless that is what you mean")
+    return out
+

@@ -33,7 +33,7 @@ class Metrics:
         self.in_flight = Gauge("ebmm_pool_in_flight", "Model calls running or waiting", registry=r)
 
 
-def route_label(scope: Scope) -> str:
+def route_label(scope: Scope, root_path: str | None = None) -> str:
     """The route template (/v1/sessions/{session_id}), never the raw path: bounded label values.
     Routes that are not API routes (the docs, the schema, the web page's static files) set no
     `route` in the scope; they are found by matching the app's routes."""
@@ -41,8 +41,10 @@ def route_label(scope: Scope) -> str:
     if route is not None and getattr(route, "path", None):
         return route.path
     app = scope.get("app")
+    # a mount rewrites root_path in the scope it was given; match as the request first arrived
+    probe = scope if root_path is None else {**scope, "root_path": root_path}
     for r in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = r.matches(scope)
+        match, _ = r.matches(probe)
         if match == Match.FULL:
             return getattr(r, "path", None) or "unmatched"
     return "unmatched"
@@ -58,7 +60,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        t0, status = time.perf_counter(), 500
+        t0, status, root = time.perf_counter(), 500, scope.get("root_path", "")
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -69,6 +71,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            labels = (route_label(scope), scope["method"], str(status))
+            labels = (route_label(scope, root), scope["method"], str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - t0)

@@ -179,6 +179,12 @@ class RetrieveResponse(BaseModel):
                                           examples=[0.9521])
     masked: bool = Field(description="Whether a mask kept known pixels fixed", examples=[True])
     conversions: list[str] = Field(examples=[["decoded PNG 32x32 L", "binarised at 0.5"]])
+    warnings: list[str] = Field([], description="What about the queries may make recall worse (a resize, "
+                                "likely inverted ink); empty when nothing does",
+                                examples=[["queries: 1 of 1 images are mostly white (items 0): model "
+                                           "characters32 stores white strokes on black, so these look "
+                                           "inverted; send 255 - value (light ink on a dark background) "
+                                           "unless that is what you mean"]])
     results: list[Retrieved]
 
 

@@ -16,7 +16,7 @@ from anyio import to_thread
 from .bodies import RetrieveInput, WriteInput
 from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable
 from .imaging import encode_png
-from .inputs import check_count, match_mask, to_tensor
+from .inputs import check_count, input_warnings, match_mask, to_tensor
 from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
@@ -99,8 +99,9 @@ async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timing
         await _store(state, "put", state.store.put(meta, blob, s.session_ttl_seconds))
     state.metrics.sessions_written.labels(m.name).inc()
     warn = m.memory.capacity_warning(int(x.shape[0]))
+    warnings = ([warn] if warn else []) + input_warnings(x, notes, m, inp.patterns.field)
     return WriteResponse(**info(meta), writing_losses=res.losses, ttl_seconds=s.session_ttl_seconds,
-                         warnings=[warn] if warn else [], conversions=notes)
+                         warnings=warnings, conversions=notes)
 
 
 def _owned(meta: SessionMeta | None, caller: str, session_id: str) -> SessionMeta:
@@ -226,7 +227,8 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
         results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam,
                                            threshold, cands, drawn)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
-                            masked=mask is not None, conversions=notes, results=results, match_threshold=threshold)
+                            masked=mask is not None, conversions=notes, results=results, match_threshold=threshold,
+                            warnings=input_warnings(x, notes, m, inp.queries.field))
 
 
 async def export_session(state: AppState, caller: str, session_id: str) -> bytes:
@@ -294,5 +296,6 @@ async def append_patterns(state: AppState, caller: str, session_id: str, inp: Wr
                        "session_id", session_id)
     warnings = [w for w in (m.memory.capacity_warning(total),
                             CONTINUE_WARNING if m.memory.append_rule == "continue" else None) if w]
+    warnings += input_warnings(x, notes, m, inp.patterns.field)
     return WriteResponse(**info(new), writing_losses=res.losses, ttl_seconds=s.session_ttl_seconds,
                          warnings=warnings, conversions=notes)
