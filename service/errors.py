@@ -77,6 +77,11 @@ class Unavailable(ServiceError):
 
 class StoreUnavailable(Unavailable):
     title, slug = "Session store unreachable", "store-unavailable"
+    retry_after = 2      # seconds: a restarted Redis or a failed-over replica answers within a few
+
+    def __init__(self, detail: str, field: str | None = "store", value: Any = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail, field, value, {"Retry-After": str(self.retry_after), **(headers or {})})
 
 
 class Busy(Unavailable):

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from . import docs, errors, web
+from . import docs, errors, logs, web
 from .config import Settings
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
@@ -33,6 +33,7 @@ Errors are `application/problem+json` (RFC 9457) and name the field and the bad 
 def _lifespan(settings: Settings, metrics: Metrics):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.install()                               # before the first request is logged
         torch.set_num_threads(settings.torch_threads)
         device = resolve_device(settings.device)
         try:

@@ -34,6 +34,8 @@ async def readyz(state: State, response: Response) -> Readiness:
         state.metrics.store_errors.labels("ping").inc()
     ready = store_ok and bool(state.models)
     response.status_code = 200 if ready else 503
+    if not ready:
+        response.headers["Retry-After"] = str(StoreUnavailable.retry_after)
     return Readiness(ready=ready, models=list(state.models), store=state.store.label,
                      store_ok=store_ok, detail=detail)
 

@@ -167,12 +167,16 @@ async def test_unreachable_redis_is_503_and_health_stays_up(checkpoint_dir: Path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     async with running(checkpoint_dir, store_url=f"redis://127.0.0.1:{port}/0", store_timeout_seconds=0.5) as (c, _):
-        body = problem(await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(1))}}), 503)
-        assert body["type"].endswith("store-unavailable")
-        problem(await c.get("/v1/sessions/" + "x" * 43), 503)
+        r = await c.post("/v1/sessions", json={"patterns": {"bits": as_strings(bits(1))}})
+        body = problem(r, 503, "store")
+        assert body["type"].endswith("store-unavailable") and int(r.headers["retry-after"]) >= 1
+        r = await c.get("/v1/sessions/" + "x" * 43)
+        problem(r, 503)
+        assert int(r.headers["retry-after"]) >= 1
         assert (await c.get("/healthz")).status_code == 200
         ready = await c.get("/readyz")
         assert ready.status_code == 503 and ready.json()["store_ok"] is False
+        assert int(ready.headers["retry-after"]) >= 1
         assert 'ebmm_store_errors_total{op="put"} 1.0' in (await c.get("/metrics")).text
 
 

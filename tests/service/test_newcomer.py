@@ -81,3 +81,14 @@ async def test_every_documented_422_is_problem_json_and_matches_the_server(check
         patterns[2] = patterns[2][:127]
         r = await c.post("/v1/sessions", json={"model": "binary128", "patterns": {"bits": patterns}})
         assert problem(r, 422, "patterns.bits[2]")["detail"] == example["detail"]
+
+
+def test_a_key_in_the_query_string_never_reaches_the_access_log() -> None:
+    import logging
+
+    from service.logs import RedactSecrets
+    rec = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                            ("127.0.0.1:5", "GET", "/v1/models?api_key=sekrit-123&x=1", "1.1", 401), None)
+    RedactSecrets().filter(rec)
+    line = rec.getMessage()
+    assert "sekrit" not in line and "api_key=<redacted>&x=1" in line
