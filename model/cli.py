@@ -60,7 +60,8 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, loop_lr=args.loop_lr, weight_decay=args.weight_decay,
         clip=args.clip, stepwise=not args.final_only, seed=args.seed, threads=args.threads,
         checkpoint_every=args.checkpoint_every, out=args.out, state_dir=args.state_dir or "",
-        init=args.init or "", codec=args.codec or "", overrides=overrides)
+        init=args.init or "", overrides=overrides, read_queries=args.read_queries,
+        train_read_steps=args.train_read_steps, stages=args.stages or "")
     train(cfg)
     return 0
 
@@ -84,8 +85,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="checkpoints/run", help="checkpoint folder (weights + card)")
     p.add_argument("--state-dir", help="resume state folder (default ~/.cache/ebmm/runs/NAME)")
     p.add_argument("--init", help="warm-start from this checkpoint folder")
-    p.add_argument("--codec", help="warm-start a code_hopfield preset's static part from this codec folder "
-                                   "(ebmm pretrain-codec)")
+    p.add_argument("--read-queries", type=int, default=0, help="meta-loss on this many of each episode's "
+                                                                  "queries (0 = all): a cheaper meta-step")
+    p.add_argument("--train-read-steps", type=int, default=0, help="K in the meta-loss (0 = the model's)")
+    p.add_argument("--stages", help="curriculum 'STEP:N:DISTORTION;...' (e.g. '0:16:block:8;400:64:block:16')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset field, loop field or architecture argument")
     p.set_defaults(func=_train)
@@ -112,32 +115,6 @@ def _add_train_baseline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="folder (default checkpoints/baselines/TASK-KIND)")
     p.set_defaults(func=_train_baseline)
-
-
-def _pretrain_codec(args: argparse.Namespace) -> int:
-    from .pretrain import CodecConfig, pretrain_codec
-    cfg = CodecConfig(task=args.task, code=args.code, lengths=tuple(int(v) for v in args.lengths.split(",")),
-                      width=args.width, consistency=args.consistency, seconds=args.seconds,
-                      batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads)
-    print(f"wrote {pretrain_codec(cfg, args.out)}")
-    return 0
-
-
-def _add_pretrain_codec(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain-codec", help="train the binary-code autoencoder a code_hopfield memory "
-                                              "warm-starts from")
-    p.add_argument("--task", default="characters", help="dataset whose training split it learns")
-    p.add_argument("--code", type=int, default=180, help="longest code (bits)")
-    p.add_argument("--lengths", default="67,95,127,135,180", help="code prefixes that must decode")
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--consistency", type=float, default=0.05)
-    p.add_argument("--seconds", type=float, default=600.0, help="wall-clock training budget")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True, help="folder for weights + card")
-    p.set_defaults(func=_pretrain_codec)
 
 
 def _familiarity(args: argparse.Namespace) -> int:
@@ -379,7 +356,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.set_defaults(func=_presets)
     _add_train(sub)
     _add_train_baseline(sub)
-    _add_pretrain_codec(sub)
     _add_evaluate(sub)
     _add_familiarity(sub)
     _add_data(sub)

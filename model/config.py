@@ -106,18 +106,6 @@ def _presets() -> dict[str, ModelConfig]:
                                      note=f"{slots} writable slots in the {rank}-dim principal subspace "
                                           f"({slots * rank:,} floats), {how}; attention recall + residual "
                                           "shrink + quartic overwrite"))
-    # the deep distributed image memory: binary-code autoencoder + writable Hopfield matrix over its codes
-    for code in (67, 95, 127, 135, 180):
-        floats = code * (code + 1) // 2
-        loop = LoopConfig(write_steps=5, write_rate_init=0.05, alpha_init=0.25, beta_init=1e-4,
-                          grad_norm_term=False, write_reduction="sum", read_rate_init=0.25,
-                          read_decay_init=0.9, momentum_init=0.1)
-        for task, shape, kind in (("characters", G, "binary"), ("photos", C, "colour")):
-            p.append(ModelConfig(f"{task}-deep-d{code}", "code_hopfield", shape, kind,
-                                 dict(code=code, codec_code=180, hops=3), loop,
-                                 note=f"conv binary-code autoencoder (static) + writable symmetric {code}x{code} "
-                                      f"Hopfield matrix over its codes ({floats:,} floats) shared by every "
-                                      "pattern; 3 recall hops; written by 5 gradient steps on E"))
     p.append(ModelConfig("conv-small-d8-gray", "resnet_conv", G, "grayscale",
                          dict(memory=8, channels=(16, 32), bottleneck=32, width=64, hidden=256),
                          note="the conv-memory net at half width: 578·d memory floats, ~1/8 FLOPs"))

@@ -18,20 +18,28 @@ class MetaLoss:
     query_error: float    # the same for the distorted query itself
 
 
-def episode_loss(model: EBMM, patterns: Tensor, queries: Tensor, stepwise: bool = True) -> MetaLoss:
-    """One episode: patterns (N, *S) written, queries (N, *S) their distorted copies."""
+def episode_loss(model: EBMM, patterns: Tensor, queries: Tensor, stepwise: bool = True,
+                 read_queries: int | None = None, read_steps: int | None = None) -> MetaLoss:
+    """One episode: patterns (N, *S) written, queries (N, *S) their distorted copies.
+
+    read_queries: read back only the first Q queries (a cheaper, unbiased meta-loss when the episode's
+    patterns are in random order); read_steps: K for this loss (default: the model's)."""
     p = model.params()
     written = write(model, p, patterns, create_graph=True).weights
-    traj = read(model, p, written, queries, create_graph=True).iterates      # (K+1, N, *S)
-    err = (traj - patterns.unsqueeze(0)).pow(2).flatten(2).sum(-1)            # (K+1, N)
+    if read_queries is not None and read_queries < queries.shape[0]:
+        patterns, queries = patterns[:read_queries], queries[:read_queries]
+    traj = read(model, p, written, queries, steps=read_steps, create_graph=True).iterates   # (K+1, Q, *S)
+    err = (traj - patterns.unsqueeze(0)).pow(2).flatten(2).sum(-1)            # (K+1, Q)
     loss = err[1:].mean() if stepwise else err[-1].mean()
     err = err.detach()
     return MetaLoss(loss, float(err[-1].mean()), float(err[0].mean()))
 
 
-def meta_loss(model: EBMM, patterns: Tensor, queries: Tensor, stepwise: bool = True) -> MetaLoss:
+def meta_loss(model: EBMM, patterns: Tensor, queries: Tensor, stepwise: bool = True,
+              read_queries: int | None = None, read_steps: int | None = None) -> MetaLoss:
     """Meta-batch of episodes: patterns, queries (M, N, *S); the mean of the episodes' losses."""
-    parts = [episode_loss(model, patterns[i], queries[i], stepwise) for i in range(patterns.shape[0])]
+    parts = [episode_loss(model, patterns[i], queries[i], stepwise, read_queries, read_steps)
+             for i in range(patterns.shape[0])]
     m = len(parts)
     return MetaLoss(torch.stack([q.loss for q in parts]).mean(),
                     sum(q.final_error for q in parts) / m, sum(q.query_error for q in parts) / m)

@@ -47,8 +47,10 @@ class TrainConfig:
     out: str = "checkpoints/run"
     state_dir: str = ""                   # resume state; default ~/.cache/ebmm/runs/<out name>
     init: str = ""                        # warm start from a checkpoint folder
-    codec: str = ""                       # warm start of a code_hopfield static part (ebmm pretrain-codec)
     overrides: dict = field(default_factory=dict)   # ModelConfig / LoopConfig / arch overrides
+    read_queries: int = 0                 # meta-loss on this many of the N queries (0 = all)
+    train_read_steps: int = 0             # K in the meta-loss (0 = the model's); serving keeps the model's
+    stages: str = ""                      # curriculum "STEP:N:DISTORTION;..." (replaces the cycling)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir or Path.home() / ".cache" / "ebmm" / "runs" / Path(self.out).name)
@@ -135,11 +137,6 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     sample = make_sampler(cfg.task)
     if not cfg.init and hasattr(model.energy, "data_init"):
         model.energy.data_init(sample(64, 256, torch.Generator().manual_seed(cfg.seed + 1)).flatten(0, 1))
-    if cfg.codec and not cfg.init:
-        from .pretrain import load_codec
-        if not hasattr(model.energy, "warm_start"):
-            raise ValueError(f"codec={cfg.codec!r}: preset {cfg.preset!r} has no codec to warm-start")
-        model.energy.warm_start(load_codec(cfg.codec)[0])
     opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
@@ -155,13 +152,17 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     state_dir.mkdir(parents=True, exist_ok=True)
     bar = _bar(progress, cfg.steps, info["step"])
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    stages = parse_stages(cfg.stages)
     while info["step"] < cfg.steps:
         t0 = time.perf_counter()
-        n = cfg.patterns[info["step"] % len(cfg.patterns)]
+        if stages:
+            n, distort = stage_at(stages, info["step"])
+        else:
+            n = cfg.patterns[info["step"] % len(cfg.patterns)]
+            distort = distorts[(info["step"] // len(cfg.patterns)) % len(distorts)]
         x = sample(cfg.meta_batch, n, gen)                                   # (M, N, *S)
-        distort = distorts[(info["step"] // len(cfg.patterns)) % len(distorts)]
         q = distort(x.flatten(0, 1), gen).x.view_as(x)
-        ml = meta_loss(model, x, q, cfg.stepwise)
+        ml = meta_loss(model, x, q, cfg.stepwise, cfg.read_queries or None, cfg.train_read_steps or None)
         opt.zero_grad(set_to_none=True)
         ml.loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
@@ -188,6 +189,26 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     return model
 
 
+def parse_stages(text: str) -> list[tuple[int, int, distortions.Distortion]]:
+    """ "0:16:block:8;500:32:block:12" -> [(0, 16, block 8), (500, 32, block 12)]: from each step on,
+    episodes of N patterns with that distortion (a curriculum on the load and the occlusion)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        step, n, spec = part.split(":", 2)
+        out.append((int(step), int(n), distortions.parse(spec)))
+    if out and out[0][0] != 0:
+        raise ValueError(f"stages={text!r}: the first stage must start at step 0")
+    return sorted(out, key=lambda s: s[0])
+
+
+def stage_at(stages: list[tuple[int, int, distortions.Distortion]], step: int) -> tuple[int, distortions.Distortion]:
+    current = stages[0]
+    for s in stages:
+        if s[0] <= step:
+            current = s
+    return current[1], current[2]
+
+
 # what may change between the run that saved a state and the one that resumes it
 _RESUMABLE = {"steps", "checkpoint_every", "threads", "out", "state_dir"}
 
@@ -212,12 +233,13 @@ def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -
     extra = on_checkpoint(model, info) if on_checkpoint else {}
     save_checkpoint(model, cfg.out, name=Path(cfg.out).name, training={
         "preset": model.cfg.name, "task": cfg.task, "distortion": cfg.distortion,
-        "patterns": list(cfg.patterns), "meta_batch": cfg.meta_batch, "steps": info["step"],
+        "patterns": list(cfg.patterns), "meta_batch": cfg.meta_batch, "stages": cfg.stages,
+        "read_queries": cfg.read_queries, "train_read_steps": cfg.train_read_steps, "steps": info["step"],
         "cpu_seconds": round(info["seconds"] * (cfg.threads or torch.get_num_threads()), 1),
         "wall_seconds": round(info["seconds"], 1), "threads": cfg.threads or torch.get_num_threads(),
         "optimizer": {"name": "AdamW", "lr": cfg.lr, "loop_lr": cfg.loop_lr,
                       "weight_decay": cfg.weight_decay, "clip": cfg.clip},
-        "seed": cfg.seed, "init": cfg.init, "codec": cfg.codec, "command": command, "host": os.uname().machine,
+        "seed": cfg.seed, "init": cfg.init, "command": command, "host": os.uname().machine,
     }, **extra)
 
 

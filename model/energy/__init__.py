@@ -2,14 +2,12 @@
 
 One module per family: `base` (the EnergyNet contract and layer helpers), `binary` (gated RNN,
 writable quadratic), `subspace` (principal-subspace quadratic and slot memories), `resnet` (the
-paper's ResNet energies), `code_hopfield` (the deep distributed image memory: a binary-code
-autoencoder with a writable Hopfield matrix over its codes).
+paper's ResNet energies: deep, distributed image memories).
 """
 from __future__ import annotations
 
 from .base import EnergyNet, Params, inv_softplus, layer_norm, principal_basis, symmetric_from_triu
 from .binary import GatedRNNEnergy, QuadraticEnergy
-from .code_hopfield import BinaryCodec, CodeHopfieldEnergy, code_budget
 from .resnet import ResNetConvEnergy, ResNetFCEnergy
 from .subspace import SubspaceQuadraticEnergy, SubspaceSlotEnergy
 
@@ -20,10 +18,8 @@ ARCHITECTURES: dict[str, type[EnergyNet]] = {
     "subspace_slots": SubspaceSlotEnergy,
     "resnet_fc": ResNetFCEnergy,
     "resnet_conv": ResNetConvEnergy,
-    "code_hopfield": CodeHopfieldEnergy,
 }
 
-__all__ = ["ARCHITECTURES", "BinaryCodec", "CodeHopfieldEnergy", "EnergyNet", "GatedRNNEnergy", "Params",
-           "QuadraticEnergy", "ResNetConvEnergy", "ResNetFCEnergy", "SubspaceQuadraticEnergy",
-           "SubspaceSlotEnergy", "code_budget", "inv_softplus", "layer_norm", "principal_basis",
-           "symmetric_from_triu"]
+__all__ = ["ARCHITECTURES", "EnergyNet", "GatedRNNEnergy", "Params", "QuadraticEnergy", "ResNetConvEnergy",
+           "ResNetFCEnergy", "SubspaceQuadraticEnergy", "SubspaceSlotEnergy", "inv_softplus", "layer_norm",
+           "principal_basis", "symmetric_from_triu"]

@@ -58,3 +58,35 @@ def test_resuming_with_other_settings_is_refused_and_a_finished_run_still_writes
     train(TrainConfig(**base, steps=2, out=str(tmp_path / "b")), progress=False)   # done: just writes it
     assert (tmp_path / "b" / "card.json").exists()
     assert len((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_curriculum_with_cheap_meta_steps_resumes_exactly_and_follows_its_stages(tmp_path):
+    import json
+    base = dict(preset="binary-hopfield", task="binary", meta_batch=1, lr=1e-3, loop_lr=1e-2, clip=1.0, seed=5,
+                threads=1, checkpoint_every=2, stages="0:8:flip:4;2:16:flip:8;4:24:flip:12", read_queries=4,
+                train_read_steps=2)
+    straight = train(TrainConfig(**base, steps=5, out=str(tmp_path / "a"), state_dir=str(tmp_path / "sa")),
+                     progress=False)
+    train(TrainConfig(**base, steps=2, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb")), progress=False)
+    resumed = train(TrainConfig(**base, steps=5, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb")),
+                    progress=False)
+    for (n, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=False):
+        assert torch.equal(a, b), f"{n} differs after resume"
+    rows = [json.loads(r) for r in (tmp_path / "sb" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["n"] for r in rows] == [8, 8, 16, 16, 24]
+    assert [round(r["query_error"]) for r in rows] == [4, 4, 8, 8, 12]     # the stage's distortion
+    card = json.loads((tmp_path / "b" / "card.json").read_text())
+    assert card["training"]["stages"] == base["stages"] and card["training"]["read_queries"] == 4
+
+
+def test_the_cheap_meta_loss_reads_only_the_queries_it_is_told_to():
+    from model.config import get_preset
+    from model.memory import EBMM
+    from model.meta import episode_loss
+    torch.manual_seed(0)
+    m = EBMM(get_preset("binary-hopfield"))
+    x = (torch.rand(16, 128) < 0.5).float()
+    q = x.clone()
+    q[:4, :8] = 1 - q[:4, :8]                      # only the first four queries are distorted
+    assert episode_loss(m, x, q, read_queries=4, read_steps=1).query_error == pytest.approx(8.0)
+    assert episode_loss(m, x, q).query_error == pytest.approx(2.0)
