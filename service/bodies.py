@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from anyio import to_thread
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -12,6 +13,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from .errors import BadInput, TooLarge, UnsupportedMedia
+from .gc_pause import gc_paused
 from .imaging import b64decode
 from .inputs import RawBatch
 from .schemas import PatternBatch, RetrieveOptions, RetrieveRequest, WriteRequest
@@ -92,10 +94,6 @@ def _check_strings(data: Any) -> None:
             stack.extend(v)
 
 
-async def _json(request: Request) -> Any:
-    return parse_json(await request.body())
-
-
 async def _form(request: Request, max_files: int) -> FormData:
     try:
         return await request.form(max_files=2 * max_files + 1, max_fields=MAX_FORM_FIELDS)
@@ -134,9 +132,19 @@ def _text_fields(form: FormData, names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+async def _json_model(request: Request, cls: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body on a worker thread: a large body never stalls the event loop."""
+    raw = await request.body()
+
+    def parse() -> Any:
+        with gc_paused():
+            return _validate(cls, parse_json(raw))
+    return await to_thread.run_sync(parse)
+
+
 async def read_write(request: Request, max_patterns: int) -> WriteInput:
     if _kind(request) == "json":
-        req = _validate(WriteRequest, await _json(request))
+        req = await _json_model(request, WriteRequest)
         return WriteInput(req.model, _batch(req.patterns, "patterns"))
     form = await _form(request, max_patterns)
     try:
@@ -151,7 +159,7 @@ async def read_write(request: Request, max_patterns: int) -> WriteInput:
 
 async def read_retrieve(request: Request, max_patterns: int) -> RetrieveInput:
     if _kind(request) == "json":
-        req = _validate(RetrieveRequest, await _json(request))
+        req = await _json_model(request, RetrieveRequest)
         mask = None if req.mask is None else _batch(req.mask, "mask")
         return RetrieveInput(_batch(req.queries, "queries"), mask, req)
     form = await _form(request, max_patterns)

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
     max_patterns: int = Field(256, ge=1, le=4096)  # per write, and queries per retrieve
     max_body_bytes: int = Field(32 * 2**20, ge=1024, le=2**30)
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)  # a whole request body must arrive within this
+    max_output_values: int = Field(16 * 2**20, ge=1024, le=2**34)  # per retrieve: queries x iterates x pattern
     max_pixels: int = Field(4_000_000, ge=1, le=100_000_000)  # per decoded image (decompression bombs)
     max_read_steps: int = Field(100, ge=1, le=1000)
     pool_size: int = Field(2, ge=1, le=64)         # threads running model work

@@ -1,6 +1,9 @@
-"""Body-size limit as pure ASGI middleware: refuse by Content-Length, or once a stream passes it."""
+"""Body limits as pure ASGI middleware: refuse by Content-Length, or once a stream passes the size
+limit (413), or when the whole body has not arrived within the timeout (408: a stalled or trickling
+client is cut instead of holding a connection forever)."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -9,10 +12,11 @@ from .errors import PROBLEM_JSON
 
 
 class BodyLimitMiddleware:
-    """Reads the body (at most max_bytes) before the app sees it; larger bodies get 413."""
+    """Reads the body (at most max_bytes, within timeout_seconds) before the app sees it; larger bodies
+    get 413, slower ones 408, both with Connection: close."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float = 30.0):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -22,17 +26,26 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._refuse(scope, send, int(length))
             return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                await self._refuse(scope, send, size)
-                return
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.timeout):
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    more = message.get("more_body", False)
+                    if size > self.max_bytes:
+                        await self._refuse(scope, send, size)
+                        return
+        except TimeoutError:
+            await self._problem(scope, send, 408, "request-timeout", "Request body timed out",
+                                f"the request body did not arrive within {self.timeout:g} s ({size} bytes "
+                                "came); EBMM_BODY_TIMEOUT_SECONDS sets the limit", size)
+            return
         body, sent = b"".join(chunks), False
 
         async def replay() -> Message:
@@ -45,11 +58,16 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, send: Send, size: int) -> None:
-        body = json.dumps({"type": "urn:ebmm:problem:too-large", "title": "Request too large",
-                           "status": 413, "detail": f"request body of {size} bytes or more "
-                           f"exceeds the limit of {self.max_bytes} bytes (EBMM_MAX_BODY_BYTES)",
-                           "instance": scope["path"], "field": "body", "value": size}).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await self._problem(scope, send, 413, "too-large", "Request too large", f"request body of {size} "
+                            f"bytes or more exceeds the limit of {self.max_bytes} bytes (EBMM_MAX_BODY_BYTES)",
+                            size)
+
+    @staticmethod
+    async def _problem(scope: Scope, send: Send, status: int, slug: str, title: str, detail: str,
+                       size: int) -> None:
+        body = json.dumps({"type": f"urn:ebmm:problem:{slug}", "title": title, "status": status,
+                           "detail": detail, "instance": scope["path"], "field": "body", "value": size}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"connection", b"close"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -1,6 +1,7 @@
 """The write and retrieve paths: decode -> worker pool -> store / encode, each stage timed."""
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -14,8 +15,9 @@ import torch
 from anyio import to_thread
 
 from .bodies import RetrieveInput, WriteInput
-from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable
+from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable, TooLarge
 from .imaging import encode_png
+from .gc_pause import gc_paused
 from .inputs import check_count, input_warnings, match_mask, to_tensor
 from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
@@ -88,7 +90,8 @@ async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timing
     m = state.model(inp.model)
     check_count(inp.patterns, s.max_patterns)
     with t.stage("decode"):
-        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels)
+        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels,
+                                                limiter=state.codec_threads)
     res = await _model(state, "write", m, t, m.memory.write, x)
     with t.stage("store"):
         blob = pack_weights(res.weights)
@@ -148,7 +151,25 @@ def _options(state: AppState, m: LoadedModel, inp: RetrieveInput) -> tuple[int, 
         raise BadInput(f"output: png needs an image model; {m.name} takes {list(m.input_shape)}", "output", output)
     if output == "bits" and m.kind != "binary":
         raise BadInput(f"output: bits needs a binary model; {m.name} is {m.kind}", "output", output)
+    _check_output_size(state, m, len(inp.queries.items), steps, o.trajectory, o.top_k or 0, o.samples or 0)
     return steps, output
+
+
+def _check_output_size(state: AppState, m: LoadedModel, queries: int, steps: int, trajectory: bool,
+                       top_k: int, samples: int) -> None:
+    """Refuse up front (413) a retrieve whose answer would hold more than EBMM_MAX_OUTPUT_VALUES
+    pattern values: queries x (iterates returned + candidates + samples) x pattern size. The work
+    (descents x steps) is bounded by the same product, since each returned value is one descent's."""
+    per_query = (steps + 1 if trajectory else 1) + top_k + samples
+    values = queries * per_query * math.prod(m.input_shape)
+    limit = state.settings.max_output_values
+    if values > limit:
+        raise TooLarge(f"the answer would hold {values:,} values ({queries} queries x {per_query} patterns each "
+                       f"[{'steps + 1 iterates' if trajectory else 'the result'}"
+                       f"{f' + {top_k} candidates' if top_k else ''}{f' + {samples} samples' if samples else ''}] "
+                       f"x {math.prod(m.input_shape):,} values), over the limit of {limit:,} "
+                       "(EBMM_MAX_OUTPUT_VALUES): send fewer queries, fewer steps, or no trajectory",
+                       "queries", queries)
 
 
 def _encode(x: np.ndarray, output: str) -> str | list[Any]:
@@ -161,6 +182,12 @@ def _encode(x: np.ndarray, output: str) -> str | list[Any]:
 
 def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
              fam: torch.Tensor, threshold: float | None, cands: Any = None, drawn: Any = None) -> list[Retrieved]:
+    with gc_paused():
+        return _build_results(iterates, energies, output, trajectory, fam, threshold, cands, drawn)
+
+
+def _build_results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
+                   fam: torch.Tensor, threshold: float | None, cands: Any, drawn: Any) -> list[Retrieved]:
     it, en = iterates.numpy(), energies.numpy()                   # (K+1, B, *S), (K+1, B)
     return [Retrieved(index=b, pattern=_encode(it[-1, b], output), energy=float(en[-1, b]),
                       energies=[float(e) for e in en[:, b]],
@@ -211,11 +238,13 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
     m = _session_model(state, meta)
     steps, output = _options(state, m, inp)
     with t.stage("decode"):
-        x, notes = await to_thread.run_sync(to_tensor, inp.queries, m, "queries", s.max_pixels)
+        x, notes = await to_thread.run_sync(to_tensor, inp.queries, m, "queries", s.max_pixels,
+                                                limiter=state.codec_threads)
         mask = None
         if inp.mask is not None:
             check_count(inp.mask, s.max_patterns)
-            raw, mask_notes = await to_thread.run_sync(to_tensor, inp.mask, m, "mask", s.max_pixels)
+            raw, mask_notes = await to_thread.run_sync(to_tensor, inp.mask, m, "mask", s.max_pixels,
+                                                              limiter=state.codec_threads)
             mask = match_mask(raw, x, inp.mask.field)
             notes = [*notes, *(f"mask: {n}" for n in mask_notes)]      # e.g. a resized mask is said
         weights = unpack_weights(found[1])  # type: ignore[index]
@@ -225,7 +254,7 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
     threshold = o.match_threshold if o.match_threshold is not None else m.memory.familiarity_threshold
     with t.stage("encode"):
         results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam,
-                                           threshold, cands, drawn)
+                                           threshold, cands, drawn, limiter=state.codec_threads)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
                             masked=mask is not None, conversions=notes, results=results, match_threshold=threshold,
                             warnings=input_warnings(x, notes, m, inp.queries.field))
@@ -271,7 +300,8 @@ async def append_patterns(state: AppState, caller: str, session_id: str, inp: Wr
         raise BadInput(f"model: the session holds {m.name!r} weights; an append cannot change the model",
                        "model", inp.model)
     with t.stage("decode"):
-        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels)
+        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels,
+                                                limiter=state.codec_threads)
     for attempt in range(APPEND_ATTEMPTS):
         if attempt:                                   # a lost race: read the session as it is now
             with t.stage("store"):

@@ -1,7 +1,9 @@
 """What the app holds between requests: settings, loaded models, the store, the pool, metrics."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import anyio
 
 from fastapi import Request
 
@@ -21,6 +23,9 @@ class AppState:
     store: SessionStore
     runner: ModelRunner
     metrics: Metrics
+    # decoding and encoding (PNG, JSON arrays) run on their own bounded threads: concurrent uploads
+    # wait for a slot instead of all decoding at once
+    codec_threads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
 
     def model(self, name: str | None, field: str = "model") -> LoadedModel:
         chosen = self.default_model if name in (None, "") else name

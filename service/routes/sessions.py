@@ -5,12 +5,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Path, Request, Response
 
 from .. import sessions as ops
 from ..auth import Caller, State
 from ..bodies import read_retrieve, read_write
 from ..errors import error_responses
+from ..gc_pause import gc_paused
 from ..schemas import RetrieveResponse, SessionInfo, WriteResponse
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -63,9 +65,20 @@ async def write(request: Request, response: Response, state: State, caller: Call
              openapi_extra=_body("RetrieveRequest", RETRIEVE_FORM),
              responses=error_responses(401, 404, 409, 413, 415, 422, 503))
 async def retrieve(request: Request, response: Response, state: State, caller: Caller,
-                   session_id: str = SessionId) -> RetrieveResponse:
-    return await _timed(request, response, state, read_retrieve,
-                        lambda inp, t: ops.retrieve(state, caller, session_id, inp, t))
+                   session_id: str = SessionId) -> Response:
+    out = await _timed(request, response, state, read_retrieve,
+                       lambda inp, t: ops.retrieve(state, caller, session_id, inp, t))
+    # a large answer is serialised off the event loop, one result at a time (each call holds the GIL
+    # briefly, so other requests and /healthz keep being answered)
+    body = await to_thread.run_sync(_json_in_pieces, out, limiter=state.codec_threads)
+    return Response(body, media_type="application/json", headers=dict(response.headers))
+
+
+def _json_in_pieces(out: RetrieveResponse) -> bytes:
+    with gc_paused():
+        head = out.model_dump_json(exclude={"results"})
+        results = b",".join(r.__pydantic_serializer__.to_json(r) for r in out.results)
+        return head[:-1].encode() + b',"results":[' + results + b"]}"
 
 
 @router.post("/{session_id}/patterns", response_model=WriteResponse, summary="Append patterns to a session",
