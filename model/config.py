@@ -106,6 +106,17 @@ def _presets() -> dict[str, ModelConfig]:
                                      note=f"{slots} writable slots in the {rank}-dim principal subspace "
                                           f"({slots * rank:,} floats), {how}; attention recall + residual "
                                           "shrink + quartic overwrite"))
+    # distributed span memories: one Hebbian r x r matrix shared by all patterns, recall by a robust fit
+    # of the visible pixels within its span (r = 63 / 89 / 126 / 179: 2.0K / 4.0K / 8.0K / 16.1K floats)
+    for rank in (63, 89, 126, 179):
+        loop = LoopConfig(write_steps=1, write_rate_init=1.0, alpha_init=0.25, beta_init=1e-6,
+                          grad_norm_term=False, write_reduction="sum", read_steps=1, read_rate_init=0.25,
+                          read_decay_init=0.5, momentum_init=0.01)   # 0.25: one step lands on the recall
+        for task, shape, kind in (("characters", G, "binary"), ("photos", C, "colour")):
+            p.append(ModelConfig(f"{task}-span-r{rank}", "subspace_span", shape, kind, dict(rank=rank), loop,
+                                 note=f"a Hebbian {rank}x{rank} correlation matrix over {rank}-dim PCA codes "
+                                      f"({rank * (rank + 1) // 2:,} floats) shared by every pattern; recall fits "
+                                      "the visible pixels within its span and pulls the damaged window to it"))
     p.append(ModelConfig("conv-small-d8-gray", "resnet_conv", G, "grayscale",
                          dict(memory=8, channels=(16, 32), bottleneck=32, width=64, hidden=256),
                          note="the conv-memory net at half width: 578·d memory floats, ~1/8 FLOPs"))

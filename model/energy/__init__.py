@@ -1,7 +1,7 @@
 """Energy networks E(x; theta) -> (B,), written as pure functions of an explicit parameter dict.
 
 One module per family: `base` (the EnergyNet contract and layer helpers), `binary` (gated RNN,
-writable quadratic), `subspace` (principal-subspace quadratic and slot memories), `resnet` (the
+writable quadratic), `subspace` (principal-subspace quadratic, slot and span memories), `resnet` (the
 paper's ResNet energies: deep, distributed image memories).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from .base import EnergyNet, Params, inv_softplus, layer_norm, principal_basis, symmetric_from_triu
 from .binary import GatedRNNEnergy, QuadraticEnergy
 from .resnet import ResNetConvEnergy, ResNetFCEnergy
-from .subspace import SubspaceQuadraticEnergy, SubspaceSlotEnergy
+from .subspace import SubspaceQuadraticEnergy, SubspaceSlotEnergy, SubspaceSpanEnergy
 
 ARCHITECTURES: dict[str, type[EnergyNet]] = {
     "gated_rnn": GatedRNNEnergy,
@@ -18,8 +18,9 @@ ARCHITECTURES: dict[str, type[EnergyNet]] = {
     "subspace_slots": SubspaceSlotEnergy,
     "resnet_fc": ResNetFCEnergy,
     "resnet_conv": ResNetConvEnergy,
+    "subspace_span": SubspaceSpanEnergy,
 }
 
 __all__ = ["ARCHITECTURES", "EnergyNet", "GatedRNNEnergy", "Params", "QuadraticEnergy", "ResNetConvEnergy",
-           "ResNetFCEnergy", "SubspaceQuadraticEnergy", "SubspaceSlotEnergy", "inv_softplus", "layer_norm",
-           "principal_basis", "symmetric_from_triu"]
+           "ResNetFCEnergy", "SubspaceQuadraticEnergy", "SubspaceSlotEnergy", "SubspaceSpanEnergy", "inv_softplus",
+           "layer_norm", "principal_basis", "symmetric_from_triu"]

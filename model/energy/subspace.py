@@ -256,3 +256,109 @@ class SubspaceSlotEnergy(EnergyNet):
         own = (a * d).sum(-1)                       # N <= S: a sum of whole d_k, so >= softmin_k d_k
         recall = (a @ k) / a.sum(-1, keepdim=True).clamp_min(1e-12)
         return (own + self._pixel_terms(p, s, st, f, recall)) * p["log_scale"].exp()
+
+
+class SubspaceSpanEnergy(EnergyNet):
+    """In plain terms: a correlation-matrix (Hebbian) memory over PCA codes whose recall fits the query's
+    visible pixels within the span of what was stored. Every pattern of a write adds to the same symmetric
+    r x r matrix M (no slot of its own: r (r + 1) / 2 memory floats); the read finds the image in the span
+    of M that best explains the query outside its most damaged 16x16 window and pulls that window to it.
+
+        f = (s - centre) U^T                                   (r-dim PCA code, U static)
+        E(x) = -h/2 sum_{i<=j} M_ij f_i f_j                    (Hebb: a write step adds f f^T)
+               + lambda/2 sum_p (1 - k_p) (s_p - R_p)^2        (the damaged window pulled to the recall)
+               - w/2 |s|^2                                     (double well)
+
+    R = centre + U^T M a with a the ridge least-squares fit of s - centre over the pixels k = 1, where k
+    masks out the window of largest residual, refitted `fits` times (a robust fit in the span of M); R and
+    k depend on the written weights and are held fixed in s within a read step (see `energy`). With
+    N stored patterns the span is N-dimensional (N < r), so recall degrades gradually with the load and
+    past r patterns it becomes the unconstrained PCA fit of the visible pixels: graded capacity, no cliff.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], rank: int = 126, window: int = 16, fits: int = 2,
+                 scale: float = 1.0):
+        super().__init__()
+        d = math.prod(input_shape)
+        self.input_shape, self.dim, self.rank, self.window, self.fits = tuple(input_shape), d, rank, window, fits
+        q, _ = torch.linalg.qr(torch.randn(d, rank))
+        self.register_buffer("basis", q.T.contiguous())                   # (r, D)
+        self.register_buffer("centre", torch.zeros(d))
+        iu = torch.triu_indices(rank, rank)
+        self.register_buffer("iu", iu, persistent=False)
+        self.memory_triu = nn.Parameter(torch.zeros(iu.shape[1]))        # writable, theta_bar = 0
+        self.hebb_raw = nn.Parameter(torch.tensor(inv_softplus(1e-6) / _GAIN))   # tiny: M only needs a span
+        self.pull_raw = nn.Parameter(torch.tensor(inv_softplus(1.0) / _GAIN))
+        self.ridge_raw = nn.Parameter(torch.tensor(math.log(1e-3) / _GAIN))
+        self.well = nn.Parameter(torch.tensor(0.0))
+        self._init_scale(scale)
+
+    def data_init(self, images: Tensor) -> None:
+        _, mu, u = principal_basis(images, self.rank)
+        with torch.no_grad():
+            self.basis.copy_(u)
+            self.centre.copy_(mu)
+
+    def matrix(self, p: Params) -> Tensor:
+        return symmetric_from_triu(p["memory_triu"], self.iu, self.rank)          # (r, r)
+
+    def _window(self, r: Tensor) -> Tensor:
+        """(B, D) residuals -> (B, P) pixel indices of the window x window square (all channels) of largest
+        residual energy: the part of each image the fit leaves out next."""
+        c, h, w = self.input_shape if len(self.input_shape) == 3 else (1, 1, self.dim)
+        k = min(self.window, h, w)
+        e = r.detach().pow(2).view(-1, c, h, w).sum(1, keepdim=True)              # (B, 1, H, W)
+        s = F.avg_pool2d(e, k, stride=1)                                           # (B, 1, H-k+1, W-k+1)
+        idx = s.flatten(1).argmax(1)
+        iy, ix = idx // s.shape[-1], idx % s.shape[-1]                             # (B,)
+        dy = torch.arange(k, device=r.device)
+        rows = (iy[:, None] + dy[None, :])[:, :, None] * w + (ix[:, None] + dy[None, :])[:, None, :]  # (B, k, k)
+        chans = torch.arange(c, device=r.device)[:, None, None] * (h * w)
+        return (rows[:, None] + chans[None]).flatten(1)                            # (B, c k k)
+
+    def recall(self, p: Params, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D)."""
+        qt = s - self.centre
+        b = self.basis.T @ self.matrix(p)                                          # (D, r): the span in pixels
+        ridge = (p["ridge_raw"] * _GAIN).exp() * b.pow(2).sum() / self.rank + 1e-20  # > 0 before a write
+        eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
+        gram = b.T @ b                                                             # (r, r): all pixels
+        a_mat = (gram + ridge * eye).expand(s.shape[0], -1, -1)
+        rhs = qt @ b                                                               # (B, r)
+        win = None
+        for _ in range(self.fits):
+            coef = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)        # (B, r)
+            rec = coef @ b.T                                                       # (B, D)
+            win = self._window(qt - rec)                                           # (B, P)
+            bw = b[win]                                                            # (B, P, r)
+            a_mat = gram + ridge * eye - bw.transpose(1, 2) @ bw                   # the window left out
+            rhs = qt @ b - (torch.gather(qt, 1, win).unsqueeze(1) @ bw).squeeze(1)
+        keep = torch.ones_like(qt).scatter(1, win, 0.0)
+        return rec + self.centre, keep
+
+    def energy(self, p: Params, x: Tensor) -> Tensor:
+        s = _signed(x).flatten(1)                                                  # (B, D)
+        f = (s - self.centre) @ self.basis.T                                       # (B, r)
+        # the Hebb term over the upper triangle, each entry once: its gradient in the writable triangle is
+        # exactly -h/2 f_i f_j, so a write step adds a multiple of f f^T (the span of M is the stored codes')
+        pairs = f[:, self.iu[0]] * f[:, self.iu[1]]                               # (B, r(r+1)/2)
+        e = -0.5 * F.softplus(p["hebb_raw"] * _GAIN) * (pairs @ p["memory_triu"])
+        # the recall is a function of the written weights and of the image *as the read found it*: within
+        # a read step it is held fixed (like the slot memories' attention, which is one-hot), so that the
+        # step pulls the damaged window to the recall and leaves the visible pixels, which chose it, alone
+        r, keep = self.recall(p, s.detach())
+        e = e + 0.5 * F.softplus(p["pull_raw"] * _GAIN) * ((1 - keep) * (s - r).pow(2)).sum(-1)
+        e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
+        return e * p["log_scale"].exp()
+
+    def exact_memory(self, p: Params, x: Tensor) -> Params | None:
+        """M = sum_i f_i f_i^T (the correlation matrix of the stored codes), with no write loop."""
+        f = (_signed(x).flatten(1) - self.centre) @ self.basis.T
+        m = f.T @ f
+        return {"memory_triu": m[self.iu[0], self.iu[1]]}
+
+    def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The query and its recall decoded over the whole image: a stored pattern lies in the span, so
+        the recall explains the query outside its damaged window; a never-stored one it explains worse."""
+        r, _ = self.recall(p, _signed(q).flatten(1))
+        return q, ((r + 1) / 2).clamp(0, 1).view_as(q)

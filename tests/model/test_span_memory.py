@@ -1,0 +1,81 @@
+"""The span memory (`subspace_span`): one Hebbian matrix shared by every pattern, whose write adds f f^T,
+and whose read restores a damaged window from the span of what was stored."""
+from __future__ import annotations
+
+import torch
+
+from model.config import ModelConfig, get_preset
+from model.familiarity import familiarity as familiarity_of
+from model.memory import EBMM, read, write
+
+SHAPE = (1, 16, 16)
+
+
+def _model(rank: int = 24) -> EBMM:
+    base = get_preset("photos-span-r126").loop
+    cfg = ModelConfig("t-span", "subspace_span", SHAPE, "colour", dict(rank=rank, window=6), base)
+    return EBMM(cfg)
+
+
+def _images(n: int, seed: int, dims: int = 12) -> torch.Tensor:
+    """Smooth random images drawn from a `dims`-dimensional family (what PCA of the training data holds)."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(dims, 1, 4, 4, generator=torch.Generator().manual_seed(99))
+    big = torch.nn.functional.interpolate(basis, size=(16, 16), mode="bilinear", align_corners=False)
+    coef = torch.randn(n, dims, generator=g)
+    x = torch.einsum("nd,dchw->nchw", coef, big)
+    return torch.sigmoid(x)
+
+
+def _occlude(x: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q = x.clone()
+    q[:, :, 3:9, 7:13] = torch.rand(x.shape[0], 1, 6, 6, generator=g)
+    return q
+
+
+def test_a_write_adds_a_multiple_of_the_stored_codes_correlation_matrix():
+    m = _model()
+    m.energy.data_init(_images(512, 1))
+    p = m.params(detach=True)
+    x = _images(6, 2)
+    written = m.energy.matrix({"memory_triu": write(m, p, x).weights["energy.memory_triu"]})
+    exact = m.energy.matrix({"memory_triu": m.exact_weights(p, x)["energy.memory_triu"]})
+    ratio = written / exact
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-3), "not a multiple of sum f f^T"
+    assert int(torch.linalg.matrix_rank(written.double(), rtol=1e-6)) == 6   # the span of the six codes
+    assert m.capacity is None                                                # graded, no slots
+
+
+def test_the_read_restores_a_damaged_window_of_a_stored_pattern_and_not_of_a_new_one():
+    torch.manual_seed(0)
+    m = _model()
+    m.energy.data_init(_images(512, 1))
+    p = m.params(detach=True)
+    x, new = _images(6, 3), _images(6, 4)
+    w = write(m, p, x).weights
+    q, q_new = _occlude(x, 5), _occlude(new, 6)
+    out = read(m, p, w, q).iterates[-1]
+    err = (out - x).pow(2).flatten(1).sum(1)
+    assert (err < 0.1 * (q - x).pow(2).flatten(1).sum(1)).all(), err
+    out_new = read(m, p, w, q_new).iterates[-1]
+    assert (out_new - new).pow(2).flatten(1).sum(1).mean() > 5 * err.mean()  # only the stored are recalled
+    ep = m._energy_params({**p, **w})
+    fam_stored = familiarity_of(*m.energy.familiarity_views(ep, q, q), window=6)
+    fam_new = familiarity_of(*m.energy.familiarity_views(ep, q_new, q_new), window=6)
+    assert fam_stored.min() > fam_new.max(), (fam_stored, fam_new)
+
+
+def test_recall_degrades_gradually_with_the_load():
+    m = _model(rank=24)
+    m.energy.data_init(_images(512, 1, dims=40))
+    p = m.params(detach=True)
+    errors = []
+    x_all = _images(30, 7, dims=40)
+    for n in (2, 6, 12, 30):                            # the first 2 patterns, read back, at every load
+        x = x_all[:n]
+        out = read(m, p, write(m, p, x).weights, _occlude(x_all[:2], 8)).iterates[-1]
+        errors.append(float((out - x_all[:2]).pow(2).flatten(1).sum(1).mean()))
+    query = float((_occlude(x_all[:2], 8) - x_all[:2]).pow(2).flatten(1).sum(1).mean())
+    assert errors == sorted(errors), errors
+    assert errors[-1] < query, (errors, query)          # past the rank it is still better than the query
