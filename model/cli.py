@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, loop_lr=args.loop_lr, weight_decay=args.weight_decay,
         clip=args.clip, stepwise=not args.final_only, seed=args.seed, threads=args.threads,
         checkpoint_every=args.checkpoint_every, out=args.out, state_dir=args.state_dir or "",
-        init=args.init or "", overrides=overrides, read_queries=args.read_queries,
+        init=args.init or "", overrides=overrides, device=str(resolve_device(args.device)), read_queries=args.read_queries,
         train_read_steps=args.train_read_steps, stages=args.stages or "")
     train(cfg)
     return 0
@@ -85,6 +85,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="checkpoints/run", help="checkpoint folder (weights + card)")
     p.add_argument("--state-dir", help="resume state folder (default ~/.cache/ebmm/runs/NAME)")
     p.add_argument("--init", help="warm-start from this checkpoint folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when there is one)")
     p.add_argument("--read-queries", type=int, default=0, help="meta-loss on this many of each episode's "
                                                                   "queries (0 = all): a cheaper meta-step")
     p.add_argument("--train-read-steps", type=int, default=0, help="K in the meta-loss (0 = the model's)")
@@ -169,6 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch_threads(args.threads)
     ck = load_checkpoint(args.checkpoint)
+    ck.model.to(resolve_device(args.device))
     training = ck.card.get("training", {})
     task = args.task or training.get("task", "binary")
     specs = _csv(args.distortion or training.get("distortion", "flip:16"))
@@ -205,6 +207,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="the paper's protocols on held-out data, optionally with baselines")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the episodes and baselines "
+                                                 "stay on the CPU; the memory's loops run here)")
     p.add_argument("--episodes", type=int, default=1000, help="episodes M (seeded)")
     p.add_argument("--patterns", help="N per episode, comma-separated (default: graded loads, images "
                    "16,32,64,96,128, strings 16,32,48,64,96)")
@@ -278,6 +282,17 @@ def bench_table(out: dict) -> list[str]:
 def torch_threads(n: int) -> None:
     import torch
     torch.set_num_threads(n)
+
+
+def resolve_device(name: str):
+    """'auto' -> cuda when there is one, else cpu; anything else as torch names it (a clear error if absent)."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__})")
+    return dev
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -51,6 +51,7 @@ class TrainConfig:
     read_queries: int = 0                 # meta-loss on this many of the N queries (0 = all)
     train_read_steps: int = 0             # K in the meta-loss (0 = the model's); serving keeps the model's
     stages: str = ""                      # curriculum "STEP:N:DISTORTION;..." (replaces the cycling)
+    device: str = "cpu"                   # where the loops run; data, RNG and saved state stay on the CPU
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir or Path.home() / ".cache" / "ebmm" / "runs" / Path(self.out).name)
@@ -97,10 +98,10 @@ def make_optimizer(model: EBMM, cfg: TrainConfig) -> torch.optim.Optimizer:
 def save_state(path: Path, model: EBMM, opt: torch.optim.Optimizer, gen: torch.Generator,
                info: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{n}": t.detach().contiguous() for n, t in model.state_dict().items()}
+    tensors = {f"model.{n}": t.detach().cpu().contiguous() for n, t in model.state_dict().items()}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{i}.{k}"] = v.detach().contiguous() if torch.is_tensor(v) else torch.tensor(float(v))
+            tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(float(v))
     tensors["rng"] = gen.get_state()
     save_file(tensors, str(path / "state.safetensors.tmp"))
     (path / "state.safetensors.tmp").replace(path / "state.safetensors")
@@ -137,6 +138,9 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     sample = make_sampler(cfg.task)
     if not cfg.init and hasattr(model.energy, "data_init"):
         model.energy.data_init(sample(64, 256, torch.Generator().manual_seed(cfg.seed + 1)).flatten(0, 1))
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    model.to(device)
     opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
@@ -162,6 +166,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
             distort = distorts[(info["step"] // len(cfg.patterns)) % len(distorts)]
         x = sample(cfg.meta_batch, n, gen)                                   # (M, N, *S)
         q = distort(x.flatten(0, 1), gen).x.view_as(x)
+        x, q = x.to(device), q.to(device)
         ml = meta_loss(model, x, q, cfg.stepwise, cfg.read_queries or None, cfg.train_read_steps or None)
         opt.zero_grad(set_to_none=True)
         ml.loss.backward()
@@ -210,7 +215,7 @@ def stage_at(stages: list[tuple[int, int, distortions.Distortion]], step: int) -
 
 
 # what may change between the run that saved a state and the one that resumes it
-_RESUMABLE = {"steps", "checkpoint_every", "threads", "out", "state_dir"}
+_RESUMABLE = {"steps", "checkpoint_every", "threads", "out", "state_dir", "device"}
 
 
 def _check_same_run(state_dir: Path, saved: dict, now: dict) -> None:
