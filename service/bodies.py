@@ -1,10 +1,12 @@
 """Request bodies in either form (JSON or multipart/form-data) -> validated, undecoded batches."""
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from anyio import to_thread
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +21,36 @@ from .inputs import RawBatch
 from .schemas import PatternBatch, RetrieveOptions, RetrieveRequest, WriteRequest
 
 MAX_FORM_FIELDS = 16
+NPY_TYPES = ("application/x-npy", "application/npy")
+
+
+def parse_npy(raw: bytes, field: str) -> np.ndarray:
+    """A .npy body (no pickles) -> float32 (N, ...) in [0, 1]: float arrays as they are, uint8 / 255, bool
+    as 0/1. One array holds the whole batch along its first axis."""
+    try:
+        a = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BadInput(f"{field}: not a .npy array ({e})", field, raw[:16]) from e
+    if not isinstance(a, np.ndarray) or a.ndim < 2:
+        raise BadInput(f"{field}: a .npy body is one array (N, ...) with the patterns along its first axis, "
+                       f"got shape {list(getattr(a, 'shape', []))}", field, list(getattr(a, "shape", [])))
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype.kind not in "fiu":
+        raise BadInput(f"{field}: dtype {a.dtype} is not a number type (send float32, uint8 or bool)",
+                       field, str(a.dtype))
+    return a.astype(np.float32, copy=False)
+
+
+def _query_options(request: Request, names: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for k, v in request.query_params.multi_items():
+        if k not in names:
+            raise BadInput(f"{k}: unknown query parameter; accepted with a .npy body: {', '.join(names)}", k, v)
+        out[k] = v
+    return out
 
 
 @dataclass
@@ -32,6 +64,7 @@ class RetrieveInput:
     queries: RawBatch
     mask: RawBatch | None
     options: RetrieveOptions
+    npy_answer: bool = False          # the client asked for Accept: application/x-npy
 
 
 def _validate(cls: type[BaseModel], data: Any) -> Any:
@@ -48,13 +81,15 @@ def _kind(request: Request) -> str:
         return "json"
     if base == "multipart/form-data":
         return "form"
+    if base in NPY_TYPES:
+        return "npy"
     if base == "application/x-www-form-urlencoded":
         raise UnsupportedMedia("content-type 'application/x-www-form-urlencoded' is a form without files: "
                                "send the images as multipart/form-data in field 'files' (curl -F "
                                "files=@a.png; httpx files=[('files', ...)]), or a JSON body",
                                "content-type", ctype)
-    raise UnsupportedMedia(f"content-type {ctype!r} is not accepted; send application/json or "
-                           "multipart/form-data", "content-type", ctype)
+    raise UnsupportedMedia(f"content-type {ctype!r} is not accepted; send application/json, "
+                           "multipart/form-data or application/x-npy", "content-type", ctype)
 
 
 def _reject_constant(name: str) -> Any:
@@ -92,6 +127,9 @@ def _check_strings(data: Any) -> None:
             stack.extend(v.values())
         elif isinstance(v, list):
             stack.extend(v)
+
+
+RETRIEVE_OPTIONS = ("steps", "trajectory", "output", "match_threshold", "top_k", "samples", "temperature")
 
 
 async def _form(request: Request, max_files: int) -> FormData:
@@ -142,10 +180,20 @@ async def _json_model(request: Request, cls: type[BaseModel]) -> Any:
     return await to_thread.run_sync(parse)
 
 
+async def _npy_batch(request: Request) -> RawBatch:
+    raw = await request.body()
+    a = await to_thread.run_sync(parse_npy, raw, "body")
+    return RawBatch("arrays", list(a), "body")
+
+
 async def read_write(request: Request, max_patterns: int) -> WriteInput:
-    if _kind(request) == "json":
+    kind = _kind(request)
+    if kind == "json":
         req = await _json_model(request, WriteRequest)
         return WriteInput(req.model, _batch(req.patterns, "patterns"))
+    if kind == "npy":
+        fields = _query_options(request, ("model",))
+        return WriteInput(fields.get("model"), await _npy_batch(request))
     form = await _form(request, max_patterns)
     try:
         fields = _text_fields(form, ("model",))
@@ -157,15 +205,29 @@ async def read_write(request: Request, max_patterns: int) -> WriteInput:
     return WriteInput(fields.get("model"), files)
 
 
+def wants_npy(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return any(part.split(";")[0].strip().lower() in NPY_TYPES for part in accept.split(","))
+
+
 async def read_retrieve(request: Request, max_patterns: int) -> RetrieveInput:
-    if _kind(request) == "json":
+    inp = await _read_retrieve(request, max_patterns)
+    inp.npy_answer = wants_npy(request)
+    return inp
+
+
+async def _read_retrieve(request: Request, max_patterns: int) -> RetrieveInput:
+    kind = _kind(request)
+    if kind == "json":
         req = await _json_model(request, RetrieveRequest)
         mask = None if req.mask is None else _batch(req.mask, "mask")
         return RetrieveInput(_batch(req.queries, "queries"), mask, req)
+    if kind == "npy":
+        options = _validate(RetrieveOptions, _query_options(request, RETRIEVE_OPTIONS))
+        return RetrieveInput(await _npy_batch(request), None, options)
     form = await _form(request, max_patterns)
     try:
-        fields = _text_fields(form, ("steps", "trajectory", "output", "match_threshold", "top_k", "samples",
-                                      "temperature"))
+        fields = _text_fields(form, RETRIEVE_OPTIONS)
         options = _validate(RetrieveOptions, fields)
         files, masks = await _files(form, "files"), await _files(form, "masks")
     finally:

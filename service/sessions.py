@@ -1,12 +1,14 @@
 """The write and retrieve paths: decode -> worker pool -> store / encode, each stage timed."""
 from __future__ import annotations
 
+import io
 import math
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -186,6 +188,27 @@ def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajec
         return _build_results(iterates, energies, output, trajectory, fam, threshold, cands, drawn)
 
 
+@dataclass
+class NpyAnswer:
+    """A retrieve answered as .npy: float32 (N, *S) restored patterns, or (K+1, N, *S) with trajectory;
+    per-query numbers in headers."""
+    body: bytes
+    headers: dict[str, str]
+
+    @classmethod
+    def of(cls, patterns: torch.Tensor, energies: torch.Tensor, fam: torch.Tensor, threshold: float | None,
+           steps: int) -> NpyAnswer:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(patterns.numpy().astype(np.float32)), allow_pickle=False)
+        headers = {"X-EBMM-Shape": ",".join(map(str, patterns.shape)), "X-EBMM-Steps": str(steps),
+                   "X-EBMM-Energies": ",".join(f"{float(e):.6g}" for e in energies),
+                   "X-EBMM-Familiarity": ",".join(f"{float(f):.6f}" for f in fam)}
+        if threshold is not None:
+            headers["X-EBMM-Match"] = ",".join("1" if float(f) >= threshold else "0" for f in fam)
+            headers["X-EBMM-Match-Threshold"] = f"{threshold:.6g}"
+        return cls(buf.getvalue(), headers)
+
+
 def _build_results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
                    fam: torch.Tensor, threshold: float | None, cands: Any, drawn: Any) -> list[Retrieved]:
     it, en = iterates.numpy(), energies.numpy()                   # (K+1, B, *S), (K+1, B)
@@ -252,6 +275,13 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
     res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask, steps,
                                           o.top_k, o.samples, o.temperature)
     threshold = o.match_threshold if o.match_threshold is not None else m.memory.familiarity_threshold
+    if inp.npy_answer:
+        if o.top_k or o.samples:
+            raise BadInput("accept: an application/x-npy answer holds the restored patterns only; ask for "
+                           "top_k or samples with a JSON answer", "accept", "application/x-npy")
+        with t.stage("encode"):
+            return NpyAnswer.of(res.iterates if o.trajectory else res.iterates[-1], res.energies[-1], fam,
+                                threshold, steps)
     with t.stage("encode"):
         results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam,
                                            threshold, cands, drawn, limiter=state.codec_threads)

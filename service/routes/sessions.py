@@ -28,9 +28,16 @@ def _body(json_ref: str, form: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{json_ref}"}},
         "multipart/form-data": {"schema": {"type": "object", "properties": form, "required": ["files"]}},
+        "application/x-npy": {"schema": {"type": "string", "format": "binary", "description": NPY_BODY}},
     }}}
 
 
+NPY_BODY = ("One .npy array (numpy.save, no pickles) holding the whole batch along its first axis: (N, C, H, "
+            "W), (N, H, W) for one channel or (N, D); float values in [0, 1], uint8 0-255 or bool. The other "
+            "fields go in the query string (?model=... for a write; ?steps=...&trajectory=true for a "
+            "retrieve). No masks with this body. Send `Accept: application/x-npy` on a retrieve to get the "
+            "restored patterns back as one float32 .npy array ((K+1, N, ...) with trajectory=true) and the "
+            "energies, familiarities and matches in X-EBMM-* headers.")
 WRITE_FORM = {"files": _binary_field("Image files (PNG, JPEG, BMP, GIF, WebP), all the same size"),
               "model": {"type": "string", "description": "Model name (default: characters model)",
                         "example": "characters32"}}
@@ -63,11 +70,15 @@ async def write(request: Request, response: Response, state: State, caller: Call
 
 @router.post("/{session_id}/retrieve", response_model=RetrieveResponse, summary="Restore patterns from queries",
              openapi_extra=_body("RetrieveRequest", RETRIEVE_FORM),
+             response_description="The restored patterns (JSON), or with `Accept: application/x-npy` one "
+                                  "float32 .npy array and X-EBMM-Energies / -Familiarity / -Match headers",
              responses=error_responses(401, 404, 409, 413, 415, 422, 503))
 async def retrieve(request: Request, response: Response, state: State, caller: Caller,
                    session_id: str = SessionId) -> Response:
     out = await _timed(request, response, state, read_retrieve,
                        lambda inp, t: ops.retrieve(state, caller, session_id, inp, t))
+    if isinstance(out, ops.NpyAnswer):
+        return Response(out.body, media_type="application/x-npy", headers={**response.headers, **out.headers})
     # a large answer is serialised off the event loop, one result at a time (each call holds the GIL
     # briefly, so other requests and /healthz keep being answered)
     body = await to_thread.run_sync(_json_in_pieces, out, limiter=state.codec_threads)
