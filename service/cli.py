@@ -64,6 +64,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--model", help="model to bench (default: the service's default model)")
     b.add_argument("--patterns", type=int, default=64, help="patterns per write and queries per retrieve")
     b.add_argument("--requests", type=int, default=10, help="requests per operation and concurrency")
+    b.add_argument("--payload", choices=("png", "npy"), default="png",
+                   help="png: multipart PNG files and JSON answers; npy: .npy bodies and answers")
     b.add_argument("--concurrency", default="1,4", help="comma-separated client counts")
     b.add_argument("--api-key", default=os.environ.get("EBMM_BENCH_API_KEY"), help="API key, if keys are on")
     b.add_argument("--out", default="results/bench_service.json", help="JSON results file")
