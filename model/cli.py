@@ -60,8 +60,8 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, loop_lr=args.loop_lr, weight_decay=args.weight_decay,
         clip=args.clip, stepwise=not args.final_only, seed=args.seed, threads=args.threads,
         checkpoint_every=args.checkpoint_every, out=args.out, state_dir=args.state_dir or "",
-        init=args.init or "", overrides=overrides, device=str(resolve_device(args.device)), read_queries=args.read_queries,
-        train_read_steps=args.train_read_steps, stages=args.stages or "")
+        init=args.init or "", overrides=overrides, device=str(resolve_device(args.device)),
+        read_queries=args.read_queries, train_read_steps=args.train_read_steps, stages=args.stages or "")
     train(cfg)
     return 0
 
@@ -116,6 +116,27 @@ def _add_train_baseline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="folder (default checkpoints/baselines/TASK-KIND)")
     p.set_defaults(func=_train_baseline)
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from .compare import run
+    torch_threads(args.threads)
+    text = run(_csv(args.checkpoints), args.episodes, args.patterns, args.json, args.md,
+               "ebmm " + " ".join(sys.argv[1:]))
+    print(text)
+    return 0
+
+
+def _add_bench_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-compare", help="EBMM beside exact nearest neighbour (faiss) and a one-step "
+                                             "modern Hopfield read: error and time per query, same episodes")
+    p.add_argument("--checkpoints", default="checkpoints/binary128,checkpoints/characters32,checkpoints/photos32")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--patterns", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default="results/bench_compare.json")
+    p.add_argument("--md", default="results/bench_compare.md")
+    p.set_defaults(func=_bench_compare)
 
 
 def _familiarity(args: argparse.Namespace) -> int:
@@ -371,6 +392,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.set_defaults(func=_presets)
     _add_train(sub)
     _add_train_baseline(sub)
+    _add_bench_compare(sub)
     _add_evaluate(sub)
     _add_familiarity(sub)
     _add_data(sub)
