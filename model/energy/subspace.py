@@ -271,7 +271,7 @@ class SubspaceSpanEnergy(EnergyNet):
 
     R = centre + U^T M a with a the ridge least-squares fit of s - centre over the pixels k = 1, where k
     masks out the window of largest residual, refitted `fits` times (a robust fit in the span of M); R and
-    k depend on the written weights and are held fixed in s within a read step (see `energy`). With
+    k are held fixed within a step of the read (in s) and of the write (in M); see `energy`. With
     N stored patterns the span is N-dimensional (N < r), so recall degrades gradually with the load and
     past r patterns it becomes the unconstrained PCA fit of the visible pixels: graded capacity, no cliff.
     """
@@ -343,10 +343,10 @@ class SubspaceSpanEnergy(EnergyNet):
         # exactly -h/2 f_i f_j, so a write step adds a multiple of f f^T (the span of M is the stored codes')
         pairs = f[:, self.iu[0]] * f[:, self.iu[1]]                               # (B, r(r+1)/2)
         e = -0.5 * F.softplus(p["hebb_raw"] * _GAIN) * (pairs @ p["memory_triu"])
-        # the recall is a function of the written weights and of the image *as the read found it*: within
-        # a read step it is held fixed (like the slot memories' attention, which is one-hot), so that the
-        # step pulls the damaged window to the recall and leaves the visible pixels, which chose it, alone
-        r, keep = self.recall(p, s.detach())
+        # the recall is held fixed within a step of either loop (like the slot memories' attention, which is
+        # one-hot): a read step pulls the damaged window to it and leaves the visible pixels, which chose it,
+        # alone; a write step is the Hebb rule alone, so that appending is writing more (see `recall`)
+        r, keep = self.recall({**p, "memory_triu": p["memory_triu"].detach()}, s.detach())
         e = e + 0.5 * F.softplus(p["pull_raw"] * _GAIN) * ((1 - keep) * (s - r).pow(2)).sum(-1)
         e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
         return e * p["log_scale"].exp()

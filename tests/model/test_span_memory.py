@@ -79,3 +79,14 @@ def test_recall_degrades_gradually_with_the_load():
     query = float((_occlude(x_all[:2], 8) - x_all[:2]).pow(2).flatten(1).sum(1).mean())
     assert errors == sorted(errors), errors
     assert errors[-1] < query, (errors, query)          # past the rank it is still better than the query
+
+
+def test_appending_is_writing_more():
+    from model.memory import append
+    m = _model()
+    m.energy.data_init(_images(512, 1))
+    p = m.params(detach=True)
+    x = _images(10, 9)
+    at_once = write(m, p, x).weights["energy.memory_triu"]
+    halves = append(m, p, write(m, p, x[:4]).weights, x[4:], 4).weights["energy.memory_triu"]
+    assert torch.allclose(halves, at_once, rtol=1e-4, atol=1e-12)
