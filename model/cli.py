@@ -203,6 +203,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             r = evaluate(ck.model, Protocol(task, n, spec, args.episodes, args.seed), args.baselines,
                          args.read_steps, training.get("task", task), with_append=args.append)
             r["checkpoint"], r["checkpoint_sha256"] = ck.name, ck.sha256
+            r["architecture"] = ck.card.get("architecture")
             r["command"] = "ebmm " + " ".join(sys.argv[1:])
             results.append(r)
             base = r.get("baselines", {})

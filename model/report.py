@@ -86,6 +86,16 @@ def binary_tables(rows: list[dict], paper: list[dict]) -> list[str]:
     return out + [""]
 
 
+FAMILIES = {"subspace_slots": "slot memory", "subspace_span": "span memory (distributed)",
+            "other": "other energy"}
+
+
+def _family(r: dict) -> str:
+    """The energy family of an evaluation row: recorded by `ebmm evaluate`, else told by the name."""
+    arch = r.get("architecture") or ("subspace_span" if "-span" in r.get("checkpoint", "") else "subspace_slots")
+    return arch if arch in FAMILIES else "other"
+
+
 def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Path | None:
     """Error versus memory floats at N = 64: ours (with 5-95% bars), equal-budget baselines, paper."""
     ours = [r for r in rows if r["task"] == task and r["patterns"] == 64 and r["distortion"] == RATE_DISTORTION]
@@ -99,8 +109,12 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
         ax.plot([p["memory_floats"] for p in pts], [p["error_mean"] for p in pts], "--", marker=".",
                 alpha=0.7, label=f"paper: {model}")
     ours = sorted(ours, key=lambda r: r["memory_floats"])
-    ax.errorbar([r["memory_floats"] for r in ours], [r["error_mean"] for r in ours], yerr=_bars(ours),
-                marker="o", color="k", capsize=3, label="ebmm (this project)")
+    for i, (arch, label) in enumerate(FAMILIES.items()):
+        mine = [r for r in ours if _family(r) == arch]
+        if mine:
+            ax.errorbar([r["memory_floats"] for r in mine], [r["error_mean"] for r in mine], yerr=_bars(mine),
+                        marker="os^"[i % 3], color=("k", "C3", "C4")[i % 3], capsize=3,
+                        label=f"ebmm {label} (this project)")
     for name in ("nearest_pca", "nearest_downscaled", "nearest_robust_pca_paste",
                  "nearest_robust_autoencoder_paste", "exact_codes_ebmm_read"):
         pts = [(r["baselines"][name]["memory_floats"], r["baselines"][name]["error_mean"])

@@ -358,7 +358,11 @@ class SubspaceSpanEnergy(EnergyNet):
         return {"memory_triu": m[self.iu[0], self.iu[1]]}
 
     def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
-        """The query and its recall decoded over the whole image: a stored pattern lies in the span, so
-        the recall explains the query outside its damaged window; a never-stored one it explains worse."""
-        r, _ = self.recall(p, _signed(q).flatten(1))
-        return q, ((r + 1) / 2).clamp(0, 1).view_as(q)
+        """The query's own PCA reconstruction (every direction of the subspace) and its recall within the
+        span of M: a stored pattern's code lies in the span, so the two agree outside the damaged window;
+        a never-stored one's code has a part outside the span, which the recall cannot follow."""
+        s = _signed(q).flatten(1)
+        own = ((s - self.centre) @ self.basis.T) @ self.basis + self.centre
+        r, _ = self.recall(p, s)
+        view = lambda t: ((t + 1) / 2).clamp(0, 1).view_as(q)      # noqa: E731
+        return view(own), view(r)
