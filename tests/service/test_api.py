@@ -247,11 +247,12 @@ async def test_metrics_count_requests_by_route_and_status(checkpoint_dir: Path) 
     assert "ebmm_sessions_stored 1.0" in text and 'ebmm_model_seconds_count{model="binary128",op="write"} 1.0' in text
 
 
-async def test_openapi_documents_both_bodies_and_every_field_has_an_example(checkpoint_dir: Path) -> None:
+async def test_openapi_documents_every_body_and_every_field_has_an_example(checkpoint_dir: Path) -> None:
     async with running(checkpoint_dir) as (c, _):
         spec = (await c.get("/openapi.json")).json()
     body = spec["paths"]["/v1/sessions"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/json", "multipart/form-data"}
+    assert set(body) == {"application/json", "multipart/form-data", "application/x-npy"}
+    assert "Accept: application/x-npy" in body["application/x-npy"]["schema"]["description"]
     schemas = spec["components"]["schemas"]
     for name in ("WriteRequest", "RetrieveRequest", "PatternBatch", "WriteResponse", "RetrieveResponse",
                  "SessionInfo", "ModelInfo", "Retrieved", "Readiness"):
