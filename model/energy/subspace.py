@@ -351,6 +351,15 @@ class SubspaceSpanEnergy(EnergyNet):
         e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
         return e * p["log_scale"].exp()
 
+    def write_energy(self, p: Params, x: Tensor) -> Tensor:
+        """E without its pull term, whose gradient in the written weights is zero (the recall is held fixed
+        in M): the same write, without fitting a recall for every stored pattern at every write step."""
+        s = _signed(x).flatten(1)
+        f = (s - self.centre) @ self.basis.T
+        pairs = f[:, self.iu[0]] * f[:, self.iu[1]]
+        e = -0.5 * F.softplus(p["hebb_raw"] * _GAIN) * (pairs @ p["memory_triu"])
+        return (e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)) * p["log_scale"].exp()
+
     def exact_memory(self, p: Params, x: Tensor) -> Params | None:
         """M = sum_i f_i f_i^T (the correlation matrix of the stored codes), with no write loop."""
         f = (_signed(x).flatten(1) - self.centre) @ self.basis.T

@@ -90,3 +90,15 @@ def test_appending_is_writing_more():
     at_once = write(m, p, x).weights["energy.memory_triu"]
     halves = append(m, p, write(m, p, x[:4]).weights, x[4:], 4).weights["energy.memory_triu"]
     assert torch.allclose(halves, at_once, rtol=1e-4, atol=1e-12)
+
+
+def test_the_write_term_leaves_out_only_what_has_no_gradient_in_the_weights():
+    m = _model()
+    m.energy.data_init(_images(512, 1))
+    p = m.params(detach=True)
+    x = _images(5, 11)
+    w = write(m, p, x).weights                                   # some written weights to take gradients at
+    ep = {k: v.clone().requires_grad_(k == "memory_triu") for k, v in m._energy_params({**p, **w}).items()}
+    (g_full,) = torch.autograd.grad(m.energy.energy(ep, x).sum(), [ep["memory_triu"]])
+    (g_write,) = torch.autograd.grad(m.energy.write_energy(ep, x).sum(), [ep["memory_triu"]])
+    assert torch.allclose(g_full, g_write, rtol=1e-5, atol=1e-12)
