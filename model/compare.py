@@ -11,8 +11,6 @@ floats): they are the quality ceiling EBMM's compression trades against, not bud
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from .baselines.nearest import ModernHopfield
+from .bench import cpu_info
 from .checkpoint import load_checkpoint
 from .evaluate import Protocol, make_episodes, metric_for, per_pattern_error
 from .memory import read, write
@@ -92,15 +91,8 @@ def compare(checkpoint: str | Path, episodes: int = 20, patterns: int = 64, dist
 
 
 def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu or platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    c = cpu_info()
+    return f"{c['cpu']}, {c['cores']} cores, torch {c['torch']}"
 
 
 def markdown(rows: list[dict[str, Any]], command: str, where: str) -> str:

@@ -279,9 +279,9 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
         if o.top_k or o.samples:
             raise BadInput("accept: an application/x-npy answer holds the restored patterns only; ask for "
                            "top_k or samples with a JSON answer", "accept", "application/x-npy")
-        with t.stage("encode"):
-            return NpyAnswer.of(res.iterates if o.trajectory else res.iterates[-1], res.energies[-1], fam,
-                                threshold, steps)
+        with t.stage("encode"):                  # np.save of up to EBMM_MAX_OUTPUT_VALUES: off the loop
+            return await to_thread.run_sync(NpyAnswer.of, res.iterates if o.trajectory else res.iterates[-1],
+                                            res.energies[-1], fam, threshold, steps, limiter=state.codec_threads)
     with t.stage("encode"):
         results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam,
                                            threshold, cands, drawn, limiter=state.codec_threads)

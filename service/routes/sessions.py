@@ -88,7 +88,7 @@ async def retrieve(request: Request, response: Response, state: State, caller: C
 def _json_in_pieces(out: RetrieveResponse) -> bytes:
     with gc_paused():
         head = out.model_dump_json(exclude={"results"})
-        results = b",".join(r.__pydantic_serializer__.to_json(r) for r in out.results)
+        results = b",".join(r.model_dump_json().encode() for r in out.results)
         return head[:-1].encode() + b',"results":[' + results + b"]}"
 
 

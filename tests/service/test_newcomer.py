@@ -86,7 +86,9 @@ async def test_every_documented_422_is_problem_json_and_matches_the_server(check
 def test_a_key_in_the_query_string_never_reaches_the_access_log() -> None:
     import logging
 
-    from service.logs import RedactSecrets
+    from service.logs import RedactSecrets, install
+    install()                                        # what the app's lifespan does before serving
+    assert any(isinstance(f, RedactSecrets) for f in logging.getLogger("uvicorn.access").filters)
     rec = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
                             ("127.0.0.1:5", "GET", "/v1/models?api_key=sekrit-123&x=1", "1.1", 401), None)
     RedactSecrets().filter(rec)
