@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STORE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+STORE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 MIN_KEY_CHARS = 16
 
@@ -21,8 +21,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"                        # loopback by default: exposing it is a choice
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=32)           # uvicorn processes; >1 needs a shared (Redis) store
-    store_url: str = "memory://"                   # memory:// (in-process) or redis://host:port/db
-    store_prefix: str = Field("ebmm:", min_length=1, max_length=64)
+    store_url: str = "memory://"                   # memory:// (in-process), redis://host:port/db, or
+    #                                                a cluster: redis+cluster://host:port[,host:port...]
+    store_prefix: str = Field("ebmm:", min_length=1, max_length=64, pattern=r"^[^{}]+$")
+    store_min_replicas: int = Field(0, ge=0, le=16)  # acknowledge a write once this many replicas hold it
     store_timeout_seconds: float = Field(1.0, gt=0, le=30)   # per Redis socket operation
     checkpoint_dir: Path = REPO_ROOT / "checkpoints"
     device: str = "auto"                           # auto = cuda if available, else cpu

@@ -79,10 +79,12 @@ class SessionStore(ABC):
 
 
 def open_store(settings: Settings) -> SessionStore:
-    """The store named by settings.store_url (memory:// or redis://, rediss://, unix://)."""
+    """The store named by settings.store_url: memory://, redis://, rediss://, unix:// or a cluster
+    (redis+cluster://, rediss+cluster://)."""
     if settings.store_url.startswith("memory://"):
         from .memory_store import MemoryStore
         return MemoryStore(settings.memory_max_sessions, settings.memory_max_bytes)
-    from .redis_store import RedisStore
-    return RedisStore(settings.store_url, settings.store_prefix, settings.store_timeout_seconds,
-                      label=settings.store_label)
+    from .redis_store import CLUSTER_SCHEMES, RedisClusterStore, RedisStore
+    kind = RedisClusterStore if settings.store_url.startswith(CLUSTER_SCHEMES) else RedisStore
+    return kind(settings.store_url, settings.store_prefix, settings.store_timeout_seconds,
+                label=settings.store_label, min_replicas=settings.store_min_replicas)

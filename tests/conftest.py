@@ -84,6 +84,153 @@ class RedisProcess:
         self.proc = None
 
 
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free and valid too."""
+    import random
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisClusterProcesses:
+    """A throwaway Redis Cluster on loopback: `primaries` primaries with `replicas` replicas each,
+    nothing on disk, fast failure detection, and shards that answer while another one is down."""
+
+    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+        self.workdir, self.node_timeout_ms = workdir, node_timeout_ms
+        self.primaries, self.replicas = primaries, replicas
+        self.ports = [cluster_port() for _ in range(primaries * (1 + replicas))]
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+
+    def start_node(self, port: int) -> None:
+        node_dir = self.workdir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(node_dir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
+             "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> RedisClusterProcesses:
+        for port in self.ports:
+            self.start_node(port)
+        deadline = time.monotonic() + 10
+        while not all(answers(f"redis://127.0.0.1:{p}/0") for p in self.ports):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("throwaway cluster nodes did not start")
+            time.sleep(0.05)
+        self.form()
+        self.wait_healthy()
+        return self
+
+    def form(self, timeout: float = 30) -> None:
+        """What `redis-cli --cluster create` does, with plain commands (no cli binary needed): slots
+        split evenly over the primaries, every node meets the first, each replica follows its primary."""
+        clients = {p: redis.Redis(port=p, socket_timeout=2, decode_responses=True) for p in self.ports}
+        try:
+            primaries, replicas = self.ports[:self.primaries], self.ports[self.primaries:]
+            for i, port in enumerate(primaries):
+                lo, hi = 16384 * i // self.primaries, 16384 * (i + 1) // self.primaries - 1
+                clients[port].execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+            for port in self.ports[1:]:
+                clients[port].execute_command("CLUSTER", "MEET", "127.0.0.1", self.ports[0])
+            deadline = time.monotonic() + timeout
+            while not all(len(clients[p].execute_command("CLUSTER", "NODES").splitlines()) == len(self.ports)
+                          for p in self.ports):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("cluster nodes did not meet")
+                time.sleep(0.05)
+            for i, port in enumerate(replicas):
+                primary_id = clients[primaries[i % self.primaries]].execute_command("CLUSTER", "MYID")
+                while True:           # a replica must have heard of its primary's id by gossip first
+                    try:
+                        clients[port].execute_command("CLUSTER", "REPLICATE", primary_id)
+                        break
+                    except redis.ResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def info(self, port: int) -> dict[str, str]:
+        client = redis.Redis(port=port, socket_timeout=1)
+        try:
+            text = client.execute_command("CLUSTER", "INFO").decode()
+        finally:
+            client.close()
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def primary_ports(self) -> list[int]:
+        """Ports of the live nodes that are primaries owning slots."""
+        out = []
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                continue
+            client = redis.Redis(port=port, socket_timeout=1)
+            try:
+                role = client.execute_command("ROLE")[0]
+            finally:
+                client.close()
+            if role == b"master":
+                out.append(port)
+        return sorted(out)
+
+    def synced_replicas(self, port: int) -> int:
+        client = redis.Redis(port=port, socket_timeout=1)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                   and v.get("state") == "online")
+
+    def wait_healthy(self, timeout: float = 30, replicas: int | None = None) -> None:
+        """Until every live node says cluster_state:ok, `primaries` primaries are live, and each has
+        `replicas` replicas in sync (default: as many as it was made with)."""
+        want = self.replicas if replicas is None else replicas
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [p for p, proc in self.procs.items() if proc.poll() is None]
+            try:
+                primaries = self.primary_ports()
+                if (all(self.info(p).get("cluster_state") == "ok" for p in live)
+                        and len(primaries) == self.primaries
+                        and all(self.synced_replicas(p) >= want for p in primaries)):
+                    return
+            except (redis.RedisError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("throwaway cluster did not become healthy")
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        self.procs[port].kill()
+        self.procs[port].wait(5)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        self.procs = {}
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """$REDIS_URL, else the shared 127.0.0.1:6379, else a throwaway server for this test session."""
@@ -114,6 +261,16 @@ def module_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"ebmm-test:{secrets.token_hex(6)}:"
     yield prefix
     delete_prefixed(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """A throwaway 3-primary, 3-replica cluster shared by the tests that only read and write it."""
+    cluster = RedisClusterProcesses(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

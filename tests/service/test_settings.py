@@ -41,6 +41,8 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     ("EBMM_POOL_SIZE", "0"),
     ("EBMM_MAX_READ_STEPS", "100000"),
     ("EBMM_LOG_LEVEL", "loud"),
+    ("EBMM_STORE_PREFIX", "ebmm:{a}:"),          # braces would change a cluster key's hash tag
+    ("EBMM_STORE_MIN_REPLICAS", "-1"),
 ])
 def test_unsafe_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
@@ -56,3 +58,12 @@ def test_several_workers_need_a_shared_store() -> None:
 
 def test_store_label_hides_credentials() -> None:
     assert Settings(store_url="redis://user:secret@host:6379/0").store_label == "redis://***@host:6379/0"
+    assert (Settings(store_url="rediss+cluster://u:secret@h1:7000,h2:7000").store_label
+            == "rediss+cluster://***@h1:7000,h2:7000")
+
+
+def test_a_cluster_url_opens_a_cluster_store() -> None:
+    from service.redis_store import RedisClusterStore
+    from service.store import open_store
+    store = open_store(Settings(store_url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001", store_min_replicas=1))
+    assert isinstance(store, RedisClusterStore) and store.min_replicas == 1

@@ -1,4 +1,4 @@
-"""Session stores: the same behaviours from the in-process store and from Redis."""
+"""Session stores: the same behaviours from the in-process store, from Redis and from a Redis Cluster."""
 from __future__ import annotations
 
 import socket
@@ -11,7 +11,7 @@ import torch
 
 from service.errors import StoreUnavailable
 from service.memory_store import MemoryStore
-from service.redis_store import RedisStore
+from service.redis_store import BUCKETS, RedisClusterStore, RedisStore, cluster_nodes
 from service.store import SessionMeta, SessionStore, pack_weights, unpack_weights
 
 pytestmark = pytest.mark.anyio
@@ -22,13 +22,17 @@ def meta(sid: str, owner: str = "") -> SessionMeta:
     return SessionMeta(sid, "binary128", "ab" * 32, owner, [128], 3, 33024, 33100, -1.5, now, now + 60)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     if request.param == "memory":
         yield MemoryStore(max_sessions=10, max_bytes=1 << 20)
         return
-    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-    s = RedisStore(url, prefix, timeout=1.0)
+    if request.param == "cluster":       # every write acknowledged by its shard's replica
+        s: RedisStore = RedisClusterStore(request.getfixturevalue("redis_cluster").url, "ebmm-test:",
+                                          timeout=1.0, min_replicas=1)
+    else:
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        s = RedisStore(url, prefix, timeout=1.0)
     try:
         yield s
     finally:
@@ -123,12 +127,72 @@ def closed_port() -> int:
         return sock.getsockname()[1]            # nothing listens once the socket is closed
 
 
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 @pytest.mark.parametrize("op", ["put", "get", "get_meta", "delete", "count", "ping"])
-async def test_unreachable_redis_raises_store_unavailable(op: str) -> None:
-    s = RedisStore(f"redis://127.0.0.1:{closed_port()}/0", "ebmm-test:", timeout=0.5)
+async def test_unreachable_redis_raises_store_unavailable(op: str, kind: str) -> None:
+    if kind == "cluster":
+        s: RedisStore = RedisClusterStore(f"redis+cluster://127.0.0.1:{closed_port()}", "ebmm-test:", timeout=0.5)
+    else:
+        s = RedisStore(f"redis://127.0.0.1:{closed_port()}/0", "ebmm-test:", timeout=0.5)
     args = {"put": (meta("f" * 22), b"w", 60), "count": (), "ping": ()}.get(op, ("f" * 22,))
     try:
         with pytest.raises(StoreUnavailable, match=op):
             await getattr(s, op)(*args)
     finally:
         await s.close()
+
+
+async def test_cluster_keys_of_a_session_share_a_slot_and_sessions_spread_over_the_shards(
+        redis_cluster: object) -> None:
+    from redis.cluster import key_slot
+    s = RedisClusterStore(redis_cluster.url, "ebmm-test:", timeout=1.0)
+    try:
+        ids = [f"spread-{i:03d}" + "s" * 14 for i in range(90)]
+        for sid in ids:
+            assert key_slot(s.key(sid).encode()) == key_slot(s.index_of(sid).encode())
+            await s.put(meta(sid), b"w", 60)
+        await s.client.initialize()
+        shards = {s.client.get_node_from_key(s.key(sid)).port for sid in ids}
+        assert shards == set(redis_cluster.primary_ports())           # all three primaries hold some
+        assert len({s.bucket(sid) for sid in ids}) > 50 and max(s.bucket(sid) for sid in ids) < BUCKETS
+        assert await s.count() >= 90
+        for sid in ids:
+            assert await s.delete(sid)
+    finally:
+        await s.close()
+
+
+async def test_a_write_the_replicas_do_not_confirm_is_not_acknowledged(redis_url: str, redis_prefix: str,
+                                                                      tmp_path: object) -> None:
+    """min_replicas on a Redis without replicas: every change is refused with StoreUnavailable; with a
+    replica attached (WAIT runs on the writing connection) the same write is acknowledged."""
+    from conftest import RedisProcess
+    primary = RedisProcess(tmp_path).start()
+    replica = RedisProcess(tmp_path)
+    s = RedisStore(primary.url, redis_prefix, timeout=0.5, min_replicas=1)
+    try:
+        with pytest.raises(StoreUnavailable, match="0 of 1 required replicas"):
+            await s.put(meta("unrepl" + "u" * 16), b"w", 60)
+        replica.start()
+        client = redis.Redis(port=replica.port)
+        client.replicaof("127.0.0.1", primary.port)
+        deadline = time.monotonic() + 10
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "replica did not sync"
+            time.sleep(0.05)
+        client.close()
+        await s.put(meta("repl" + "r" * 18), b"w", 60)
+        assert (await s.get("repl" + "r" * 18))[1] == b"w"
+    finally:
+        await s.close()
+        replica.stop()
+        primary.stop()
+
+
+def test_cluster_url_parses_nodes_credentials_and_tls() -> None:
+    assert cluster_nodes("redis+cluster://10.0.0.1:7000,10.0.0.2") == (
+        [("10.0.0.1", 7000), ("10.0.0.2", 6379)], {"ssl": False})
+    assert cluster_nodes("rediss+cluster://app:p%40ss@h1:7000,h2:7001/0") == (
+        [("h1", 7000), ("h2", 7001)], {"ssl": True, "username": "app", "password": "p@ss"})
+    with pytest.raises(ValueError, match="not host:port"):
+        cluster_nodes("redis+cluster://h1:7000,,h2:7001")
