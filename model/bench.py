@@ -16,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import get_preset, parse_value
+from .energy import EnergyNet
 from .memory import EBMM, read, write
 from .meta import meta_loss
 
@@ -36,18 +37,20 @@ def resolve(spec: str):
 
 
 def cpu_info() -> dict[str, Any]:
-    """Model name, cores torch uses, clock and the fp32 FMA peak (AVX2: 32 flops per cycle per core)."""
+    """Model name, cores torch uses, clock and the fp32 FMA peak per cycle and core: 64 flops with
+    AVX-512 (2 FMA units x 16 lanes x 2), 32 with AVX2 FMA, else 8."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = re.search(r"model name\s*:\s*(.*)", text)
     mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]
     flags = re.search(r"flags\s*:\s*(.*)", text)
-    fma = bool(flags and "avx2" in flags.group(1).split() and "fma" in flags.group(1).split())
+    have = set(flags.group(1).split()) if flags else set()
+    fma = "avx2" in have and "fma" in have
     cores = os.cpu_count() or 1
     ghz = (max(mhz) / 1000) if mhz else float("nan")
-    per_cycle = 32 if fma else 8
+    per_cycle = 64 if fma and "avx512f" in have else 32 if fma else 8
     return {"cpu": name.group(1).strip() if name else platform.processor(), "cores": cores,
             "torch_threads": torch.get_num_threads(),
-            "ghz": round(ghz, 3), "avx2_fma": fma,
+            "ghz": round(ghz, 3), "avx2_fma": fma, "avx512f": "avx512f" in have, "flops_per_cycle": per_cycle,
             "peak_gflops": round(cores * per_cycle * ghz, 1), "torch": torch.__version__}
 
 
@@ -107,3 +110,81 @@ def run(presets: tuple[str, ...] = DEFAULT_PRESETS, repeats: int = 5) -> dict[st
             row[op]["fraction_of_peak"] = round(row[op]["gflops_per_s"] / info["peak_gflops"], 3)
         rows.append(row)
     return {"machine": info, "pid": os.getpid(), "results": rows}
+
+
+# --------------------------------------------------------------------------------------------------
+# serving loops of the shipped checkpoints: `ebmm bench-serving`
+# --------------------------------------------------------------------------------------------------
+
+SERVING_CHECKPOINTS = ("checkpoints/binary128", "checkpoints/binary128-rnn", "checkpoints/characters32",
+                       "checkpoints/photos32", "checkpoints/photos32-span8k", "checkpoints/photos32-span16k")
+READ_VARIANTS = {   # name -> read() keyword arguments
+    "autograd": {"fast": False, "energies": "all"},           # the read before the fast paths
+    "fast": {"fast": True, "energies": "all"},                # closed-form grad_x E, every iterate's energy
+    "fast_last": {"fast": True, "energies": "last"},          # ... and only the result's energy (npy answers)
+}
+
+
+def _episode(model: EBMM, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = tuple(model.cfg.input_shape)
+    if len(shape) == 1:                                        # bit strings: flip the first eighth
+        x = (torch.rand(n, *shape, generator=g) < 0.5).float()
+        q = x.clone()
+        q[:, : shape[0] // 8] = 1 - q[:, : shape[0] // 8]
+    else:                                                      # images: a 16x16 block blanked
+        x = torch.rand(n, *shape, generator=g)
+        q = x.clone()
+        q[..., 8:24, 8:24] = 0.0
+    return x, q
+
+
+def bench_checkpoint(folder: str | Path, repeats: int = 20) -> dict[str, Any]:
+    from .checkpoint import load_checkpoint
+    ck = load_checkpoint(folder)
+    model, p = ck.model, ck.model.params(detach=True)
+    g = torch.Generator().manual_seed(0)
+    x, q = _episode(model, 64, g)
+    w = write(model, p, x).weights
+    row: dict[str, Any] = {"checkpoint": ck.name, "architecture": ck.card.get("architecture"),
+                           "memory_floats": model.memory_floats, "read_steps": model.cfg.loop.read_steps,
+                           "closed_form_grad": type(model.energy).energy_grad is not EnergyNet.energy_grad,
+                           "write_64_ms": round(_time(lambda: write(model, p, x), max(3, repeats // 4)), 3)}
+    for b in (64, 1):
+        for name, kw in READ_VARIANTS.items():
+            row[f"read_{b}_{name}_ms"] = round(_time(lambda b=b, kw=kw: read(model, p, w, q[:b], **kw), repeats), 3)
+    flops = _flops(lambda: read(model, p, w, q, **READ_VARIANTS["fast_last"]))
+    row["read_64_gflop"] = round(flops / 1e9, 5)
+    row["read_64_gflops_per_s"] = round(flops / 1e9 / (row["read_64_fast_last_ms"] / 1000), 2)
+    return row
+
+
+def serving(checkpoints: tuple[str, ...] = SERVING_CHECKPOINTS, repeats: int = 20) -> dict[str, Any]:
+    """Per shipped checkpoint, one torch thread: the write of 64 patterns and reads of 64 and of 1 query,
+    autograd against the closed-form fast path, with and without every iterate's energy."""
+    torch.set_num_threads(1)
+    info = cpu_info()
+    info["torch_threads"] = 1
+    core_peak = info["peak_gflops"] / info["cores"]
+    rows = []
+    for c in checkpoints:
+        row = bench_checkpoint(c, repeats)
+        row["read_64_fraction_of_core_peak"] = round(row["read_64_gflops_per_s"] / core_peak, 4)
+        rows.append(row)
+    return {"machine": info, "core_peak_gflops": round(core_peak, 1), "results": rows}
+
+
+def serving_table(out: dict[str, Any]) -> list[str]:
+    m = out["machine"]
+    lines = [f"{m['cpu']}, 1 torch thread, {m['ghz']} GHz, one core's fp32 peak {out['core_peak_gflops']} GFLOP/s "
+             f"({m.get('flops_per_cycle', 32)} flops per cycle), torch {m['torch']}. Milliseconds, median of repeats; "
+             "model time only (no HTTP).", "",
+             "| checkpoint | closed-form grad | write 64 | read 64: autograd | fast | fast, last energy only "
+             "| read 1: autograd | fast | fast, last energy only | read 64 GFLOP/s | of one core's peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["results"]:
+        lines.append(
+            f"| {r['checkpoint']} | {'yes' if r['closed_form_grad'] else 'no (autograd)'} | {r['write_64_ms']:.2f} | "
+            f"{r['read_64_autograd_ms']:.2f} | {r['read_64_fast_ms']:.2f} | {r['read_64_fast_last_ms']:.2f} | "
+            f"{r['read_1_autograd_ms']:.3f} | {r['read_1_fast_ms']:.3f} | {r['read_1_fast_last_ms']:.3f} | "
+            f"{r['read_64_gflops_per_s']:.1f} | {r['read_64_fraction_of_core_peak']:.0%} |")
+    return lines

@@ -287,10 +287,29 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_serving(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import bench
+    checkpoints = tuple(_csv(args.checkpoints)) if args.checkpoints else bench.SERVING_CHECKPOINTS
+    out = bench.serving(checkpoints, args.repeats)
+    out["command"] = "ebmm " + " ".join(sys.argv[1:])
+    lines = bench.serving_table(out)
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        Path(args.out).with_suffix(".md").write_text(
+            "# Serving loops of the shipped checkpoints\n\nCommand: `" + out["command"] + "`\n\n"
+            + "\n".join(lines) + "\n")
+    return 0
+
+
 def bench_table(out: dict) -> list[str]:
     m = out["machine"]
     lines = [f"{m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {m['ghz']} GHz, fp32 peak "
-             f"{m['peak_gflops']} GFLOP/s (all cores, AVX2 FMA), torch {m['torch']}", "",
+             f"{m['peak_gflops']} GFLOP/s (all cores, {m.get('flops_per_cycle', 32)} flops per cycle), "
+             f"torch {m['torch']}", "",
              "| preset | memory floats | write 64: ms | GFLOP/s | of peak | read 64: ms | GFLOP/s | of peak "
              "| meta-step: ms | GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["results"]:
@@ -324,6 +343,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="results/bench.json")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("bench-serving", help="write and read of the shipped checkpoints, autograd against the "
+                       "closed-form fast paths, one thread")
+    p.add_argument("--checkpoints", help="comma-separated folders (default: one of each shipped family)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", default="results/bench_serving.json")
+    p.set_defaults(func=_bench_serving)
 
 
 def _report(args: argparse.Namespace) -> int:

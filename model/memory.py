@@ -11,6 +11,7 @@ graph runs through both loops; without it (serving) none is kept.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -199,20 +200,20 @@ class ReadResult:
     energies: Tensor    # (K+1, B): the energy at each iterate (no graph: a diagnostic)
 
 
-def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor | None = None,
-         steps: int | None = None, create_graph: bool = False, temperature: float = 0.0,
-         generator: torch.Generator | None = None) -> ReadResult:
-    """K projected Nesterov steps from queries (B, *input_shape) on E(.; p with weights written).
+def _fast_grad(model: EBMM, q: Params, create_graph: bool
+               ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
+    """The energy's closed-form grad_x (EnergyNet.energy_grad) and its energy, bound to the read's
+    parameters and one cache, when the read needs no graph to them (serving, evaluation) and the family
+    has one; else None (autograd)."""
+    if create_graph or type(model.energy).energy_grad is EnergyNet.energy_grad:
+        return None
+    ep, cache = {n: t.detach() for n, t in model._energy_params(q).items()}, {}
+    return (lambda x: model.energy.energy_grad(ep, x, cache)), (lambda x: model.energy.energy_cached(ep, x, cache))
 
-    mask (same shape, bool or {0,1}): pixels known to be right; they are kept at the query's value
-    (inpainting). Iterates stay in [0, 1] by clipping, as in the paper.
-    temperature T > 0 makes the read stochastic (annealed Langevin): step k adds sqrt(2 gamma_k T_k) xi,
-    xi ~ N(0, I), to the velocity, T_k falling linearly from T to 0 at the last step.
-    """
-    steps = model.cfg.loop.read_steps if steps is None else steps
-    q = {**p, **weights}
-    gamma, psi = step_sizes(p, steps)
-    keep = None if mask is None else mask.to(queries.dtype)
+
+def _autograd_steps(model: EBMM, q: Params, queries: Tensor, keep: Tensor | None, gamma: Tensor, psi: Tensor,
+                    create_graph: bool, temperature: float, generator: torch.Generator | None) -> list[Tensor]:
+    steps = gamma.shape[0]
     x0 = queries
     x, v = queries, torch.zeros_like(queries)
     iterates = [x]
@@ -236,7 +237,82 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
             if not create_graph:
                 x, v = x.detach(), v.detach()
             iterates.append(x)
+    return iterates
+
+
+@torch.no_grad()
+def _fast_steps(grad: Callable[[Tensor], Tensor], queries: Tensor, keep: Tensor | None, gamma: list[float],
+                psi: list[float], temperature: float, generator: torch.Generator | None) -> list[Tensor]:
+    """The same steps as `_autograd_steps` with a closed-form gradient and Python-float step sizes: no
+    graph, fewer and in-place element-wise ops (nothing returned is written to in place)."""
+    steps = len(gamma)
+    x, v = queries, torch.zeros_like(queries)
+    drop = None if keep is None else 1 - keep
+    iterates = [x]
+    for k in range(steps):
+        xh = torch.add(x, v, alpha=psi[k]).clamp_(0, 1)
+        v = torch.add(v.mul_(psi[k]), grad(xh), alpha=-gamma[k])
+        t_k = temperature * (1 - k / max(steps - 1, 1))
+        if t_k > 0:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            v.add_(noise, alpha=(2 * gamma[k] * t_k) ** 0.5)
+        x = torch.add(x, v).clamp_(0, 1)
+        if drop is not None:
+            x = torch.addcmul(keep * queries, drop, x)
+            v.mul_(drop)
+        iterates.append(x)
+    return iterates
+
+
+def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor | None = None,
+         steps: int | None = None, create_graph: bool = False, temperature: float = 0.0,
+         generator: torch.Generator | None = None, energies: str = "all", fast: bool = True,
+         stacked: bool = False) -> ReadResult:
+    """K projected Nesterov steps from queries (B, *input_shape) on E(.; p with weights written).
+
+    mask (same shape, bool or {0,1}): pixels known to be right; they are kept at the query's value
+    (inpainting). Iterates stay in [0, 1] by clipping, as in the paper.
+    temperature T > 0 makes the read stochastic (annealed Langevin): step k adds sqrt(2 gamma_k T_k) xi,
+    xi ~ N(0, I), to the velocity, T_k falling linearly from T to 0 at the last step.
+    energies: "all" (the energy of every iterate, (K+1, B)) or "last" (of the result only, (1, B)): a
+    diagnostic pass over the iterates, which costs about as much as the read itself for small batches.
+    fast: use the family's closed-form grad_x E when the read needs no graph (equal to autograd, tested).
+    stacked: the writable tensors carry one written memory per query (see `read_stacked`).
+    """
+    if energies not in ("all", "last"):
+        raise ValueError(f"energies={energies!r}: expected 'all' or 'last'")
+    steps = model.cfg.loop.read_steps if steps is None else steps
+    q = {**p, **weights}
+    fast_fns = _fast_grad(model, q, create_graph) if fast else None
+    gamma, psi = step_sizes(p, steps)
+    keep = None if mask is None else mask.to(queries.dtype)
+    if fast_fns is not None:
+        iterates = _fast_steps(fast_fns[0], queries, keep, gamma.tolist(), psi.tolist(), temperature, generator)
+    else:
+        iterates = _autograd_steps(model, q, queries, keep, gamma, psi, create_graph, temperature, generator)
     traj = torch.stack(iterates)                                    # (K+1, B, *S)
-    with torch.no_grad():                   # diagnostics: the energy of every returned iterate
-        energies_t = model.energy_fn(q, traj.detach().flatten(0, 1)).view(traj.shape[:2])   # (K+1, B)
+    with torch.no_grad():                   # diagnostics: the energy of the returned iterates
+        seen = (traj if energies == "all" else traj[-1:]).detach()
+        fn = (lambda t: model.energy_fn(q, t)) if fast_fns is None else fast_fns[1]
+        if stacked:                         # one memory per query: each iterate is a batch of its own
+            energies_t = torch.stack([fn(t) for t in seen])
+        else:
+            energies_t = fn(seen.flatten(0, 1)).view(seen.shape[:2])    # (K+1 or 1, B)
     return ReadResult(traj, energies_t)
+
+
+def read_stacked(model: EBMM, p: Params, weights: list[Params], queries: list[Tensor], steps: int | None = None,
+                 energies: str = "all") -> list[ReadResult]:
+    """Reads of several written memories in one batched call: queries[i] (B_i, *input_shape) on weights[i].
+    Families whose energy takes one written memory per query (`EnergyNet.stacks_weights`) stack them and
+    run one read of all sum B_i queries; others read each in turn. Equal to separate `read` calls (tested)."""
+    if len(weights) != len(queries):
+        raise ValueError(f"{len(weights)} written memories for {len(queries)} query batches")
+    if not model.energy.stacks_weights or len(queries) == 1:
+        return [read(model, p, w, q, steps=steps, energies=energies) for w, q in zip(weights, queries, strict=True)]
+    counts = [q.shape[0] for q in queries]
+    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(queries[0].device)
+    stacked = {n: torch.stack([w[n] for w in weights])[owner] for n in model.writable}     # (sum B_i, *shape)
+    res = read(model, p, stacked, torch.cat(queries), steps=steps, energies=energies, stacked=True)
+    its, ens = res.iterates.split(counts, dim=1), res.energies.split(counts, dim=1)
+    return [ReadResult(i, e) for i, e in zip(its, ens, strict=True)]

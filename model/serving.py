@@ -9,7 +9,7 @@ from torch import Tensor
 from .checkpoint import Checkpoint
 from .energy import Params
 from .familiarity import default_window, memory_familiarity
-from .memory import ReadResult, WriteResult, append, read, write
+from .memory import ReadResult, WriteResult, append, read, read_stacked, write
 from .sampling import Candidates, sample, top_k
 
 
@@ -112,9 +112,23 @@ class Memory:
         return tuple(t.cpu() for t in out)  # type: ignore[return-value]
 
     def read(self, weights: Params, queries: Tensor, mask: Tensor | None = None,
-             steps: int | None = None) -> ReadResult:
-        """queries (B, *input_shape) in [0, 1]; mask True where a pixel is known (kept fixed)."""
+             steps: int | None = None, energies: str = "all") -> ReadResult:
+        """queries (B, *input_shape) in [0, 1]; mask True where a pixel is known (kept fixed).
+        energies: "all" (every iterate's, (K+1, B)) or "last" (the result's, (1, B))."""
         w = self._weights(weights)
         m = None if mask is None else self._check("mask", mask.to(torch.float32))
-        res = read(self.ckpt.model, self.params, w, self._check("queries", queries), m, steps)
+        res = read(self.ckpt.model, self.params, w, self._check("queries", queries), m, steps, energies=energies)
         return ReadResult(res.iterates.cpu(), res.energies.cpu())
+
+    @property
+    def stacks_weights(self) -> bool:
+        """Whether reads of several sessions run as one batched call (EnergyNet.stacks_weights)."""
+        return self.ckpt.model.energy.stacks_weights
+
+    def read_many(self, weights: list[Params], queries: list[Tensor], steps: int | None = None,
+                  energies: str = "all") -> list[ReadResult]:
+        """Reads of several sessions in one call (model/memory.py: read_stacked): queries[i] on weights[i]."""
+        ws = [self._weights(w) for w in weights]
+        qs = [self._check("queries", q) for q in queries]
+        return [ReadResult(r.iterates.cpu(), r.energies.cpu())
+                for r in read_stacked(self.ckpt.model, self.params, ws, qs, steps, energies)]

@@ -9,6 +9,9 @@ Writable slices are separate parameters named `memory.*`; `memory_floats` counts
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +57,12 @@ def layer_norm(h: Tensor, dims: int, weight: Tensor | None = None, eps: float = 
 
 
 def symmetric_from_triu(t: Tensor, iu: Tensor, n: int) -> Tensor:
-    """The (n, n) symmetric matrix whose upper triangle (diagonal included) is t (n(n+1)/2,)."""
+    """The (n, n) symmetric matrix whose upper triangle (diagonal included) is t (n(n+1)/2,); with a
+    leading batch dimension, (B, n(n+1)/2) -> (B, n, n)."""
+    if t.dim() == 2:
+        upper = t.new_zeros(t.shape[0], n, n)
+        upper[:, iu[0], iu[1]] = t
+        return upper + upper.transpose(1, 2) - torch.diag_embed(torch.diagonal(upper, dim1=1, dim2=2))
     upper = t.new_zeros(n, n).index_put((iu[0], iu[1]), t)
     return upper + upper.T - torch.diag(torch.diagonal(upper))
 
@@ -73,6 +81,17 @@ def principal_basis(images: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     return s.float(), mu.float(), vh[:rank].float()
 
 
+def memo_on(owner: object, name: str, tensor: Tensor, compute: Callable[[], Any]) -> Any:
+    """compute(), remembered on owner while `tensor` is the same live object with the same version (a
+    weak reference: a new tensor at a recycled address is never mistaken for the old one)."""
+    entry = getattr(owner, name, None)
+    if entry is not None and entry[0]() is tensor and entry[1] == tensor._version:
+        return entry[2]
+    value = compute()
+    setattr(owner, name, (weakref.ref(tensor), tensor._version, value))
+    return value
+
+
 class EnergyNet(nn.Module):
     """Base class: parameters live on the module; `energy(params, x)` is a pure function."""
 
@@ -89,6 +108,24 @@ class EnergyNet(nn.Module):
 
     def energy(self, p: Params, x: Tensor) -> Tensor:  # x (B, *input_shape) -> (B,)
         raise NotImplementedError
+
+    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
+        """grad_x E (B, *input_shape) in closed form, for serving reads (no graph to the parameters), where
+        the family has one; None: the read uses autograd. `cache` lives for one read: what depends only on
+        the parameters (a matrix built from its triangle, say) is computed at the first step and kept.
+        Each family's form is tested equal to autograd (tests/model/test_fast_paths.py)."""
+        return None
+
+    @property
+    def stacks_weights(self) -> bool:
+        """True where `energy_grad` and `energy` also take writable tensors with a leading batch dimension,
+        one written memory per query (reads of several sessions batched in one call: memory.read_stacked)."""
+        return False
+
+    def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
+        """E(x) in a serving read that used `energy_grad` with this cache (families whose energy needs what
+        the gradient computed once per read take it from there); by default `energy` itself."""
+        return self.energy(p, x)
 
     @property
     def capacity(self) -> int | None:

@@ -66,10 +66,31 @@ class QuadraticEnergy(EnergyNet):
         self._init_scale(scale)
 
     def matrix(self, p: Params) -> Tensor:
-        m = symmetric_from_triu(p["memory_triu"], self.iu, self.dim)     # (D, D)
-        return m + torch.diag(torch.diagonal(m) * (p["diag"] - 1))        # diagonal scaled by the gain
+        """(D, D), or (B, D, D) for writable triangles stacked one per query."""
+        m = symmetric_from_triu(p["memory_triu"], self.iu, self.dim)
+        diag = torch.diagonal(m, dim1=-2, dim2=-1)
+        return m + torch.diag_embed(diag * (p["diag"] - 1))                # diagonal scaled by the gain
+
+    @property
+    def stacks_weights(self) -> bool:
+        return True
+
+    @staticmethod
+    def _times(s: Tensor, m: Tensor) -> Tensor:
+        """s M for (B, D) rows and one (D, D) matrix or one matrix per row (B, D, D)."""
+        return s @ m if m.dim() == 2 else torch.bmm(s.unsqueeze(1), m).squeeze(1)
 
     def energy(self, p: Params, x: Tensor) -> Tensor:
         s = _signed(x).flatten(1)                               # (B, D)
-        e = -0.5 * ((s @ self.matrix(p)) * s).sum(-1) - s @ p["bias"]
+        e = -0.5 * (self._times(s, self.matrix(p)) * s).sum(-1) - s @ p["bias"]
         return e * p["log_scale"].exp()
+
+    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
+        """dE/dx = 2 scale (-M s - b), M symmetric: one matrix product per step."""
+        if "m2" not in cache:
+            cache["m2"] = -2 * p["log_scale"].exp() * self.matrix(p)          # (D, D) or (B, D, D)
+            cache["b2"] = -2 * p["log_scale"].exp() * p["bias"]
+        s = _signed(x).flatten(1)
+        if cache["m2"].dim() == 3:
+            return (self._times(s, cache["m2"]) + cache["b2"]).view_as(x)
+        return torch.addmm(cache["b2"], s, cache["m2"]).view_as(x)

@@ -7,7 +7,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import _GAIN, EnergyNet, Params, _signed, inv_softplus, principal_basis, symmetric_from_triu
+from .base import _GAIN, EnergyNet, Params, _signed, inv_softplus, memo_on, principal_basis, symmetric_from_triu
+
+
+def _dot_slots(f: Tensor, k: Tensor) -> Tensor:
+    """f k_i for (B, r) codes and slots (S, r), or a set of slots per code (B, S, r) -> (B, S)."""
+    return f @ k.T if k.dim() == 2 else torch.bmm(k, f.unsqueeze(-1)).squeeze(-1)
+
+
+def _mix_slots(a: Tensor, k: Tensor) -> Tensor:
+    """sum_i a_i k_i for (B, S) weights and slots (S, r), or (B, S, r) -> (B, r)."""
+    return a @ k if k.dim() == 2 else torch.bmm(a.unsqueeze(1), k).squeeze(1)
+
+
+def orthonormal_rows(owner: object, u: Tensor) -> bool:
+    """Whether u's rows are orthonormal to 1e-5, remembered on owner while u is the same tensor."""
+    def check() -> bool:
+        eye = torch.eye(u.shape[0], dtype=u.dtype, device=u.device)
+        return bool((u @ u.T - eye).abs().max() < 1e-5)
+    return memo_on(owner, "_orthonormal_memo", u, check)
 
 
 class SubspaceQuadraticEnergy(EnergyNet):
@@ -137,8 +155,12 @@ class SubspaceSlotEnergy(EnergyNet):
 
     @staticmethod
     def _half_sq_dist(f: Tensor, k: Tensor) -> Tensor:
-        """(B, r) codes, (S, r) slots -> (B, S) half squared distances, as matmuls."""
-        return 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * f @ k.T + k.pow(2).sum(-1))
+        """(B, r) codes, (S, r) slots (or one set per code, (B, S, r)) -> (B, S) half squared distances."""
+        return 0.5 * (f.pow(2).sum(-1, keepdim=True) - 2 * _dot_slots(f, k) + k.pow(2).sum(-1))
+
+    @property
+    def stacks_weights(self) -> bool:
+        return True
 
     def _pixel_terms(self, p: Params, s: Tensor, st: Tensor, f: Tensor, recall: Tensor) -> Tensor:
         u = self.basis
@@ -155,8 +177,56 @@ class SubspaceSlotEnergy(EnergyNet):
             disp = (k - p["anchor"]).pow(2).sum(-1)                   # (S,)
             d = d + F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
         e = -torch.logsumexp(-beta * d, dim=-1) / beta
-        kbar = torch.softmax(-beta * d, dim=-1) @ k                   # (B, r)
+        kbar = _mix_slots(torch.softmax(-beta * d, dim=-1), k)        # (B, r)
         return (e + self._pixel_terms(p, s, st, f, kbar)) * p["log_scale"].exp()
+
+    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
+        """dE/dx written out. With att = softmax(-beta d), kbar = att K, res = s~ - kbar U and h = dE/dkbar =
+        -q res^3 U^T: dE/df = f - kbar + beta (att (h.k_i) K - (h.kbar) kbar) (the attention term, and the
+        quartic term through kbar), dE/ds~ = lambda (r - r U^T U) + q res^3 + (dE/df) U with r = s~ - f U,
+        dE/ds = dE/ds~ - w s, and dE/dx = 2 scale dE/ds. The slots' occupancy penalty does not depend on x.
+
+        As computed: the softmax drops the row constant |f|^2 / 2 of d, and for orthonormal rows of U
+        (r U^T = 0) dE/ds~ = (lambda - w) s~ + q res^3 - w centre + (dE/df - lambda f) U, so a step makes four
+        products with U and folds the rest into them."""
+        k, u = p["memory_slots"], self.basis
+        if "beta" not in cache:
+            beta = float((p["log_beta"] * _GAIN).exp())
+            logit_bias = -0.5 * beta * k.pow(2).sum(-1)                        # (S,), or (B, S) stacked
+            if self.assign == "shared":
+                disp = (k - p["anchor"]).pow(2).sum(-1)
+                logit_bias = logit_bias - beta * F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
+            lam, well = float(F.softplus(p["comp_raw"] * _GAIN)), float(p["well"] * _GAIN)
+            cache.update(beta=beta, logit_bias=logit_bias, kt=k.transpose(-2, -1).contiguous(), ut=u.T.contiguous(),
+                         lam=lam, well=well, quart=float(F.softplus(p["quart_raw"] * _GAIN)),
+                         scale2=float(2 * p["log_scale"].exp()), shift=-(1 + self.centre), wc=well * self.centre,
+                         ortho=self._orthonormal())
+        c = cache
+        st = torch.add(c["shift"], x.flatten(1), alpha=2.0)                   # s~ = 2x - 1 - centre
+        f = st @ c["ut"]                                                       # (B, r)
+        if k.dim() == 2:
+            att = torch.softmax(torch.addmm(c["logit_bias"], f, c["kt"], alpha=c["beta"]), dim=-1)   # (B, S)
+        else:                                           # one written memory per query (stacked)
+            att = torch.softmax(torch.bmm(f.unsqueeze(1), c["kt"]).squeeze(1).mul_(c["beta"])
+                                .add_(c["logit_bias"]), dim=-1)
+        kbar = _mix_slots(att, k)                                              # (B, r)
+        res3 = torch.addmm(st, kbar, u, alpha=-1.0).pow_(3).mul_(c["quart"])  # q res^3, (B, D)
+        hn = res3 @ c["ut"]                                                    # -dE/dkbar, (B, r)
+        hk = hn @ c["kt"] if k.dim() == 2 else torch.bmm(hn.unsqueeze(1), c["kt"]).squeeze(1)
+        t1 = _mix_slots(att.mul_(hk), k)                                       # att (h.k_i) K, negated
+        sc = (hn * kbar).sum(-1, keepdim=True).mul_(c["beta"]).sub_(1.0)       # -(beta h.kbar + 1)
+        if c["ortho"]:
+            g_f = torch.add(kbar.mul_(sc), t1, alpha=-c["beta"]).add_(f, alpha=1.0 - c["lam"])  # dE/df - lambda f
+            base = res3.add_(st, alpha=c["lam"] - c["well"]).sub_(c["wc"])
+        else:
+            g_f = torch.add(kbar.mul_(sc), t1, alpha=-c["beta"]).add_(f)                         # dE/df
+            r = st - f @ u
+            base = res3.add_(r - (r @ c["ut"]) @ u, alpha=c["lam"]).sub_(st, alpha=c["well"]).sub_(c["wc"])
+        return torch.addmm(base, g_f, u, beta=c["scale2"], alpha=c["scale2"]).view_as(x)
+
+    def _orthonormal(self) -> bool:
+        """Whether U's rows are orthonormal (to 1e-5), checked once per value of the (static) basis."""
+        return orthonormal_rows(self, self.basis)
 
     @property
     def capacity(self) -> int | None:
@@ -191,7 +261,8 @@ class SubspaceSlotEnergy(EnergyNet):
         _, _, fq = self._code(q)
         _, _, fx = self._code(x)
         k = p["memory_slots"]
-        nearest = k[self._half_sq_dist(fx, k).argmin(1)]                # (B, r)
+        near = self._half_sq_dist(fx, k).argmin(1)
+        nearest = k[near] if k.dim() == 2 else k[torch.arange(k.shape[0], device=k.device), near]   # (B, r)
         return self._decode(fq), self._decode(nearest)
 
     def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
@@ -316,15 +387,25 @@ class SubspaceSpanEnergy(EnergyNet):
         chans = torch.arange(c, device=r.device)[:, None, None] * (h * w)
         return (rows[:, None] + chans[None]).flatten(1)                            # (B, c k k)
 
-    def recall(self, p: Params, s: Tensor) -> tuple[Tensor, Tensor]:
+    def span(self, p: Params) -> tuple[Tensor, Tensor, Tensor]:
+        """What the recall needs of M alone: the span in pixels b = U^T M (D, r), its Gram matrix b^T b (r, r)
+        and the ridge (a read computes them once, not at every step)."""
+        m = self.matrix(p)
+        b = self.basis.T @ m                                                       # (D, r): the span in pixels
+        # b^T b = M U U^T M = M^2 for orthonormal rows of U (the SVD's): r^3 instead of D r^2
+        gram = m @ m if orthonormal_rows(self, self.basis) else b.T @ b
+        ridge = (p["ridge_raw"] * _GAIN).exp() * torch.diagonal(gram).sum() / self.rank + 1e-20  # > 0 unwritten
+        return b, gram, ridge
+
+    def recall(self, p: Params, s: Tensor, span: tuple[Tensor, Tensor, Tensor] | None = None
+               ) -> tuple[Tensor, Tensor]:
         """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D)."""
         qt = s - self.centre
-        b = self.basis.T @ self.matrix(p)                                          # (D, r): the span in pixels
-        ridge = (p["ridge_raw"] * _GAIN).exp() * b.pow(2).sum() / self.rank + 1e-20  # > 0 before a write
+        b, gram, ridge = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
-        gram = b.T @ b                                                             # (r, r): all pixels
         a_mat = (gram + ridge * eye).expand(s.shape[0], -1, -1)
-        rhs = qt @ b                                                               # (B, r)
+        qb = qt @ b                                                                # (B, r)
+        rhs = qb
         win = None
         for _ in range(self.fits):
             coef = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)        # (B, r)
@@ -332,11 +413,12 @@ class SubspaceSpanEnergy(EnergyNet):
             win = self._window(qt - rec)                                           # (B, P)
             bw = b[win]                                                            # (B, P, r)
             a_mat = gram + ridge * eye - bw.transpose(1, 2) @ bw                   # the window left out
-            rhs = qt @ b - (torch.gather(qt, 1, win).unsqueeze(1) @ bw).squeeze(1)
+            rhs = qb - (torch.gather(qt, 1, win).unsqueeze(1) @ bw).squeeze(1)
         keep = torch.ones_like(qt).scatter(1, win, 0.0)
         return rec + self.centre, keep
 
-    def energy(self, p: Params, x: Tensor) -> Tensor:
+    def energy(self, p: Params, x: Tensor, span: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """span: `span(p)`, when the caller has it (a serving read computes it once)."""
         s = _signed(x).flatten(1)                                                  # (B, D)
         f = (s - self.centre) @ self.basis.T                                       # (B, r)
         # the Hebb term over the upper triangle, each entry once: its gradient in the writable triangle is
@@ -346,10 +428,30 @@ class SubspaceSpanEnergy(EnergyNet):
         # the recall is held fixed within a step of either loop (like the slot memories' attention, which is
         # one-hot): a read step pulls the damaged window to it and leaves the visible pixels, which chose it,
         # alone; a write step is the Hebb rule alone, so that appending is writing more (see `recall`)
-        r, keep = self.recall({**p, "memory_triu": p["memory_triu"].detach()}, s.detach())
+        r, keep = self.recall({**p, "memory_triu": p["memory_triu"].detach()}, s.detach(), span)
         e = e + 0.5 * F.softplus(p["pull_raw"] * _GAIN) * ((1 - keep) * (s - r).pow(2)).sum(-1)
         e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
         return e * p["log_scale"].exp()
+
+    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
+        """dE/ds = -h/2 (M + diag M) f U + lambda (1 - k) (s - R) - w s with f's gradient through U (the Hebb
+        sum runs over the upper triangle, so the diagonal counts twice) and R, k held fixed as in `energy`;
+        dE/dx = 2 scale dE/ds."""
+        if "hebb_m" not in cache:
+            m = self.matrix(p)
+            m2 = m + torch.diag(torch.diagonal(m))
+            cache.update(hebb_m=-0.5 * F.softplus(p["hebb_raw"] * _GAIN) * m2,                  # (r, r)
+                         pull=F.softplus(p["pull_raw"] * _GAIN), well=p["well"] * _GAIN,
+                         scale2=2 * p["log_scale"].exp(), span=self.span(p))
+        c = cache
+        s = _signed(x).flatten(1)
+        f = (s - self.centre) @ self.basis.T
+        r, keep = self.recall(p, s, c["span"])
+        g = (f @ c["hebb_m"]) @ self.basis + c["pull"] * (1 - keep) * (s - r) - c["well"] * s
+        return (c["scale2"] * g).view_as(x)
+
+    def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
+        return self.energy(p, x, cache.get("span"))
 
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
         """E without its pull term, whose gradient in the written weights is zero (the recall is held fixed

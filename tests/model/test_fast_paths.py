@@ -1,0 +1,123 @@
+"""Closed-form grad_x E (EnergyNet.energy_grad) equals autograd's for every family that has one, and a
+serving read with it equals the autograd read, on random parameters and on the shipped checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.energy import QuadraticEnergy, SubspaceSlotEnergy, SubspaceSpanEnergy
+from model.memory import read, write
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = ["binary128", "characters32", "characters32-4k", "photos32", "photos32-span8k", "photos32-span16k"]
+
+
+def randomised(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The net's parameters, each moved off its initial value (zero matrices and biases make the test weak)."""
+    g = torch.Generator().manual_seed(seed)
+    p = {}
+    for n, t in net.named_parameters():
+        p[n] = (t.detach() + 0.3 * torch.randn(t.shape, generator=g) * (t.detach().abs().mean() + 0.1)).double()
+    return p
+
+
+def autograd_grad(net: torch.nn.Module, p: dict, x: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net.energy(p, x).sum(), x)
+    return g
+
+
+FAMILIES = {
+    "quadratic": lambda: QuadraticEnergy((40,)),
+    "slots-indexed": lambda: SubspaceSlotEnergy((1, 8, 8), rank=12, slots=10, assign="indexed"),
+    "slots-shared": lambda: SubspaceSlotEnergy((1, 8, 8), rank=12, slots=10, assign="shared"),
+    "slots-skewed": lambda: SubspaceSlotEnergy((1, 8, 8), rank=12, slots=10, assign="indexed"),
+    "span": lambda: SubspaceSpanEnergy((1, 8, 8), rank=12, window=4),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_closed_form_gradient_equals_autograd(family: str) -> None:
+    torch.manual_seed(0)
+    net = FAMILIES[family]().double()
+    if hasattr(net, "data_init"):
+        net.data_init(torch.rand(64, *net.input_shape))
+        net.double()
+    if family.startswith("slots"):      # orthonormal rows to float64 precision (the shortcut's case), or not
+        with torch.no_grad():
+            u = torch.linalg.qr(net.basis.T)[0].T
+            net.basis.copy_(u + 0.05 * torch.randn_like(u) if family == "slots-skewed" else u)
+    p = randomised(net, 1)
+    if family.startswith("slots"):      # a large beta makes attention one-hot and hides the kbar terms
+        p["log_beta"] = torch.tensor(-1.0 / 30, dtype=torch.float64)
+        p["quart_raw"] = torch.tensor(0.5 / 30, dtype=torch.float64)
+    if family == "span":                # a written memory: M the correlation of a few codes
+        p["memory_triu"] = net.exact_memory(p, torch.rand(5, *net.input_shape, dtype=torch.float64))["memory_triu"]
+    x = torch.rand(7, *net.input_shape, dtype=torch.float64)
+    fast = net.energy_grad(p, x, {})
+    slow = autograd_grad(net, p, x)
+    assert fast.shape == x.shape
+    assert torch.allclose(fast, slow, rtol=1e-9, atol=1e-9 * slow.abs().max()), (fast - slow).abs().max()
+
+
+def test_families_without_a_closed_form_fall_back_to_autograd() -> None:
+    from model.energy import GatedRNNEnergy
+    net = GatedRNNEnergy((16,), hidden=32, memory=8)
+    assert net.energy_grad(dict(net.named_parameters()), torch.rand(2, 16), {}) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_fast_read_equals_the_autograd_read_on_shipped_checkpoints(name: str, dtype: torch.dtype) -> None:
+    """In float64 the two reads agree to 1e-5 (in practice ~1e-12: the same maths); in float32, as served,
+    to 2e-4 (the sums run in another order, and five steps with clipping carry the rounding on)."""
+    tol = 1e-5 if dtype == torch.float64 else 2e-4
+    ckpt = load_checkpoint(REPO / "checkpoints" / name)
+    model = ckpt.model.to(dtype)
+    p = model.params(detach=True)
+    torch.manual_seed(0)
+    shape = model.cfg.input_shape
+    patterns = (torch.rand(16, *shape) > 0.5) if len(shape) == 1 else torch.rand(16, *shape)
+    patterns = patterns.to(dtype)
+    w = write(model, p, patterns).weights
+    queries = patterns.clone()
+    if len(shape) == 1:
+        queries[:, :20] = 1 - queries[:, :20]
+    else:
+        queries[..., 8:24, 8:24] = 0.0
+    fast = read(model, p, w, queries, fast=True)
+    slow = read(model, p, w, queries, fast=False)
+    assert torch.allclose(fast.iterates, slow.iterates, atol=tol), (fast.iterates - slow.iterates).abs().max()
+    assert torch.allclose(fast.energies, slow.energies, rtol=tol, atol=tol)
+    mask = torch.ones_like(queries, dtype=torch.bool)
+    mask[..., :4] = False
+    fm, sm = read(model, p, w, queries, mask, fast=True), read(model, p, w, queries, mask, fast=False)
+    assert torch.allclose(fm.iterates, sm.iterates, atol=tol)
+    last = read(model, p, w, queries, energies="last")
+    assert last.energies.shape == (1, 16)
+    assert torch.allclose(last.energies[0], fast.energies[-1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["binary128", "characters32", "photos32", "binary128-rnn"])
+def test_reads_of_several_sessions_in_one_call_equal_separate_reads(name: str) -> None:
+    from model.memory import read_stacked
+    ckpt = load_checkpoint(REPO / "checkpoints" / name)
+    model, p = ckpt.model, ckpt.model.params(detach=True)
+    torch.manual_seed(1)
+    shape = model.cfg.input_shape
+    sessions, queries = [], []
+    for n, b in ((16, 1), (5, 3), (64, 2)):                     # different loads, different query counts
+        x = (torch.rand(n, *shape) > 0.5).float() if len(shape) == 1 else torch.rand(n, *shape)
+        sessions.append(write(model, p, x).weights)
+        q = x[:b].clone()
+        q.view(b, -1)[:, :40] = 1 - q.view(b, -1)[:, :40]
+        queries.append(q)
+    together = read_stacked(model, p, sessions, queries)
+    for w, q, r in zip(sessions, queries, together, strict=True):
+        alone = read(model, p, w, q)
+        assert r.iterates.shape == alone.iterates.shape
+        assert torch.allclose(r.iterates, alone.iterates, atol=2e-4), (r.iterates - alone.iterates).abs().max()
+        assert torch.allclose(r.energies, alone.energies, rtol=1e-4, atol=1e-3)
