@@ -82,16 +82,17 @@ def _server_timing(header: str) -> dict[str, float]:
     return out
 
 
-async def _drive(client: httpx.AsyncClient, path: str, kwargs: dict[str, Any], n: int,
+async def _drive(client: httpx.AsyncClient, path: str | list[str], kwargs: dict[str, Any], n: int,
                  concurrency: int, created: list[str]) -> dict[str, Any]:
-    """n POSTs to path from `concurrency` concurrent clients."""
+    """n POSTs to path (or to each of several paths in turn) from `concurrency` concurrent clients."""
     lat, timings, statuses = [], [], {}
+    paths = [path] if isinstance(path, str) else path
     todo = iter(range(n))
 
     async def worker() -> None:
-        for _ in todo:
+        for i in todo:
             t0 = time.perf_counter()
-            r = await client.post(path, **kwargs)
+            r = await client.post(paths[i % len(paths)], **kwargs)
             ms = (time.perf_counter() - t0) * 1000
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
             if r.is_success:
@@ -127,24 +128,27 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         name = args.model or next(m["name"] for m in models if m["default"])
         info = next(m for m in models if m["name"] == name)
         write, read = workload(info, args.patterns, payload=args.payload)
-        sid = (await c.post("/v1/sessions", **write)).raise_for_status().json()["session_id"]
-        created = [sid]
-        (await c.post(f"/v1/sessions/{sid}/retrieve", **read)).raise_for_status()     # warm-up
+        created = [(await c.post("/v1/sessions", **write)).raise_for_status().json()["session_id"]
+                   for _ in range(args.sessions)]
+        targets = [f"/v1/sessions/{sid}/retrieve" for sid in created]   # retrieves cycle over the sessions
+        (await c.post(targets[0], **read)).raise_for_status()     # warm-up
         runs = []
         for conc in (int(v) for v in args.concurrency.split(",")):
-            w = await _drive(c, "/v1/sessions", write, args.requests, conc, created)
-            r = await _drive(c, f"/v1/sessions/{sid}/retrieve", read, args.requests, conc, created)
+            w = (await _drive(c, "/v1/sessions", write, args.requests, conc, created) if not args.skip_write
+                 else None)
+            r = await _drive(c, targets, read, args.requests, conc, created)
             runs.append({"concurrency": conc, "write": w, "retrieve": r})
         for s in created:                                         # leave nothing behind
             await c.delete(f"/v1/sessions/{s}")
     return {"model": {k: info[k] for k in ("name", "kind", "input_shape", "architecture", "memory_floats")},
-            "patterns_per_request": args.patterns, "payload": args.payload, "runs": runs}
+            "patterns_per_request": args.patterns, "payload": args.payload, "sessions": args.sessions, "runs": runs}
 
 
 def _markdown(res: dict[str, Any]) -> str:
     m = res["model"]
     setup = (f"Model: {m['name']} ({m['architecture']}, {m['kind']}, {m['input_shape']}), "
-             f"{res['patterns_per_request']} patterns per request, {res.get('payload', 'png')} bodies. {res['note']}")
+             f"{res['patterns_per_request']} patterns per request, {res.get('payload', 'png')} bodies, "
+             f"retrieves over {res.get('sessions', 1)} session(s). {res['note']}")
     lines = [f"# Service benchmark ({res['date']})", "", f"Command: `{res['command']}`", "", setup, "",
              f"Machine: {res['machine']}", "",
              "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) |",
@@ -152,6 +156,8 @@ def _markdown(res: dict[str, Any]) -> str:
     for run in res["runs"]:
         for op in ("write", "retrieve"):
             s = run[op]
+            if s is None:                                         # --skip-write
+                continue
             share = 100 * (s["outside_model_share_median"] or 0)
             lines.append(f"| {op} | {run['concurrency']} | {s['requests_per_s']} | {s['p50_ms']} | "
                          f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | {share:.1f}% |")

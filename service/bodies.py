@@ -170,6 +170,9 @@ def _text_fields(form: FormData, names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+INLINE_BYTES = 64 * 1024   # smaller bodies are parsed on the event loop: a thread hop would cost more
+
+
 async def _json_model(request: Request, cls: type[BaseModel]) -> Any:
     """Parse and validate a JSON body on a worker thread: a large body never stalls the event loop."""
     raw = await request.body()
@@ -177,12 +180,12 @@ async def _json_model(request: Request, cls: type[BaseModel]) -> Any:
     def parse() -> Any:
         with gc_paused():
             return _validate(cls, parse_json(raw))
-    return await to_thread.run_sync(parse)
+    return parse() if len(raw) <= INLINE_BYTES else await to_thread.run_sync(parse)
 
 
 async def _npy_batch(request: Request) -> RawBatch:
     raw = await request.body()
-    a = await to_thread.run_sync(parse_npy, raw, "body")
+    a = parse_npy(raw, "body") if len(raw) <= INLINE_BYTES else await to_thread.run_sync(parse_npy, raw, "body")
     return RawBatch("arrays", list(a), "body")
 
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     pool_size: int = Field(2, ge=1, le=64)         # threads running model work
     pool_queue: int = Field(8, ge=0, le=1024)      # requests allowed to wait for a thread; more -> 503
     torch_threads: int = Field(1, ge=1, le=64)     # intra-op threads of each model call
+    batch_reads: bool = True                       # plain reads of one model from several sessions: one call
+    batch_window_ms: float = Field(2.0, ge=0, le=1000)   # the longest a read waits for its batch to start
+    batch_max_queries: int = Field(256, ge=1, le=65536)  # a batch starts once it holds this many queries
     memory_max_sessions: int = Field(1000, ge=1, le=1_000_000)
     memory_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 36)
     log_level: str = "info"

@@ -18,6 +18,7 @@ from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .registry import StartupError, load_models, pick_default, resolve_device
 from .routes import health, models, sessions
+from .batching import ReadBatcher
 from .runner import ModelRunner
 from .schemas import RetrieveRequest, WriteRequest
 from .state import AppState
@@ -50,6 +51,10 @@ def _lifespan(settings: Settings, metrics: Metrics):
         runner = ModelRunner(settings.pool_size, settings.pool_queue, settings.torch_threads)
         app.state.ebmm = AppState(settings, loaded, pick_default(loaded, settings.default_model), store,
                                   runner, metrics)
+        if settings.batch_reads:
+            app.state.ebmm.batcher = ReadBatcher(
+                runner.run, settings.pool_size, settings.batch_window_ms / 1000, settings.batch_max_queries,
+                on_batch=lambda model, n: metrics.read_batch.labels(model).observe(n))
         log.info("serving %s on %s with store %s (api keys %s)", ", ".join(loaded), device,
                  store.label, "on" if settings.auth_enabled else "off")
         try:

@@ -31,6 +31,8 @@ class Metrics:
         self.busy = Counter("ebmm_pool_rejections", "Requests refused because the pool was full",
                             registry=r)
         self.in_flight = Gauge("ebmm_pool_in_flight", "Model calls running or waiting", registry=r)
+        self.read_batch = Histogram("ebmm_read_batch_requests", "Reads per batched model call", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
 
 
 def route_label(scope: Scope, root_path: str | None = None) -> str:

@@ -20,7 +20,7 @@ from .bodies import RetrieveInput, WriteInput
 from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable, TooLarge
 from .imaging import encode_png
 from .gc_pause import gc_paused
-from .inputs import check_count, input_warnings, match_mask, to_tensor
+from .inputs import RawBatch, check_count, input_warnings, match_mask, to_tensor
 from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
@@ -75,6 +75,44 @@ async def _model(state: AppState, op: str, m: LoadedModel, t: Timings, fn: Calla
     finally:
         state.metrics.in_flight.dec()
     state.metrics.model_seconds.labels(op, m.name).observe(seconds)
+    t.add("model", seconds)
+    return out
+
+
+INLINE_VALUES = 16_384   # below this many values, decoding or encoding on the event loop costs less than a hop
+
+
+def _raw_values(batch: RawBatch) -> int:
+    """Values a batch holds once decoded, where cheap to know without decoding: numpy rows (npy bodies)
+    and bit strings; anything else (images, nested lists) counts as large."""
+    if batch.source == "arrays" and all(isinstance(a, np.ndarray) for a in batch.items):
+        return sum(a.size for a in batch.items)
+    if batch.source == "bits":
+        return sum(len(b) for b in batch.items)
+    return INLINE_VALUES + 1
+
+
+async def _codec(state: AppState, values: int, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) for decoding or encoding: on the event loop when it handles few values (a thread hop
+    would cost more than the work), else on the bounded codec threads, never blocking the loop long."""
+    if values <= INLINE_VALUES:
+        return fn(*args)
+    return await to_thread.run_sync(fn, *args, limiter=state.codec_threads)
+
+
+async def _batched_read(state: AppState, m: LoadedModel, t: Timings, weights: dict[str, torch.Tensor],
+                        x: torch.Tensor, steps: int, energies: str) -> tuple[Any, torch.Tensor]:
+    """A plain read through the batcher (service/batching.py): one model call with other sessions' reads."""
+    assert state.batcher is not None
+    try:
+        state.metrics.in_flight.inc()
+        out, seconds = await state.batcher.read(m, weights, x, steps, energies)
+    except Busy:
+        state.metrics.busy.inc()
+        raise
+    finally:
+        state.metrics.in_flight.dec()
+    state.metrics.model_seconds.labels("read", m.name).observe(seconds)
     t.add("model", seconds)
     return out
 
@@ -227,15 +265,15 @@ def _build_results(iterates: torch.Tensor, energies: torch.Tensor, output: str, 
 
 def _read_with_familiarity(m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor,
                            mask: torch.Tensor | None, steps: int, top_k: int | None, samples: int | None,
-                           temperature: float) -> tuple[Any, torch.Tensor, Any, Any]:
+                           temperature: float, energies: str = "all") -> tuple[Any, torch.Tensor, Any, Any]:
     """The read and each query's familiarity (a masked read keeps the known pixels, so familiarity
     compares them with an unmasked read's recall instead: one more read); top-k candidates and
-    samples when asked."""
-    res = m.memory.read(weights, x, mask, steps)
+    samples when asked. energies="last": only the result's energy (an npy answer carries no more)."""
+    res = m.memory.read(weights, x, mask, steps, energies=energies)
     if mask is None:
         fam = m.memory.familiarity(weights, x, res.iterates[-1])
     else:
-        free = m.memory.read(weights, x, None, steps).iterates[-1]
+        free = m.memory.read(weights, x, None, steps, energies="last").iterates[-1]
         fam = m.memory.familiarity(weights, x, free, known=mask.bool())
     cands = None if top_k is None else m.memory.top_k(weights, x, top_k, mask, steps)
     drawn = None if samples is None else m.memory.sample(weights, x, samples, temperature, mask, steps)
@@ -261,8 +299,7 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
     m = _session_model(state, meta)
     steps, output = _options(state, m, inp)
     with t.stage("decode"):
-        x, notes = await to_thread.run_sync(to_tensor, inp.queries, m, "queries", s.max_pixels,
-                                                limiter=state.codec_threads)
+        x, notes = await _codec(state, _raw_values(inp.queries), to_tensor, inp.queries, m, "queries", s.max_pixels)
         mask = None
         if inp.mask is not None:
             check_count(inp.mask, s.max_patterns)
@@ -272,19 +309,26 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
             notes = [*notes, *(f"mask: {n}" for n in mask_notes)]      # e.g. a resized mask is said
         weights = unpack_weights(found[1])  # type: ignore[index]
     o = inp.options
-    res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask, steps,
-                                          o.top_k, o.samples, o.temperature)
+    energies = "last" if inp.npy_answer else "all"
+    if state.batcher is not None and mask is None and not o.top_k and not o.samples and m.memory.stacks_weights:
+        res, fam = await _batched_read(state, m, t, weights, x, steps, energies)
+        cands = drawn = None
+    else:
+        res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask,
+                                              steps, o.top_k, o.samples, o.temperature, energies)
     threshold = o.match_threshold if o.match_threshold is not None else m.memory.familiarity_threshold
     if inp.npy_answer:
         if o.top_k or o.samples:
             raise BadInput("accept: an application/x-npy answer holds the restored patterns only; ask for "
                            "top_k or samples with a JSON answer", "accept", "application/x-npy")
         with t.stage("encode"):                  # np.save of up to EBMM_MAX_OUTPUT_VALUES: off the loop
-            return await to_thread.run_sync(NpyAnswer.of, res.iterates if o.trajectory else res.iterates[-1],
-                                            res.energies[-1], fam, threshold, steps, limiter=state.codec_threads)
+            out = res.iterates if o.trajectory else res.iterates[-1]
+            return await _codec(state, out.numel(), NpyAnswer.of, out, res.energies[-1], fam, threshold, steps)
     with t.stage("encode"):
-        results = await to_thread.run_sync(_results, res.iterates, res.energies, output, o.trajectory, fam,
-                                           threshold, cands, drawn, limiter=state.codec_threads)
+        values = (res.iterates.numel() if o.trajectory else res.iterates[-1].numel()) + (
+            0 if cands is None else cands.patterns.numel()) + (0 if drawn is None else drawn[0].numel())
+        results = await _codec(state, values, _results, res.iterates, res.energies, output, o.trajectory, fam,
+                               threshold, cands, drawn)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
                             masked=mask is not None, conversions=notes, results=results, match_threshold=threshold,
                             warnings=input_warnings(x, notes, m, inp.queries.field))

@@ -7,6 +7,7 @@ import anyio
 
 from fastapi import Request
 
+from .batching import ReadBatcher
 from .config import Settings
 from .errors import BadInput
 from .metrics import Metrics
@@ -26,6 +27,7 @@ class AppState:
     # decoding and encoding (PNG, JSON arrays) run on their own bounded threads: concurrent uploads
     # wait for a slot instead of all decoding at once
     codec_threads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
+    batcher: ReadBatcher | None = None             # batching across requests (EBMM_BATCH_READS)
 
     def model(self, name: str | None, field: str = "model") -> LoadedModel:
         chosen = self.default_model if name in (None, "") else name

@@ -1,6 +1,8 @@
 """Sessions: write patterns into a new session, read them back, inspect, delete, export and import."""
 from __future__ import annotations
 
+import math
+
 import time
 from collections.abc import Callable
 from typing import Any
@@ -81,7 +83,12 @@ async def retrieve(request: Request, response: Response, state: State, caller: C
         return Response(out.body, media_type="application/x-npy", headers={**response.headers, **out.headers})
     # a large answer is serialised off the event loop, one result at a time (each call holds the GIL
     # briefly, so other requests and /healthz keep being answered)
-    body = await to_thread.run_sync(_json_in_pieces, out, limiter=state.codec_threads)
+    # (a small one inline: the hop to a thread would cost more than the work)
+    values = len(out.results) * math.prod(state.models[out.model].input_shape)
+    small = values <= ops.INLINE_VALUES and all(r.trajectory is None and not r.candidates and not r.samples
+                                                for r in out.results)
+    body = _json_in_pieces(out) if small else await to_thread.run_sync(_json_in_pieces, out,
+                                                                        limiter=state.codec_threads)
     return Response(body, media_type="application/json", headers=dict(response.headers))
 
 

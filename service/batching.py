@@ -1,0 +1,94 @@
+"""Batching across requests: plain reads of one model (no mask, top_k or samples) from different sessions
+that arrive while the model is busy run as one batched model call, each session's written weights on its
+own queries (model/memory.py: read_stacked).
+
+Self-clocking: a read runs at once while fewer than `concurrent` batches of its model are running (so a
+lone client waits for nothing); otherwise it joins the next batch, which starts when a running batch
+finishes or, at the latest, `window` seconds after its first read arrived, or as soon as it holds
+`max_queries` queries. A batch takes one slot of the bounded model pool, and a full pool refuses the whole
+batch (503 with Retry-After) as it would refuse each read. A read whose weights do not fit the model fails
+alone, before the batch runs.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .registry import LoadedModel
+
+Item = tuple[dict[str, torch.Tensor], torch.Tensor]        # (written weights, queries)
+Result = tuple[Any, torch.Tensor]                          # (ReadResult, familiarity)
+
+
+@dataclass
+class _Group:
+    items: list[Item] = field(default_factory=list)
+    futures: list[asyncio.Future] = field(default_factory=list)
+    queries: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str) -> list[Result]:
+    """One model call for several sessions' reads, then each query's familiarity with its own weights."""
+    res = m.memory.read_many([w for w, _ in items], [x for _, x in items], steps, energies)
+    return [(r, m.memory.familiarity(w, x, r.iterates[-1])) for (w, x), r in zip(items, res, strict=True)]
+
+
+class ReadBatcher:
+    def __init__(self, run: Callable[..., Awaitable[tuple[Any, float]]], concurrent: int, window: float,
+                 max_queries: int, on_batch: Callable[[str, int], None] | None = None):
+        self.run, self.concurrent, self.window, self.max_queries = run, concurrent, window, max_queries
+        self.on_batch = on_batch
+        self._groups: dict[tuple[str, int, str], _Group] = {}
+        self._running: dict[tuple[str, int, str], int] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def read(self, m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor, steps: int,
+                   energies: str) -> tuple[Result, float]:
+        """(ReadResult, familiarity) of x on weights, and the seconds of the model call it ran in."""
+        m.memory._weights(weights)                   # a mismatch fails this read alone, not its batch
+        key = (m.name, steps, energies)
+        group = self._groups.setdefault(key, _Group())
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        group.items.append((weights, x))
+        group.futures.append(fut)
+        group.queries += x.shape[0]
+        if self._running.get(key, 0) < self.concurrent or group.queries >= self.max_queries:
+            self._start(key, m)
+        elif group.timer is None:
+            group.timer = asyncio.get_running_loop().call_later(self.window, self._start, key, m)
+        return await fut
+
+    def _start(self, key: tuple[str, int, str], m: LoadedModel) -> None:
+        group = self._groups.pop(key, None)
+        if group is None or not group.items:
+            return
+        if group.timer is not None:
+            group.timer.cancel()
+        self._running[key] = self._running.get(key, 0) + 1
+        task = asyncio.ensure_future(self._run(key, m, group))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: tuple[str, int, str], m: LoadedModel, group: _Group) -> None:
+        try:
+            if self.on_batch is not None:
+                self.on_batch(m.name, len(group.items))
+            outs, seconds = await self.run(read_batch, m, group.items, key[1], key[2])
+        except BaseException as e:                   # noqa: BLE001 - every waiting read gets the error
+            for fut in group.futures:
+                if not fut.done():
+                    fut.set_exception(e)
+        else:
+            for fut, out in zip(group.futures, outs, strict=True):
+                if not fut.done():
+                    fut.set_result((out, seconds))
+        finally:
+            self._running[key] -= 1
+            waiting = self._groups.get(key)
+            if waiting is not None and waiting.items and self._running[key] < self.concurrent:
+                self._start(key, m)
