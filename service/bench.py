@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 FOOTNOTE = ("Outside-model share = 1 - model time (Server-Timing `model`) / client latency; with more "
-            "clients than pool threads it includes waiting for a thread.")
+            "clients than pool threads it includes waiting for a thread. `healthz` rows (--floor): GET /healthz, "
+            "which does no work: the HTTP stack's own ceiling with these clients on this machine.")
 
 
 def _png(x: np.ndarray) -> bytes:
@@ -82,9 +83,10 @@ def _server_timing(header: str) -> dict[str, float]:
     return out
 
 
-async def _drive(client: httpx.AsyncClient, path: str | list[str], kwargs: dict[str, Any], n: int,
+async def _drive(client: httpx.AsyncClient, path: str | list[str], kwargs: dict[str, Any] | None, n: int,
                  concurrency: int, created: list[str]) -> dict[str, Any]:
-    """n POSTs to path (or to each of several paths in turn) from `concurrency` concurrent clients."""
+    """n POSTs to path (or to each of several paths in turn) from `concurrency` concurrent clients; with
+    kwargs None, GETs (the HTTP floor: GET /healthz does no work)."""
     lat, timings, statuses = [], [], {}
     paths = [path] if isinstance(path, str) else path
     todo = iter(range(n))
@@ -92,7 +94,8 @@ async def _drive(client: httpx.AsyncClient, path: str | list[str], kwargs: dict[
     async def worker() -> None:
         for i in todo:
             t0 = time.perf_counter()
-            r = await client.post(paths[i % len(paths)], **kwargs)
+            r = (await client.get(paths[i % len(paths)]) if kwargs is None
+                 else await client.post(paths[i % len(paths)], **kwargs))
             ms = (time.perf_counter() - t0) * 1000
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
             if r.is_success:
@@ -137,7 +140,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             w = (await _drive(c, "/v1/sessions", write, args.requests, conc, created) if not args.skip_write
                  else None)
             r = await _drive(c, targets, read, args.requests, conc, created)
-            runs.append({"concurrency": conc, "write": w, "retrieve": r})
+            h = await _drive(c, "/healthz", None, args.requests, conc, created) if args.floor else None
+            runs.append({"concurrency": conc, "write": w, "retrieve": r, "healthz": h})
         for s in created:                                         # leave nothing behind
             await c.delete(f"/v1/sessions/{s}")
     return {"model": {k: info[k] for k in ("name", "kind", "input_shape", "architecture", "memory_floats")},
@@ -154,9 +158,9 @@ def _markdown(res: dict[str, Any]) -> str:
              "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) |",
              "|---|---|---|---|---|---|---|"]
     for run in res["runs"]:
-        for op in ("write", "retrieve"):
-            s = run[op]
-            if s is None:                                         # --skip-write
+        for op in ("write", "retrieve", "healthz"):
+            s = run.get(op)
+            if s is None:                                         # --skip-write, no --floor
                 continue
             share = 100 * (s["outside_model_share_median"] or 0)
             lines.append(f"| {op} | {run['concurrency']} | {s['requests_per_s']} | {s['p50_ms']} | "

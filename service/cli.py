@@ -69,6 +69,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--concurrency", default="1,4", help="comma-separated client counts")
     b.add_argument("--sessions", type=int, default=1, help="sessions written first; retrieves cycle over them")
     b.add_argument("--skip-write", action="store_true", help="time retrieves only")
+    b.add_argument("--floor", action="store_true", help="also time GET /healthz at each concurrency (HTTP floor)")
     b.add_argument("--api-key", default=os.environ.get("EBMM_BENCH_API_KEY"), help="API key, if keys are on")
     b.add_argument("--out", default="results/bench_service.json", help="JSON results file")
     b.add_argument("--md", default="results/bench_service.md", help="markdown summary file")
