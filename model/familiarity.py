@@ -67,6 +67,18 @@ def memory_familiarity(model: EBMM, p: Params, weights: Params, q: Tensor, x: Te
     return familiarity(q, x, window, known)
 
 
+def query_familiarity(model: EBMM, p: Params, weights: Params, q: Tensor, x: Tensor, window: int,
+                      known: Tensor | None = None) -> Tensor:
+    """Whether each query was stored: the energy's own score where it has one (EnergyNet.familiarity_score,
+    from the written memory and the query alone), else `memory_familiarity` of the query and its recall x.
+    Candidates (top-k, samples) are ranked by `memory_familiarity`, which compares each with the query."""
+    if known is None:
+        score = model.energy.familiarity_score(model._energy_params({**p, **weights}), q)
+        if score is not None:
+            return score
+    return memory_familiarity(model, p, weights, q, x, window, known)
+
+
 def default_window(model: EBMM, distortion: str) -> int:
     """The occlusion's side for images read with a block distortion (block:16 -> 16); 0 otherwise."""
     if len(model.cfg.input_shape) != 3:
@@ -100,8 +112,8 @@ def scores(model: EBMM, stored: Tensor, other: Tensor, distortion: str, window: 
         w = write(model, p, stored[i]).weights
         for tag, x in (("stored", stored[i]), ("new", other[i])):
             for kind, q in (("clean", x), ("distorted", dist(x, generator).x)):
-                recall = read(model, p, w, q).iterates[-1]
-                out[f"{tag}_{kind}"].append(memory_familiarity(model, p, w, q, recall, window))
+                recall = read(model, p, w, q, energies="last").iterates[-1]
+                out[f"{tag}_{kind}"].append(query_familiarity(model, p, w, q, recall, window))
     return {k: torch.cat(v) for k, v in out.items()}
 
 

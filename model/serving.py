@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .checkpoint import Checkpoint
 from .energy import Params
-from .familiarity import default_window, memory_familiarity
+from .familiarity import default_window, query_familiarity
 from .memory import ReadResult, WriteResult, append, read, read_stacked, write
 from .sampling import Candidates, sample, top_k
 
@@ -60,9 +60,9 @@ class Memory:
             return 0
 
     def familiarity(self, weights: Params, queries: Tensor, recall: Tensor, known: Tensor | None = None) -> Tensor:
-        """(B,) in [0, 1]: whether the queries were stored, from what the memory recalled from them
-        (model/familiarity.py: memory_familiarity)."""
-        return memory_familiarity(self.ckpt.model, self.params, self._weights(weights),
+        """(B,) in [0, 1]: whether the queries were stored, from what the memory recalled from them or
+        from the memory itself (model/familiarity.py: query_familiarity)."""
+        return query_familiarity(self.ckpt.model, self.params, self._weights(weights),
                                   self._check("queries", queries), recall.to(self.device, torch.float32),
                                   self.familiarity_window, None if known is None else known.to(self.device)).cpu()
 

@@ -143,6 +143,11 @@ class EnergyNet(nn.Module):
         familiarity.py: memory_familiarity); None: compare q and x themselves."""
         return None
 
+    def familiarity_score(self, p: Params, q: Tensor) -> Tensor | None:
+        """(B,) in [0, 1]: whether the queries q were stored, from the written memory directly, for families
+        that can say so better than by comparing a query with its recall; None: compare (familiarity_views)."""
+        return None
+
     def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:
         """(B, n, *input_shape) starting points for descents into n different stored patterns near the
         queries q (top-k and sampling, model/sampling.py), where the family can name them; else None."""

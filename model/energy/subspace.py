@@ -468,6 +468,38 @@ class SubspaceSpanEnergy(EnergyNet):
         m = f.T @ f
         return {"memory_triu": m[self.iu[0], self.iu[1]]}
 
+    def familiarity_score(self, p: Params, q: Tensor) -> Tensor | None:
+        """1 - min(D_win, D_all) / R_win, clamped to [0, 1]. R_* is the squared residual of the query's pixels
+        fitted (least squares) by the whole PCA subspace, D_* how much worse the span of M alone fits them:
+        `all` over every pixel, `win` leaving out the window of largest PCA residual (an occluded square, or
+        the worst-fitted part of a clean query). A stored pattern's code lies in the span, so the span fits
+        it as well as the subspace does (D near 0: clean on all pixels, occluded with the window left out);
+        a never-stored one's code has a part outside the span that only the subspace explains. Relative to
+        the fit's own residual, that part counts whatever its directions' variance; comparing the recall with
+        the query in pixels does not (AUC 0.78 clean, 0.81 occluded on photos32-span8k)."""
+        s = _signed(q).flatten(1)
+        u, c = self.basis, self.centre
+        eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
+        qt = s - c
+        f = qt @ u.T                                                              # (B, r): all pixels
+        win = self._window(qt - f @ u)
+        m = self.matrix(p)
+        ev, vecs = torch.linalg.eigh(m.double())
+        v = vecs[:, ev > 1e-6 * ev.abs().max().clamp_min(1e-30)].to(s.dtype)        # (r, n) the span's basis
+        keep = torch.ones_like(s).scatter(1, win, 0.0)
+        uw = u.T[win]                                                             # (B, P, r)
+        a = eye - uw.transpose(1, 2) @ uw                                         # U K U^T, window left out
+        rhs = f - (torch.gather(qt, 1, win).unsqueeze(1) @ uw).squeeze(1)        # U K (s - centre)
+        f_pca = torch.linalg.solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
+        f_span = torch.linalg.solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
+
+        def sq(x: Tensor, known: Tensor | None = None) -> Tensor:
+            return (x if known is None else known * x).pow(2).sum(-1)
+        r_win = sq(qt - f_pca @ u, keep)
+        d_win = sq(qt - f_span @ u, keep) - r_win
+        d_all = sq(qt - ((f @ v) @ v.T) @ u) - sq(qt - f @ u)                     # the span's projection
+        return (1 - torch.minimum(d_win, d_all) / r_win.clamp_min(1e-12)).clamp(0, 1)
+
     def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
         """The query's own PCA reconstruction (every direction of the subspace) and its recall within the
         span of M: a stored pattern's code lies in the span, so the two agree outside the damaged window;

@@ -102,3 +102,21 @@ def test_the_write_term_leaves_out_only_what_has_no_gradient_in_the_weights():
     (g_full,) = torch.autograd.grad(m.energy.energy(ep, x).sum(), [ep["memory_triu"]])
     (g_write,) = torch.autograd.grad(m.energy.write_energy(ep, x).sum(), [ep["memory_triu"]])
     assert torch.allclose(g_full, g_write, rtol=1e-5, atol=1e-12)
+
+
+def test_familiarity_score_tells_stored_from_new_queries_clean_and_occluded():
+    """The memory's own score (known pixels fitted by the span against the whole subspace): stored queries,
+    clean or with a window overwritten, score near 1 and above every never-stored one."""
+    from model.familiarity import query_familiarity
+    torch.manual_seed(0)
+    m = _model()
+    m.energy.data_init(_images(512, 1, dims=40))
+    p = m.params(detach=True)
+    x, new = _images(6, 3, dims=40), _images(6, 4, dims=40)
+    w = write(m, p, x).weights
+    for stored_q, new_q in ((x, new), (_occlude(x, 5), _occlude(new, 6))):
+        fam_stored = query_familiarity(m, p, w, stored_q, stored_q, window=6)
+        fam_new = query_familiarity(m, p, w, new_q, new_q, window=6)
+        assert fam_stored.shape == (6,) and ((fam_stored >= 0) & (fam_stored <= 1)).all()
+        assert fam_stored.min() > 0.7 and fam_new.max() < 0.1, (fam_stored, fam_new)
+    assert torch.allclose(query_familiarity(m, p, w, x, x, window=6), torch.ones(6), atol=1e-3)  # clean: exact
