@@ -123,14 +123,16 @@ def run_ebmm(model: EBMM, x: Tensor, q: Tensor, read_steps: int | None = None,
 
 
 def run_ebmm_append(model: EBMM, x: Tensor, q: Tensor) -> Tensor:
-    """Each episode written as its first half, then the second half appended, and read back."""
+    """Each episode written as its first half, then the second half appended (with the first half's append
+    state where the energy keeps one, as a service session does), and read back."""
     p = model.params(detach=True)
     dev = next(iter(p.values())).device
     out = torch.empty_like(x)
     h = x.shape[1] // 2
     for i in range(x.shape[0]):
         xi = x[i].to(dev)
-        w = append(model, p, write(model, p, xi[:h]).weights, xi[h:], h).weights
+        state = model.energy.append_state(xi[:h])
+        w = append(model, p, write(model, p, xi[:h]).weights, xi[h:], h, state).weights
         out[i] = read(model, p, w, q[i].to(dev)).iterates[-1].cpu()
     return out
 

@@ -176,10 +176,17 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     return WriteResult(w, losses)
 
 
-def append(model: EBMM, p: Params, weights: Params, x: Tensor, n_old: int) -> WriteResult:
+def append(model: EBMM, p: Params, weights: Params, x: Tensor, n_old: int, state: Params | None = None
+           ) -> WriteResult:
     """Store more patterns x (M, *input_shape) in weights that already hold n_old: the energy's own
     rule where it has one (slot memories re-deal their slots as if all n_old + M had been written at
-    once), else T further write steps from the written weights on the new patterns."""
+    once; energies with an `append_state`, given the old patterns' state, write from theta_bar patterns
+    with the state of all n_old + M, which writes what writing them all at once would), else T further
+    write steps from the written weights on the new patterns."""
+    if state is not None and model.energy.append_state(x[:1]) is not None:
+        new = model.energy.append_state(x)
+        total = {n: state[n].to(new[n]) + new[n] for n in new}
+        return write(model, p, model.energy.patterns_from_state(total, n_old + x.shape[0]).to(x))
     ep = model._energy_params({**p, **weights})
     plan = model.energy.append_plan(ep, n_old, x.shape[0])
     if plan is None:

@@ -13,6 +13,9 @@ from .memory import ReadResult, WriteResult, append, read, read_stacked, write
 from .sampling import Candidates, sample, top_k
 
 
+STATE = "append."     # a session's append state is kept beside its weights under this prefix
+
+
 @dataclass
 class Memory:
     """Wraps a checkpoint's model with its detached parameters, resolved once at start-up."""
@@ -41,6 +44,24 @@ class Memory:
     @property
     def writable_shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(self.params[n].shape) for n in self.ckpt.model.writable}
+
+    @property
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What a session keeps beside its written weights for exact appends (EnergyNet.append_state), as
+        "append.<name>" tensors; {} for energies without one."""
+        if not hasattr(self, "_state_shapes"):
+            st = self.ckpt.model.energy.append_state(torch.zeros(1, *self.input_shape, device=self.device))
+            self._state_shapes = {STATE + n: tuple(t.shape) for n, t in (st or {}).items()}
+        return self._state_shapes
+
+    def check_session(self, tensors: Params) -> None:
+        """ValueError unless tensors are this model's written slice, with or without its append state
+        (sessions written before the state existed have none, and append by further write steps)."""
+        got = {n: tuple(t.shape) for n, t in tensors.items()}
+        expected = self.writable_shapes
+        if got != expected and got != {**expected, **self.state_shapes}:
+            raise ValueError(f"written weights {got} do not match the model's writable slice {expected}"
+                             + (f" (and append state {self.state_shapes})" if self.state_shapes else ""))
 
     @property
     def familiarity_threshold(self) -> float | None:
@@ -72,28 +93,47 @@ class Memory:
         return x.to(self.device, torch.float32)
 
     def write(self, patterns: Tensor) -> WriteResult:
-        """patterns (N, *input_shape) in [0, 1] -> written weights (on the CPU, for storage)."""
-        res = write(self.ckpt.model, self.params, self._check("patterns", patterns))
-        return WriteResult({n: t.cpu() for n, t in res.weights.items()}, res.losses)
+        """patterns (N, *input_shape) in [0, 1] -> written weights (on the CPU, for storage), with the append
+        state where the energy has one."""
+        x = self._check("patterns", patterns)
+        res = write(self.ckpt.model, self.params, x)
+        state = self.ckpt.model.energy.append_state(x) or {}
+        return WriteResult({**{n: t.cpu() for n, t in res.weights.items()},
+                            **{STATE + n: t.cpu() for n, t in state.items()}}, res.losses)
 
     @property
     def append_rule(self) -> str:
-        """"redeal": the energy re-deals its memory as a write of all patterns at once would (slot
-        memories); "continue": further write steps from the written weights on the new patterns only."""
-        return "redeal" if self.ckpt.model.energy.redeals_on_append else "continue"
+        """"redeal": the energy re-deals its memory as a write of all patterns at once would (slot memories);
+        "restate": sessions keep an append state and an append writes from it what a write of all patterns at
+        once would (quadratic memories); "continue": further write steps from the written weights on the new
+        patterns only."""
+        if self.ckpt.model.energy.redeals_on_append:
+            return "redeal"
+        return "restate" if self.state_shapes else "continue"
+
+    def session_append_rule(self, weights: Params) -> str:
+        """The append rule for one session: "continue" for a session without the state its model keeps now."""
+        rule = self.append_rule
+        return "continue" if rule == "restate" and not any(n.startswith(STATE) for n in weights) else rule
 
     def append(self, weights: Params, patterns: Tensor, n_old: int) -> WriteResult:
-        """More patterns into written weights that hold n_old (model/memory.py: append)."""
-        w = {n: t.to(self.device, torch.float32) for n, t in weights.items()}
-        res = append(self.ckpt.model, self.params, w, self._check("patterns", patterns), n_old)
-        return WriteResult({n: t.cpu() for n, t in res.weights.items()}, res.losses)
+        """More patterns into written weights that hold n_old (model/memory.py: append): exact from the append
+        state where the session has one, and the state updated."""
+        self.check_session(weights)
+        x = self._check("patterns", patterns)
+        w = {n: t.to(self.device, torch.float32) for n, t in weights.items() if not n.startswith(STATE)}
+        state = {n[len(STATE):]: t.to(self.device) for n, t in weights.items() if n.startswith(STATE)} or None
+        res = append(self.ckpt.model, self.params, w, x, n_old, state)
+        out = {n: t.cpu() for n, t in res.weights.items()}
+        if state is not None:
+            new = self.ckpt.model.energy.append_state(x)
+            out.update({STATE + n: (state[n] + new[n]).cpu() for n in new})
+        return WriteResult(out, res.losses)
 
     def _weights(self, weights: Params) -> Params:
-        expected = self.writable_shapes
-        got = {n: tuple(t.shape) for n, t in weights.items()}
-        if got != expected:
-            raise ValueError(f"written weights {got} do not match the model's writable slice {expected}")
-        return {n: t.to(self.device, torch.float32) for n, t in weights.items()}
+        """A session's tensors -> the written slice on the model's device (the append state left out)."""
+        self.check_session(weights)
+        return {n: t.to(self.device, torch.float32) for n, t in weights.items() if not n.startswith(STATE)}
 
     def top_k(self, weights: Params, queries: Tensor, k: int, mask: Tensor | None = None,
               steps: int | None = None) -> Candidates:

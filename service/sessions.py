@@ -25,7 +25,7 @@ from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
 from .store import SessionMeta, pack_weights, unpack_weights
-from .transfer import export_bytes, max_session_patterns, new_meta, parse_session_file
+from .transfer import export_bytes, max_session_patterns, new_meta, parse_session_file, written_bytes
 
 T = TypeVar("T")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
@@ -137,7 +137,7 @@ async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timing
         blob = pack_weights(res.weights)
         now = time.time()
         meta = SessionMeta(secrets.token_urlsafe(ID_BYTES), m.name, m.sha256, caller, list(m.input_shape),
-                           int(x.shape[0]), sum(w.numel() * 4 for w in res.weights.values()), len(blob),
+                           int(x.shape[0]), written_bytes(res.weights), len(blob),
                            float(res.losses[-1]) if res.losses else 0.0, now, now + s.session_ttl_seconds)
         await _store(state, "put", state.store.put(meta, blob, s.session_ttl_seconds))
     state.metrics.sessions_written.labels(m.name).inc()
@@ -399,7 +399,7 @@ async def append_patterns(state: AppState, caller: str, session_id: str, inp: Wr
         raise Conflict(f"session {session_id!r} changed during {APPEND_ATTEMPTS} append attempts; retry",
                        "session_id", session_id)
     warnings = [w for w in (m.memory.capacity_warning(total),
-                            CONTINUE_WARNING if m.memory.append_rule == "continue" else None) if w]
+                            CONTINUE_WARNING if m.memory.session_append_rule(weights) == "continue" else None) if w]
     warnings += input_warnings(x, notes, m, inp.patterns.field)
     return WriteResponse(**info(new), writing_losses=res.losses, ttl_seconds=s.session_ttl_seconds,
                          warnings=warnings, conversions=notes)

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import torch
+from model.serving import STATE
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -82,10 +83,11 @@ def parse_session_file(state: AppState, blob: bytes) -> tuple[str, dict[str, tor
         weights = st_load(blob)
     except Exception as e:                     # safetensors raises its own error type for damaged files
         raise BadInput(f"body: the tensors cannot be read ({e})", "body", len(blob)) from e
-    expected = m.memory.writable_shapes
-    got = {n: tuple(t.shape) for n, t in weights.items()}
-    if got != expected:
-        raise BadInput(f"tensors: {got} do not match {name!r}'s writable slice {expected}", "tensors", got)
+    try:
+        m.memory.check_session(weights)
+    except ValueError as e:
+        got = {n: tuple(t.shape) for n, t in weights.items()}
+        raise BadInput(f"tensors: {e} ({name!r})", "tensors", got) from e
     for n, t in weights.items():
         if t.dtype != torch.float32 or not bool(torch.isfinite(t).all()):
             raise BadInput(f"tensors.{n}: must be finite float32, got {t.dtype}", f"tensors.{n}", str(t.dtype))
@@ -100,10 +102,15 @@ def parse_session_file(state: AppState, blob: bytes) -> tuple[str, dict[str, tor
     return name, weights, {"patterns": patterns, "writing_loss": loss}
 
 
+def written_bytes(weights: dict[str, torch.Tensor]) -> int:
+    """Bytes of the written slice (float32), the append state left out (that counts in stored_bytes)."""
+    return sum(t.numel() * 4 for n, t in weights.items() if not n.startswith(STATE))
+
+
 def new_meta(state: AppState, caller: str, name: str, weights: dict[str, torch.Tensor], blob_len: int,
              fields: dict[str, Any], id_bytes: int) -> SessionMeta:
     m = state.models[name]
     now = time.time()
     return SessionMeta(secrets.token_urlsafe(id_bytes), name, m.sha256, caller, list(m.input_shape),
-                       fields["patterns"], sum(t.numel() * 4 for t in weights.values()), blob_len,
+                       fields["patterns"], written_bytes(weights), blob_len,
                        fields["writing_loss"], now, now + state.settings.session_ttl_seconds)

@@ -159,6 +159,15 @@ class EnergyNet(nn.Module):
         steps from the written weights."""
         return None
 
+    def append_state(self, x: Tensor) -> Params | None:
+        """Statistics of the patterns x (N, *input_shape) that, summed over writes, make an append exact
+        (kept beside the written weights; see `patterns_from_state`); None where the family has none."""
+        return None
+
+    def patterns_from_state(self, state: Params, n: int) -> Tensor:
+        """n patterns whose `append_state` is `state`: writing them writes what writing the real ones would."""
+        raise NotImplementedError
+
     @property
     def redeals_on_append(self) -> bool:
         """True where `append_plan` gives the memory a write of all patterns at once would."""

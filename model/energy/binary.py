@@ -75,6 +75,27 @@ class QuadraticEnergy(EnergyNet):
     def stacks_weights(self) -> bool:
         return True
 
+    def append_state(self, x: Tensor) -> Params | None:
+        """Sum s s^T (its upper triangle) and sum s over the patterns: the writing loss of a quadratic energy
+        (E and ||grad_x E||^2, summed over patterns) depends on the patterns only through them."""
+        s = _signed(x).flatten(1).double()
+        m2 = s.T @ s
+        return {"second_moment": m2[self.iu[0], self.iu[1]].float(), "first_moment": s.sum(0).float()}
+
+    def patterns_from_state(self, state: Params, n: int) -> Tensor:
+        """Y = 1 mu^T + H W^T with mu = sum s / n, W W^T = sum s s^T - n mu mu^T (an eigendecomposition) and H
+        an orthonormal basis of the vectors orthogonal to 1 in R^n: Y^T Y and Y^T 1 are the state's sums."""
+        m2 = symmetric_from_triu(state["second_moment"].double(), self.iu, self.dim)
+        mu = state["first_moment"].double() / n
+        ev, vecs = torch.linalg.eigh(m2 - n * torch.outer(mu, mu))
+        keep = ev > 1e-9 * ev.abs().max().clamp_min(1e-30)
+        w = vecs[:, keep] * ev[keep].sqrt()                                   # (D, k), k <= n - 1
+        ones = torch.ones(n, 1, dtype=torch.float64, device=mu.device)
+        q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(n, dtype=torch.float64, device=mu.device)], 1))
+        h = q[:, 1:w.shape[1] + 1]                                            # (n, k), orthogonal to 1
+        y = mu[None, :] + h @ w.T
+        return ((y + 1) / 2).float().view(n, *self.input_shape)
+
     @staticmethod
     def _times(s: Tensor, m: Tensor) -> Tensor:
         """s M for (B, D) rows and one (D, D) matrix or one matrix per row (B, D, D)."""

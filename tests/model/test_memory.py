@@ -263,6 +263,23 @@ def test_appending_to_a_slot_memory_deals_slots_as_one_write_of_all(n_old, n_new
     torch.testing.assert_close(appended, at_once, atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize("n_old, n_new", [(2, 3), (5, 1), (3, 6)])
+def test_appending_to_a_quadratic_memory_from_its_state_writes_what_one_write_of_all_does(n_old, n_new):
+    """The writing loss of a quadratic energy depends on the patterns only through sum s s^T and sum s: an
+    append from the old patterns' state writes patterns with the summed state, which is the write of all."""
+    from model.memory import append
+    model = EBMM(TINY["quadratic"])
+    p = model.params(detach=True)
+    x = _distinct_patterns(n_old + n_new, (5,))
+    state = model.energy.append_state(x[:n_old])
+    appended = append(model, p, write(model, p, x[:n_old]).weights, x[n_old:], n_old, state).weights
+    at_once = write(model, p, x).weights
+    torch.testing.assert_close(appended["energy.memory_triu"], at_once["energy.memory_triu"], atol=1e-5, rtol=1e-4)
+    virtual = model.energy.patterns_from_state(model.energy.append_state(x), x.shape[0])
+    for name, t in model.energy.append_state(virtual).items():              # the same sums, other patterns
+        torch.testing.assert_close(t, model.energy.append_state(x)[name], atol=1e-4, rtol=1e-5)
+
+
 def test_appending_to_other_energies_continues_the_write_from_the_written_weights():
     from model.memory import append
     model = EBMM(TINY["quadratic"])
