@@ -107,8 +107,9 @@ def _presets() -> dict[str, ModelConfig]:
                                           f"({slots * rank:,} floats), {how}; attention recall + residual "
                                           "shrink + quartic overwrite"))
     # distributed span memories: one Hebbian r x r matrix shared by all patterns, recall by a robust fit
-    # of the visible pixels within its span (r = 63 / 89 / 126 / 179: 2.0K / 4.0K / 8.0K / 16.1K floats)
-    for rank in (63, 89, 126, 179):
+    # of the visible pixels within its span (r = 63 / 89 / 126 / 179: 2.0K / 4.0K / 8.0K / 16.1K floats; r = 67 /
+    # 95 / 135: 2.3K / 4.6K / 9.2K, the paper's budgets)
+    for rank in (63, 67, 89, 95, 126, 135, 179):
         loop = LoopConfig(write_steps=1, write_rate_init=1.0, alpha_init=0.25, beta_init=1e-6,
                           grad_norm_term=False, write_reduction="sum", read_steps=1, read_rate_init=0.25,
                           read_decay_init=0.5, momentum_init=0.01)   # 0.25: one step lands on the recall
