@@ -72,10 +72,9 @@ def query_familiarity(model: EBMM, p: Params, weights: Params, q: Tensor, x: Ten
     """Whether each query was stored: the energy's own score where it has one (EnergyNet.familiarity_score,
     from the written memory and the query alone), else `memory_familiarity` of the query and its recall x.
     Candidates (top-k, samples) are ranked by `memory_familiarity`, which compares each with the query."""
-    if known is None:
-        score = model.energy.familiarity_score(model._energy_params({**p, **weights}), q)
-        if score is not None:
-            return score
+    score = model.energy.familiarity_score(model._energy_params({**p, **weights}), q, known)
+    if score is not None:
+        return score
     return memory_familiarity(model, p, weights, q, x, window, known)
 
 

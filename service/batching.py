@@ -2,12 +2,14 @@
 that arrive while the model is busy run as one batched model call, each session's written weights on its
 own queries (model/memory.py: read_stacked).
 
-Self-clocking: a read runs at once while fewer than `concurrent` batches of its model are running (so a
-lone client waits for nothing); otherwise it joins the next batch, which starts when a running batch
-finishes or, at the latest, `window` seconds after its first read arrived, or as soon as it holds
-`max_queries` queries. A batch takes one slot of the bounded model pool, and a full pool refuses the whole
-batch (503 with Retry-After) as it would refuse each read. A read whose weights do not fit the model fails
-alone, before the batch runs.
+Self-clocking: a read runs at once while fewer than `concurrent` batches of its kind (model, read steps,
+answer type) are running, so a lone client waits for nothing; otherwise it joins the next batch, which
+starts when a running batch finishes or, at the latest, `window` seconds after its first read arrived,
+or as soon as it holds `max_queries` queries. A batch takes one slot of the bounded model pool, and a
+full pool refuses the whole batch (503 with Retry-After) as it would refuse each read. A read whose
+weights do not fit the model fails alone, before the batch runs. Only reads of a few queries are batched
+(`SMALL_READ`): stacking copies each session's weights once per query, which pays for one-query reads
+and not for large ones.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 from .registry import LoadedModel
 
 Item = tuple[dict[str, torch.Tensor], torch.Tensor]        # (written weights, queries)
+SMALL_READ = 8                                             # queries: larger reads go to the model directly
 Result = tuple[Any, torch.Tensor]                          # (ReadResult, familiarity)
 
 
@@ -79,7 +82,11 @@ class ReadBatcher:
             if self.on_batch is not None:
                 self.on_batch(m.name, len(group.items))
             outs, seconds = await self.run(read_batch, m, group.items, key[1], key[2])
-        except BaseException as e:                   # noqa: BLE001 - every waiting read gets the error
+        except asyncio.CancelledError:
+            for fut in group.futures:
+                fut.cancel()
+            raise
+        except Exception as e:                       # noqa: BLE001 - every waiting read gets the error (Busy)
             for fut in group.futures:
                 if not fut.done():
                     fut.set_exception(e)

@@ -25,7 +25,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import StoreUnavailable
@@ -42,10 +42,12 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
 return 1
 """
-# the same, only if the stored record still has version ARGV[7] (a missing version reads as 0)
+# the same, only if the stored record still has version ARGV[7] (a missing version reads as 0); a replay of
+# a replace that already ran (the client resends after a lost reply) finds its own record and succeeds
 _REPLACE = """
 local raw = redis.call('HGET', KEYS[1], 'meta')
 if not raw then return 0 end
+if raw == ARGV[1] then return 1 end
 local version = cjson.decode(raw)['version'] or 0
 if tonumber(version) ~= tonumber(ARGV[7]) then return 0 end
 """ + _PUT
@@ -102,22 +104,24 @@ class RedisStore(SessionStore):
                 await asyncio.sleep(0.05)
         raise AssertionError("unreachable")
 
-    async def _wait_kwargs(self, key: str) -> dict[str, Any]:
-        """Where WAIT must run: on the connection (node) that ran the write."""
-        return {}
+    async def _script_then_wait(self, client: Any, script: str, key: str, index: str, args: tuple) -> list[Any]:
+        """The script and, with min_replicas, WAIT after it in one pipeline: the same connection."""
+        pipe = client.pipeline(transaction=False)
+        pipe.eval(script, 2, key, index, *args)
+        if self.min_replicas:
+            pipe.execute_command("WAIT", self.min_replicas, int(self.timeout * 500))  # within the socket timeout
+        return await pipe.execute()
 
     async def _change(self, op: str, script: str, key: str, index: str, *args: Any, idempotent: bool = False
                       ) -> int:
         """Run one write script and, with min_replicas, WAIT on the same connection for the replicas."""
         async def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.eval(script, 2, key, index, *args)
-            if self.min_replicas:
-                pipe.execute_command("WAIT", self.min_replicas, int(self.timeout * 500),  # within the socket timeout
-                                     **await self._wait_kwargs(key))
-            return await pipe.execute()
+            return await self._script_then_wait(self.client, script, key, index, args)
         async with self._guard(op):
             results = await (self._retried(run) if idempotent else run())
+        return self._acknowledged(op, results)
+
+    def _acknowledged(self, op: str, results: list[Any]) -> int:
         for r in results:
             if isinstance(r, Exception):
                 raise StoreUnavailable(f"session store {self.label} failed on {op}: {type(r).__name__}: {r}")
@@ -201,6 +205,7 @@ class RedisClusterStore(RedisStore):
 
     def _connect(self, url: str) -> Any:
         nodes, options = cluster_nodes(url)
+        self._options, self._direct = options, {}
         # require_full_coverage=False: when one shard is down, keys on the others still answer
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in nodes], require_full_coverage=False,
@@ -220,9 +225,47 @@ class RedisClusterStore(RedisStore):
     def indexes(self) -> list[str]:
         return [f"{self.prefix}{{b{b:02x}}}:sessions" for b in range(BUCKETS)]
 
-    async def _wait_kwargs(self, key: str) -> dict[str, Any]:
-        await self.client.initialize()                 # the slot map, learned on first use
-        return {"target_nodes": self.client.get_node_from_key(key)}
+    def _node_client(self, host: str, port: int) -> Any:
+        """A single-node client of one primary, with no retries of its own: a change and its WAIT go to the
+        node that owns the key, on one connection, and are never replayed elsewhere behind our back."""
+        if (host, port) not in self._direct:
+            self._direct[(host, port)] = aioredis.Redis(
+                host=host, port=port, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0), decode_responses=False, **self._options)
+        return self._direct[(host, port)]
+
+    async def _change(self, op: str, script: str, key: str, index: str, *args: Any, idempotent: bool = False
+                      ) -> int:
+        """The script on the key's primary through its own client (then WAIT on the same connection); a
+        moved slot or a dropped node makes the cluster client re-learn the slot map, and fails this try."""
+        async def run() -> list[Any]:
+            await self.client.initialize()                         # the slot map, learned on first use
+            node = self.client.get_node_from_key(key)
+            try:
+                return await self._script_then_wait(self._node_client(node.host, node.port), script, key, index,
+                                                    args)
+            except ResponseError as e:
+                if not str(e).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")):
+                    raise
+                await self.client.nodes_manager.initialize()
+                raise RedisConnectionError(f"{node.host}:{node.port} no longer serves this key: {e}") from e
+            except (RedisConnectionError, RedisTimeoutError):
+                await asyncio.shield(self._relearn())
+                raise
+        async with self._guard(op):
+            results = await (self._retried(run) if idempotent else run())
+        return self._acknowledged(op, results)
+
+    async def _relearn(self) -> None:
+        try:
+            await self.client.nodes_manager.initialize()
+        except (RedisError, RedisClusterException, OSError):
+            pass                                                   # the next call tries again
+
+    async def close(self) -> None:
+        for direct in self._direct.values():
+            await direct.aclose()
+        await super().close()
 
     async def ping(self) -> None:
         """Ready while any primary answers: a session on a shard that is down gets its own 503."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from anyio import to_thread
 
+from .batching import SMALL_READ
 from .bodies import RetrieveInput, WriteInput
 from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable, TooLarge
 from .imaging import encode_png
@@ -310,7 +311,8 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
         weights = unpack_weights(found[1])  # type: ignore[index]
     o = inp.options
     energies = "last" if inp.npy_answer else "all"
-    if state.batcher is not None and mask is None and not o.top_k and not o.samples and m.memory.stacks_weights:
+    if (state.batcher is not None and mask is None and not o.top_k and not o.samples and m.memory.stacks_weights
+            and x.shape[0] <= SMALL_READ):
         res, fam = await _batched_read(state, m, t, weights, x, steps, energies)
         cands = drawn = None
     else:

@@ -83,17 +83,19 @@ class QuadraticEnergy(EnergyNet):
         return {"second_moment": m2[self.iu[0], self.iu[1]].float(), "first_moment": s.sum(0).float()}
 
     def patterns_from_state(self, state: Params, n: int) -> Tensor:
-        """Y = 1 mu^T + H W^T with mu = sum s / n, W W^T = sum s s^T - n mu mu^T (an eigendecomposition) and H
-        an orthonormal basis of the vectors orthogonal to 1 in R^n: Y^T Y and Y^T 1 are the state's sums."""
+        """Y = 1 mu^T + H W^T with mu = sum s / n, W W^T = sum s s^T - n mu mu^T (its top n - 1 eigenpairs: the
+        centred sums have rank n - 1 at most, and what float32 storage adds beyond that is rounding) and H an
+        orthonormal basis of n - 1 vectors orthogonal to 1 in R^n: Y^T Y and Y^T 1 are the state's sums."""
         m2 = symmetric_from_triu(state["second_moment"].double(), self.iu, self.dim)
         mu = state["first_moment"].double() / n
-        ev, vecs = torch.linalg.eigh(m2 - n * torch.outer(mu, mu))
-        keep = ev > 1e-9 * ev.abs().max().clamp_min(1e-30)
-        w = vecs[:, keep] * ev[keep].sqrt()                                   # (D, k), k <= n - 1
-        ones = torch.ones(n, 1, dtype=torch.float64, device=mu.device)
-        q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(n, dtype=torch.float64, device=mu.device)], 1))
-        h = q[:, 1:w.shape[1] + 1]                                            # (n, k), orthogonal to 1
-        y = mu[None, :] + h @ w.T
+        ev, vecs = torch.linalg.eigh(m2 - n * torch.outer(mu, mu))          # ascending
+        k = min(n - 1, int((ev > 1e-6 * ev.abs().max().clamp_min(1e-30)).sum()))
+        ev, vecs = ev[ev.numel() - k:], vecs[:, ev.numel() - k:]
+        w = vecs * ev.clamp_min(0).sqrt()                                     # (D, k)
+        basis = torch.eye(n, k + 1, dtype=torch.float64, device=mu.device)
+        basis[:, 0] = 1.0
+        q, _ = torch.linalg.qr(basis)                                         # (n, k + 1); q[:, 0] ~ 1
+        y = mu[None, :] + q[:, 1:] @ w.T
         return ((y + 1) / 2).float().view(n, *self.input_shape)
 
     @staticmethod

@@ -407,10 +407,12 @@ class SubspaceSpanEnergy(EnergyNet):
         qb = qt @ b                                                                # (B, r)
         rhs = qb
         win = None
-        for _ in range(self.fits):
+        for i in range(self.fits):
             coef = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)        # (B, r)
             rec = coef @ b.T                                                       # (B, D)
             win = self._window(qt - rec)                                           # (B, P)
+            if i == self.fits - 1:              # the last window only sets the mask: no system to build
+                break
             bw = b[win]                                                            # (B, P, r)
             a_mat = gram + ridge * eye - bw.transpose(1, 2) @ bw                   # the window left out
             rhs = qb - (torch.gather(qt, 1, win).unsqueeze(1) @ bw).squeeze(1)
@@ -468,7 +470,7 @@ class SubspaceSpanEnergy(EnergyNet):
         m = f.T @ f
         return {"memory_triu": m[self.iu[0], self.iu[1]]}
 
-    def familiarity_score(self, p: Params, q: Tensor) -> Tensor | None:
+    def familiarity_score(self, p: Params, q: Tensor, known: Tensor | None = None) -> Tensor | None:
         """1 - min(D_win, D_all) / R_win, clamped to [0, 1]. R_* is the squared residual of the query's pixels
         fitted (least squares) by the whole PCA subspace, D_* how much worse the span of M alone fits them:
         `all` over every pixel, `win` leaving out the window of largest PCA residual (an occluded square, or
@@ -476,11 +478,14 @@ class SubspaceSpanEnergy(EnergyNet):
         it as well as the subspace does (D near 0: clean on all pixels, occluded with the window left out);
         a never-stored one's code has a part outside the span that only the subspace explains. Relative to
         the fit's own residual, that part counts whatever its directions' variance; comparing the recall with
-        the query in pixels does not (AUC 0.78 clean, 0.81 occluded on photos32-span8k)."""
+        the query in pixels does not (AUC 0.78 clean, 0.81 occluded on photos32-span8k). With `known` (a masked
+        read), both fits use the known pixels only, and D over them is the score."""
         s = _signed(q).flatten(1)
         u, c = self.basis, self.centre
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
         qt = s - c
+        if known is not None:
+            return self._known_pixels_score(p, qt, known.to(s.dtype).flatten(1))
         f = qt @ u.T                                                              # (B, r): all pixels
         win = self._window(qt - f @ u)
         m = self.matrix(p)
@@ -499,6 +504,23 @@ class SubspaceSpanEnergy(EnergyNet):
         d_win = sq(qt - f_span @ u, keep) - r_win
         d_all = sq(qt - ((f @ v) @ v.T) @ u) - sq(qt - f @ u)                     # the span's projection
         return (1 - torch.minimum(d_win, d_all) / r_win.clamp_min(1e-12)).clamp(0, 1)
+
+    def _span_basis(self, p: Params, dtype: torch.dtype) -> Tensor:
+        ev, vecs = torch.linalg.eigh(self.matrix(p).double())
+        return vecs[:, ev > 1e-6 * ev.abs().max().clamp_min(1e-30)].to(dtype)  # (r, n) orthonormal
+
+    def _known_pixels_score(self, p: Params, qt: Tensor, keep: Tensor) -> Tensor:
+        """familiarity_score over the known pixels keep (B, D) of centred signed queries qt (B, D)."""
+        u = self.basis
+        eye = torch.eye(self.rank, dtype=qt.dtype, device=qt.device)
+        v = self._span_basis(p, qt.dtype)
+        a = torch.cat([(u[None] * k[:, None, :]) @ u.T for k in keep.split(8)])   # (B, r, r): U K U^T, 8 at a time
+        rhs = (qt * keep) @ u.T
+        f_pca = torch.linalg.solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
+        f_span = torch.linalg.solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
+        r_pca = (keep * (qt - f_pca @ u)).pow(2).sum(-1)
+        d = (keep * (qt - f_span @ u)).pow(2).sum(-1) - r_pca
+        return (1 - d / r_pca.clamp_min(1e-12)).clamp(0, 1)
 
     def familiarity_views(self, p: Params, q: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
         """The query's own PCA reconstruction (every direction of the subspace) and its recall within the

@@ -58,6 +58,7 @@ def test_sessions_survive_a_primary_failover(server_factory: Callable, checkpoin
             on_victim = [sid for sid in first if shard(sid) == victim]
 
             acknowledged, statuses, errors = list(first), Counter(), []
+            expected: dict[str, int | None] = {}        # a client's own sessions: patterns, None once unsure
             stop = threading.Event()
 
             def client(seed: int) -> None:
@@ -69,6 +70,12 @@ def test_sessions_survive_a_primary_failover(server_factory: Callable, checkpoin
                             statuses[f"write {w.status_code}"] += 1
                             if w.status_code == 201:
                                 acknowledged.append(w.json()["session_id"])
+                                expected[w.json()["session_id"]] = 4
+                                a = hc.post(f"/v1/sessions/{w.json()['session_id']}/patterns",
+                                            json={"patterns": write_body(crng)["patterns"]})
+                                statuses[f"append {a.status_code}"] += 1
+                                sid = w.json()["session_id"]
+                                expected[sid] = 8 if a.status_code == 200 else None   # a 503 may or may not
                             sid = crng.choice(acknowledged)
                             q = {"queries": {"bits": [bits(crng)]}}
                             r = hc.post(f"/v1/sessions/{sid}/retrieve", json=q)
@@ -102,10 +109,14 @@ def test_sessions_survive_a_primary_failover(server_factory: Callable, checkpoin
             assert not errors, errors[:3]
             assert outage[("other", 200)] > 0 and not [k for k in outage if k[0] == "other" and k[1] != 200], outage
             assert outage[("victim", 503)] > 0, outage
-            assert all(s.endswith((" 200", " 201", " 503")) for s in statuses), statuses
+            assert all(k.endswith((" 200", " 201", " 503")) for k in statuses), statuses
             assert statuses["write 201"] > len(threads) and statuses["retrieve 200"] > len(threads), statuses
             lost = [sid for sid in acknowledged if c.get(f"/v1/sessions/{sid}").status_code != 200]
             assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged sessions lost"
+            sure = {sid: n for sid, n in expected.items() if n is not None}
+            counts = {sid: c.get(f"/v1/sessions/{sid}").json()["patterns"] for sid in sure}
+            assert counts == sure, "an acknowledged append was lost or applied twice"
+            assert statuses["append 200"] > 0, statuses
             r = c.post(f"/v1/sessions/{on_victim[0]}/retrieve", json={"queries": {"bits": [bits(rng)]}})
             assert r.status_code == 200, r.text
         mapper.close()

@@ -271,6 +271,8 @@ def test_appending_to_a_quadratic_memory_from_its_state_writes_what_one_write_of
     model = EBMM(TINY["quadratic"])
     p = model.params(detach=True)
     x = _distinct_patterns(n_old + n_new, (5,))
+    if n_old == 5:                       # values anywhere in [0, 1] (JSON arrays), not only bits
+        x = torch.rand(n_old + n_new, 5, generator=torch.Generator().manual_seed(3))
     state = model.energy.append_state(x[:n_old])
     appended = append(model, p, write(model, p, x[:n_old]).weights, x[n_old:], n_old, state).weights
     at_once = write(model, p, x).weights

@@ -120,3 +120,31 @@ def test_familiarity_score_tells_stored_from_new_queries_clean_and_occluded():
         assert fam_stored.shape == (6,) and ((fam_stored >= 0) & (fam_stored <= 1)).all()
         assert fam_stored.min() > 0.7 and fam_new.max() < 0.1, (fam_stored, fam_new)
     assert torch.allclose(query_familiarity(m, p, w, x, x, window=6), torch.ones(6), atol=1e-3)  # clean: exact
+
+
+def test_masked_familiarity_counts_the_known_pixels_only():
+    from model.familiarity import query_familiarity
+    torch.manual_seed(0)
+    m = _model()
+    m.energy.data_init(_images(512, 1, dims=40))
+    p = m.params(detach=True)
+    x, new = _images(6, 3, dims=40), _images(6, 4, dims=40)
+    w = write(m, p, x).weights
+    known = torch.ones_like(x, dtype=torch.bool)
+    known[:, :, 3:9, 7:13] = False                      # where _occlude writes noise
+    fam_stored = query_familiarity(m, p, w, _occlude(x, 5), x, window=6, known=known)
+    fam_new = query_familiarity(m, p, w, _occlude(new, 6), new, window=6, known=known)
+    assert fam_stored.min() > 0.7 and fam_new.max() < 0.1, (fam_stored, fam_new)
+
+
+def test_the_span_gram_matrix_is_b_t_b_for_any_basis():
+    m = _model()
+    m.energy.data_init(_images(512, 1, dims=40))
+    p = m.params(detach=True)
+    ep = m._energy_params({**p, **write(m, p, _images(6, 3, dims=40)).weights})
+    b, gram, _ = m.energy.span(ep)
+    torch.testing.assert_close(gram, b.T @ b, rtol=1e-4, atol=1e-4 * float(gram.abs().max()))  # orthonormal: M^2
+    with torch.no_grad():
+        m.energy.basis.add_(0.05 * torch.randn_like(m.energy.basis))       # no longer orthonormal
+    b, gram, _ = m.energy.span(ep)
+    torch.testing.assert_close(gram, b.T @ b)

@@ -164,8 +164,9 @@ async def test_cluster_keys_of_a_session_share_a_slot_and_sessions_spread_over_t
 
 async def test_a_write_the_replicas_do_not_confirm_is_not_acknowledged(redis_url: str, redis_prefix: str,
                                                                       tmp_path: object) -> None:
-    """min_replicas on a Redis without replicas: every change is refused with StoreUnavailable; with a
-    replica attached (WAIT runs on the writing connection) the same write is acknowledged."""
+    """min_replicas on a Redis without replicas: a change is refused with StoreUnavailable; with a replica
+    attached it is acknowledged; with that replica frozen (still connected) it is refused again: the write
+    waits for the replica's acknowledgement of it."""
     from conftest import RedisProcess
     primary = RedisProcess(tmp_path).start()
     replica = RedisProcess(tmp_path)
@@ -183,6 +184,19 @@ async def test_a_write_the_replicas_do_not_confirm_is_not_acknowledged(redis_url
         client.close()
         await s.put(meta("repl" + "r" * 18), b"w", 60)
         assert (await s.get("repl" + "r" * 18))[1] == b"w"
+        from dataclasses import replace
+        v1 = replace(meta("repl" + "r" * 18), version=1)
+        assert await s.replace(v1, b"w1", 60, expected_version=0) is True
+        # a replica that stops acknowledging (frozen, still connected): the write is not acknowledged
+        import signal
+        replica.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable, match="0 of 1 required replicas"):
+                await s.put(meta("frozen" + "f" * 16), b"w", 60)
+            with pytest.raises(StoreUnavailable, match="0 of 1 required replicas"):
+                await s.replace(replace(v1, version=2), b"w2", 60, expected_version=1)
+        finally:
+            replica.proc.send_signal(signal.SIGCONT)
     finally:
         await s.close()
         replica.stop()
