@@ -291,3 +291,15 @@ def test_appending_to_other_energies_continues_the_write_from_the_written_weight
     assert torch.equal(append(model, p, first, x[2:], 2).weights["energy.memory_triu"],
                        write(model, p, x[2:], start=first).weights["energy.memory_triu"])
     assert not torch.equal(first["energy.memory_triu"], append(model, p, first, x[2:], 2).weights["energy.memory_triu"])
+
+
+def test_a_quadratic_append_state_richer_than_its_pattern_count_still_appends():
+    """An imported session may claim fewer patterns than its sums hold: the append keeps the n - 1 strongest
+    directions instead of failing."""
+    from model.memory import append
+    model = EBMM(TINY["quadratic"])
+    p = model.params(detach=True)
+    x = torch.rand(6, 5, generator=torch.Generator().manual_seed(4))
+    state = model.energy.append_state(x)                    # six patterns' sums, said to be two
+    out = append(model, p, write(model, p, x[:2]).weights, x[:1], 2, state).weights["energy.memory_triu"]
+    assert out.shape == p["energy.memory_triu"].shape and bool(torch.isfinite(out).all())
