@@ -373,35 +373,60 @@ class SubspaceSpanEnergy(EnergyNet):
     def matrix(self, p: Params) -> Tensor:
         return symmetric_from_triu(p["memory_triu"], self.iu, self.rank)          # (r, r)
 
-    def _window(self, r: Tensor) -> Tensor:
-        """(B, D) residuals -> (B, P) pixel indices of the window x window square (all channels) of largest
-        residual energy: the part of each image the fit leaves out next."""
+    def _window_geometry(self) -> tuple[int, int, int, int]:
         c, h, w = self.input_shape if len(self.input_shape) == 3 else (1, 1, self.dim)
-        k = min(self.window, h, w)
+        return c, h, w, min(self.window, h, w)
+
+    def _window_position(self, r: Tensor) -> Tensor:
+        """(B, D) residuals -> (B,) index of the window x window square (all channels) of largest residual
+        energy, over the (H - k + 1) (W - k + 1) positions: the part of each image the fit leaves out next."""
+        c, h, w, k = self._window_geometry()
         e = r.detach().pow(2).view(-1, c, h, w).sum(1, keepdim=True)              # (B, 1, H, W)
-        s = F.avg_pool2d(e, k, stride=1)                                           # (B, 1, H-k+1, W-k+1)
-        idx = s.flatten(1).argmax(1)
-        iy, ix = idx // s.shape[-1], idx % s.shape[-1]                             # (B,)
-        dy = torch.arange(k, device=r.device)
+        return F.avg_pool2d(e, k, stride=1).flatten(1).argmax(1)
+
+    def _window_pixels(self, pos: Tensor) -> Tensor:
+        """(B,) window positions -> (B, P) pixel indices (P = c k k)."""
+        c, h, w, k = self._window_geometry()
+        iy, ix = pos // (w - k + 1), pos % (w - k + 1)                             # (B,)
+        dy = torch.arange(k, device=pos.device)
         rows = (iy[:, None] + dy[None, :])[:, :, None] * w + (ix[:, None] + dy[None, :])[:, None, :]  # (B, k, k)
-        chans = torch.arange(c, device=r.device)[:, None, None] * (h * w)
+        chans = torch.arange(c, device=pos.device)[:, None, None] * (h * w)
         return (rows[:, None] + chans[None]).flatten(1)                            # (B, c k k)
 
-    def span(self, p: Params) -> tuple[Tensor, Tensor, Tensor]:
-        """What the recall needs of M alone: the span in pixels b = U^T M (D, r), its Gram matrix b^T b (r, r)
-        and the ridge (a read computes them once, not at every step)."""
+    def _window(self, r: Tensor) -> Tensor:
+        """(B, D) residuals -> (B, P) pixel indices of the window of largest residual energy."""
+        return self._window_pixels(self._window_position(r))
+
+    def window_grams(self) -> Tensor:
+        """(positions, r, r): sum of u_p u_p^T over each window's pixels (U's columns), computed once per
+        basis: a recall leaves a window out with M G M, r^3, instead of gathering its P rows of U^T M, P r^2."""
+        def build() -> Tensor:
+            c, h, w, k = self._window_geometry()
+            n = (h - k + 1) * (w - k + 1)
+            ut = self.basis.T
+            out = []
+            for start in range(0, n, 32):
+                pos = torch.arange(start, min(start + 32, n), device=ut.device)
+                uw = ut[self._window_pixels(pos)]                                  # (b, P, r)
+                out.append(uw.transpose(1, 2) @ uw)
+            return torch.cat(out)
+        return memo_on(self, "_window_grams_memo", self.basis, build)
+
+    def span(self, p: Params) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What the recall needs of M alone: the span in pixels b = U^T M (D, r), its Gram matrix b^T b (r, r),
+        the ridge and M itself (a read computes them once, not at every step)."""
         m = self.matrix(p)
         b = self.basis.T @ m                                                       # (D, r): the span in pixels
         # b^T b = M U U^T M = M^2 for orthonormal rows of U (the SVD's): r^3 instead of D r^2
         gram = m @ m if orthonormal_rows(self, self.basis) else b.T @ b
         ridge = (p["ridge_raw"] * _GAIN).exp() * torch.diagonal(gram).sum() / self.rank + 1e-20  # > 0 unwritten
-        return b, gram, ridge
+        return b, gram, ridge, m
 
-    def recall(self, p: Params, s: Tensor, span: tuple[Tensor, Tensor, Tensor] | None = None
+    def recall(self, p: Params, s: Tensor, span: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
                ) -> tuple[Tensor, Tensor]:
         """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D)."""
         qt = s - self.centre
-        b, gram, ridge = self.span(p) if span is None else span
+        b, gram, ridge, m = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
         a_mat = (gram + ridge * eye).expand(s.shape[0], -1, -1)
         qb = qt @ b                                                                # (B, r)
@@ -410,16 +435,19 @@ class SubspaceSpanEnergy(EnergyNet):
         for i in range(self.fits):
             coef = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)        # (B, r)
             rec = coef @ b.T                                                       # (B, D)
-            win = self._window(qt - rec)                                           # (B, P)
+            pos = self._window_position(qt - rec)                                  # (B,)
+            win = self._window_pixels(pos)                                         # (B, P)
             if i == self.fits - 1:              # the last window only sets the mask: no system to build
                 break
-            bw = b[win]                                                            # (B, P, r)
-            a_mat = gram + ridge * eye - bw.transpose(1, 2) @ bw                   # the window left out
-            rhs = qb - (torch.gather(qt, 1, win).unsqueeze(1) @ bw).squeeze(1)
+            # the window's rows of b left out: b_w^T b_w = M (sum over the window of u_p u_p^T) M
+            mgm = m @ self.window_grams()[pos] @ m                                 # (B, r, r)
+            a_mat = gram + ridge * eye - mgm
+            in_win = torch.zeros_like(qt).scatter(1, win, 1.0)
+            rhs = qb - ((qt * in_win) @ self.basis.T) @ m                          # b_w^T qt_w
         keep = torch.ones_like(qt).scatter(1, win, 0.0)
         return rec + self.centre, keep
 
-    def energy(self, p: Params, x: Tensor, span: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    def energy(self, p: Params, x: Tensor, span: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """span: `span(p)`, when the caller has it (a serving read computes it once)."""
         s = _signed(x).flatten(1)                                                  # (B, D)
         f = (s - self.centre) @ self.basis.T                                       # (B, r)
@@ -487,14 +515,12 @@ class SubspaceSpanEnergy(EnergyNet):
         if known is not None:
             return self._known_pixels_score(p, qt, known.to(s.dtype).flatten(1))
         f = qt @ u.T                                                              # (B, r): all pixels
-        win = self._window(qt - f @ u)
-        m = self.matrix(p)
-        ev, vecs = torch.linalg.eigh(m.double())
-        v = vecs[:, ev > 1e-6 * ev.abs().max().clamp_min(1e-30)].to(s.dtype)        # (r, n) the span's basis
+        pos = self._window_position(qt - f @ u)
+        win = self._window_pixels(pos)
+        v = self._span_basis(p, s.dtype)                                          # (r, n) the span's basis
         keep = torch.ones_like(s).scatter(1, win, 0.0)
-        uw = u.T[win]                                                             # (B, P, r)
-        a = eye - uw.transpose(1, 2) @ uw                                         # U K U^T, window left out
-        rhs = f - (torch.gather(qt, 1, win).unsqueeze(1) @ uw).squeeze(1)        # U K (s - centre)
+        a = eye - self.window_grams()[pos]                                        # U K U^T, window left out
+        rhs = ((qt * keep) @ u.T)                                                 # U K (s - centre)
         f_pca = torch.linalg.solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
         f_span = torch.linalg.solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
 

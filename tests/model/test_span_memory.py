@@ -142,9 +142,19 @@ def test_the_span_gram_matrix_is_b_t_b_for_any_basis():
     m.energy.data_init(_images(512, 1, dims=40))
     p = m.params(detach=True)
     ep = m._energy_params({**p, **write(m, p, _images(6, 3, dims=40)).weights})
-    b, gram, _ = m.energy.span(ep)
+    b, gram, _, _ = m.energy.span(ep)
     torch.testing.assert_close(gram, b.T @ b, rtol=1e-4, atol=1e-4 * float(gram.abs().max()))  # orthonormal: M^2
     with torch.no_grad():
         m.energy.basis.add_(0.05 * torch.randn_like(m.energy.basis))       # no longer orthonormal
-    b, gram, _ = m.energy.span(ep)
+    b, gram, _, _ = m.energy.span(ep)
     torch.testing.assert_close(gram, b.T @ b)
+
+
+def test_window_grams_are_the_gram_matrices_of_each_windows_rows():
+    m = _model()
+    m.energy.data_init(_images(512, 1, dims=40))
+    grams = m.energy.window_grams()
+    pos = torch.tensor([0, 7, grams.shape[0] - 1])
+    uw = m.energy.basis.T[m.energy._window_pixels(pos)]                    # (3, P, r)
+    torch.testing.assert_close(grams[pos], uw.transpose(1, 2) @ uw)
+    assert grams.shape[0] == (16 - 6 + 1) ** 2                             # every position of a 6x6 window
