@@ -224,6 +224,27 @@ class SubspaceSlotEnergy(EnergyNet):
             base = res3.add_(r - (r @ c["ut"]) @ u, alpha=c["lam"]).sub_(st, alpha=c["well"]).sub_(c["wc"])
         return torch.addmm(base, g_f, u, beta=c["scale2"], alpha=c["scale2"]).view_as(x)
 
+    def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
+        """E(x) from the read's cache (see `energy_grad`): the attention term from the shifted logits,
+        -1/beta logsumexp(beta (f k_i - |k_i|^2 / 2)) + |f|^2 / 2, and |s~ - f U|^2 = |s~|^2 - |f|^2 for
+        orthonormal rows of U: two products with U instead of three."""
+        if "beta" not in cache or not cache["ortho"]:
+            return self.energy(p, x)
+        c, k, u = cache, p["memory_slots"], self.basis
+        st = torch.add(c["shift"], x.flatten(1), alpha=2.0)
+        f = st @ c["ut"]
+        if k.dim() == 2:
+            logits = torch.addmm(c["logit_bias"], f, c["kt"], alpha=c["beta"])
+        else:
+            logits = torch.bmm(f.unsqueeze(1), c["kt"]).squeeze(1).mul_(c["beta"]).add_(c["logit_bias"])
+        f2, st2 = f.pow(2).sum(-1), st.pow(2).sum(-1)
+        e = 0.5 * f2 - torch.logsumexp(logits, dim=-1) / c["beta"]
+        kbar = _mix_slots(torch.softmax(logits, dim=-1), k)
+        quart = torch.addmm(st, kbar, u, alpha=-1.0).pow_(4).sum(-1)
+        s2 = (st + self.centre).pow(2).sum(-1)
+        e = e + 0.5 * c["lam"] * (st2 - f2) + 0.25 * c["quart"] * quart - 0.5 * c["well"] * s2
+        return e * (c["scale2"] / 2)
+
     def _orthonormal(self) -> bool:
         """Whether U's rows are orthonormal (to 1e-5), checked once per value of the (static) basis."""
         return orthonormal_rows(self, self.basis)
