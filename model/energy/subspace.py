@@ -197,7 +197,8 @@ class SubspaceSlotEnergy(EnergyNet):
                 disp = (k - p["anchor"]).pow(2).sum(-1)
                 logit_bias = logit_bias - beta * F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
             lam, well = float(F.softplus(p["comp_raw"] * _GAIN)), float(p["well"] * _GAIN)
-            cache.update(beta=beta, logit_bias=logit_bias, kt=k.transpose(-2, -1).contiguous(), ut=u.T.contiguous(),
+            ut = memo_on(self, "_basis_t_memo", u, lambda: u.T.contiguous())    # once per basis, not per read
+            cache.update(beta=beta, logit_bias=logit_bias, kt=k.transpose(-2, -1).contiguous(), ut=ut,
                          lam=lam, well=well, quart=float(F.softplus(p["quart_raw"] * _GAIN)),
                          scale2=float(2 * p["log_scale"].exp()), shift=-(1 + self.centre), wc=well * self.centre,
                          ortho=self._orthonormal())
