@@ -26,7 +26,8 @@ from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
 from .store import SessionMeta, pack_weights, unpack_weights
-from .transfer import export_bytes, max_session_patterns, new_meta, parse_session_file, written_bytes
+from .transfer import (export_bytes, max_session_patterns, new_meta, new_session_id, parse_session_file,
+                       written_bytes)
 
 T = TypeVar("T")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
@@ -137,7 +138,7 @@ async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timing
     with t.stage("store"):
         blob = pack_weights(res.weights)
         now = time.time()
-        meta = SessionMeta(secrets.token_urlsafe(ID_BYTES), m.name, m.sha256, caller, list(m.input_shape),
+        meta = SessionMeta(new_session_id(ID_BYTES), m.name, m.sha256, caller, list(m.input_shape),
                            int(x.shape[0]), written_bytes(res.weights), len(blob),
                            float(res.losses[-1]) if res.losses else 0.0, now, now + s.session_ttl_seconds)
         await _store(state, "put", state.store.put(meta, blob, s.session_ttl_seconds))

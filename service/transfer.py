@@ -102,6 +102,15 @@ def parse_session_file(state: AppState, blob: bytes) -> tuple[str, dict[str, tor
     return name, weights, {"patterns": patterns, "writing_loss": loss}
 
 
+def new_session_id(nbytes: int) -> str:
+    """A random URL-safe id that starts with a letter or digit: one starting with "-" would read as an option
+    on a command line (`ebmm client retrieve ID ...`)."""
+    while True:
+        sid = secrets.token_urlsafe(nbytes)
+        if sid[0].isalnum():
+            return sid
+
+
 def written_bytes(weights: dict[str, torch.Tensor]) -> int:
     """Bytes of the written slice (float32), the append state left out (that counts in stored_bytes)."""
     return sum(t.numel() * 4 for n, t in weights.items() if not n.startswith(STATE))
@@ -111,6 +120,6 @@ def new_meta(state: AppState, caller: str, name: str, weights: dict[str, torch.T
              fields: dict[str, Any], id_bytes: int) -> SessionMeta:
     m = state.models[name]
     now = time.time()
-    return SessionMeta(secrets.token_urlsafe(id_bytes), name, m.sha256, caller, list(m.input_shape),
+    return SessionMeta(new_session_id(id_bytes), name, m.sha256, caller, list(m.input_shape),
                        fields["patterns"], written_bytes(weights), blob_len,
                        fields["writing_loss"], now, now + state.settings.session_ttl_seconds)

@@ -129,3 +129,11 @@ async def test_a_session_grown_past_the_write_limit_by_appends_imports_back(chec
         blob = (await a.get(f"/v1/sessions/{sid}/export")).content
         i = await a.post("/v1/sessions/import", content=blob)
         assert i.status_code == 201 and i.json()["patterns"] == 16, i.text
+
+
+def test_session_ids_never_start_with_a_dash() -> None:
+    """An id starting with "-" would read as an option on the command line (`ebmm client retrieve ID`)."""
+    from service.transfer import new_session_id
+    ids = [new_session_id(32) for _ in range(2000)]       # about 60 would start with - or _ otherwise
+    assert all(i[0].isalnum() for i in ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 43 for i in ids)

@@ -96,15 +96,21 @@ function meanBrightness(d) {
 }
 
 // ---- models -----------------------------------------------------------------------------------
+let modelsLoads = 0;   // a newer load of the model list wins; an older answer arriving later is dropped
+
 async function loadModels() {
+  const seq = ++modelsLoads;
   const data = await api("GET", "/v1/models");
+  if (seq !== modelsLoads) return;
   state.models = data.models.filter((m) => m.input_shape.length === 3);
   const sel = $("model");
+  const previous = sel.value;   // a reload keeps the model the user picked
+  const keep = state.models.some((m) => m.name === previous);
   sel.innerHTML = "";
   for (const m of state.models) {
     const o = document.createElement("option");
     o.value = m.name; o.textContent = `${m.name} (${m.kind}, ${m.memory_floats.toLocaleString()} memory floats)`;
-    if (m.default) o.selected = true;
+    if (keep ? m.name === previous : m.default) o.selected = true;
     sel.appendChild(o);
   }
   const others = data.models.filter((m) => m.input_shape.length !== 3).map((m) => m.name);
@@ -113,6 +119,7 @@ async function loadModels() {
 }
 
 function pickModel() {
+  const before = state.model ? state.model.name : null;
   state.model = state.models.find((m) => m.name === $("model").value) || state.models[0] || null;
   const m = state.model;
   if (!m) { $("model-info").textContent = "This server has no image model."; return; }
@@ -122,6 +129,7 @@ function pickModel() {
   $("convention").textContent = isColour()
     ? "Colour photos: any image is resized to 32×32 and stored as RGB."
     : "Characters: white strokes on a black background, binarised at 0.5. Dark-on-light images are stored as they are, which this memory was not trained on (the server warns).";
+  if (m.name === before) return;              // the same model (a reload of the list): keep the tray
   state.tray = []; state.session = null; renderTray(); $("session-info").textContent = "";
 }
 
