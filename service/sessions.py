@@ -68,9 +68,15 @@ async def _store(state: AppState, op: str, call: Awaitable[T]) -> T:
 
 
 async def _model(state: AppState, op: str, m: LoadedModel, t: Timings, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) on the model pool, counted in the metrics and the request's Server-Timing."""
+    return await _metered(state, op, m, t, state.runner.run(fn, *args))
+
+
+async def _metered(state: AppState, op: str, m: LoadedModel, t: Timings, call: Awaitable[tuple[T, float]]) -> T:
+    """Await a model call answering (result, seconds it ran): in-flight gauge, refusals, model time."""
     try:
         state.metrics.in_flight.inc()
-        out, seconds = await state.runner.run(fn, *args)
+        out, seconds = await call
     except Busy:
         state.metrics.busy.inc()
         raise
@@ -94,29 +100,12 @@ def _raw_values(batch: RawBatch) -> int:
     return INLINE_VALUES + 1
 
 
-async def _codec(state: AppState, values: int, fn: Callable[..., T], *args: Any) -> T:
+async def codec(state: AppState, values: int, fn: Callable[..., T], *args: Any) -> T:
     """fn(*args) for decoding or encoding: on the event loop when it handles few values (a thread hop
     would cost more than the work), else on the bounded codec threads, never blocking the loop long."""
     if values <= INLINE_VALUES:
         return fn(*args)
     return await to_thread.run_sync(fn, *args, limiter=state.codec_threads)
-
-
-async def _batched_read(state: AppState, m: LoadedModel, t: Timings, weights: dict[str, torch.Tensor],
-                        x: torch.Tensor, steps: int, energies: str) -> tuple[Any, torch.Tensor]:
-    """A plain read through the batcher (service/batching.py): one model call with other sessions' reads."""
-    assert state.batcher is not None
-    try:
-        state.metrics.in_flight.inc()
-        out, seconds = await state.batcher.read(m, weights, x, steps, energies)
-    except Busy:
-        state.metrics.busy.inc()
-        raise
-    finally:
-        state.metrics.in_flight.dec()
-    state.metrics.model_seconds.labels("read", m.name).observe(seconds)
-    t.add("model", seconds)
-    return out
 
 
 def info(meta: SessionMeta) -> dict[str, Any]:
@@ -301,7 +290,7 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
     m = _session_model(state, meta)
     steps, output = _options(state, m, inp)
     with t.stage("decode"):
-        x, notes = await _codec(state, _raw_values(inp.queries), to_tensor, inp.queries, m, "queries", s.max_pixels)
+        x, notes = await codec(state, _raw_values(inp.queries), to_tensor, inp.queries, m, "queries", s.max_pixels)
         mask = None
         if inp.mask is not None:
             check_count(inp.mask, s.max_patterns)
@@ -314,7 +303,7 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
     energies = "last" if inp.npy_answer else "all"
     if (state.batcher is not None and mask is None and not o.top_k and not o.samples and m.memory.stacks_weights
             and x.shape[0] <= SMALL_READ):
-        res, fam = await _batched_read(state, m, t, weights, x, steps, energies)
+        res, fam = await _metered(state, "read", m, t, state.batcher.read(m, weights, x, steps, energies))
         cands = drawn = None
     else:
         res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask,
@@ -326,11 +315,11 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
                            "top_k or samples with a JSON answer", "accept", "application/x-npy")
         with t.stage("encode"):                  # np.save of up to EBMM_MAX_OUTPUT_VALUES: off the loop
             out = res.iterates if o.trajectory else res.iterates[-1]
-            return await _codec(state, out.numel(), NpyAnswer.of, out, res.energies[-1], fam, threshold, steps)
+            return await codec(state, out.numel(), NpyAnswer.of, out, res.energies[-1], fam, threshold, steps)
     with t.stage("encode"):
         values = (res.iterates.numel() if o.trajectory else res.iterates[-1].numel()) + (
             0 if cands is None else cands.patterns.numel()) + (0 if drawn is None else drawn[0].numel())
-        results = await _codec(state, values, _results, res.iterates, res.energies, output, o.trajectory, fam,
+        results = await codec(state, values, _results, res.iterates, res.energies, output, o.trajectory, fam,
                                threshold, cands, drawn)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
                             masked=mask is not None, conversions=notes, results=results, match_threshold=threshold,

@@ -201,7 +201,7 @@ class SubspaceSlotEnergy(EnergyNet):
             cache.update(beta=beta, logit_bias=logit_bias, kt=k.transpose(-2, -1).contiguous(), ut=ut,
                          lam=lam, well=well, quart=float(F.softplus(p["quart_raw"] * _GAIN)),
                          scale2=float(2 * p["log_scale"].exp()), shift=-(1 + self.centre), wc=well * self.centre,
-                         ortho=self._orthonormal())
+                         ortho=orthonormal_rows(self, u))
         c = cache
         st = torch.add(c["shift"], x.flatten(1), alpha=2.0)                   # s~ = 2x - 1 - centre
         f = st @ c["ut"]                                                       # (B, r)
@@ -245,10 +245,6 @@ class SubspaceSlotEnergy(EnergyNet):
         s2 = (st + self.centre).pow(2).sum(-1)
         e = e + 0.5 * c["lam"] * (st2 - f2) + 0.25 * c["quart"] * quart - 0.5 * c["well"] * s2
         return e * (c["scale2"] / 2)
-
-    def _orthonormal(self) -> bool:
-        """Whether U's rows are orthonormal (to 1e-5), checked once per value of the (static) basis."""
-        return orthonormal_rows(self, self.basis)
 
     @property
     def capacity(self) -> int | None:
@@ -414,10 +410,6 @@ class SubspaceSpanEnergy(EnergyNet):
         rows = (iy[:, None] + dy[None, :])[:, :, None] * w + (ix[:, None] + dy[None, :])[:, None, :]  # (B, k, k)
         chans = torch.arange(c, device=pos.device)[:, None, None] * (h * w)
         return (rows[:, None] + chans[None]).flatten(1)                            # (B, c k k)
-
-    def _window(self, r: Tensor) -> Tensor:
-        """(B, D) residuals -> (B, P) pixel indices of the window of largest residual energy."""
-        return self._window_pixels(self._window_position(r))
 
     def window_grams(self) -> Tensor:
         """(positions, r, r): sum of u_p u_p^T over each window's pixels (U's columns), computed once per

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Path, Request, Response
 
 from .. import sessions as ops
@@ -82,13 +81,11 @@ async def retrieve(request: Request, response: Response, state: State, caller: C
     if isinstance(out, ops.NpyAnswer):
         return Response(out.body, media_type="application/x-npy", headers={**response.headers, **out.headers})
     # a large answer is serialised off the event loop, one result at a time (each call holds the GIL
-    # briefly, so other requests and /healthz keep being answered)
-    # (a small one inline: the hop to a thread would cost more than the work)
+    # briefly, so other requests and /healthz keep being answered); a small one on the loop (ops.codec)
     values = len(out.results) * math.prod(state.models[out.model].input_shape)
-    small = values <= ops.INLINE_VALUES and all(r.trajectory is None and not r.candidates and not r.samples
-                                                for r in out.results)
-    body = _json_in_pieces(out) if small else await to_thread.run_sync(_json_in_pieces, out,
-                                                                        limiter=state.codec_threads)
+    if any(r.trajectory is not None or r.candidates or r.samples for r in out.results):
+        values = ops.INLINE_VALUES + 1
+    body = await ops.codec(state, values, _json_in_pieces, out)
     return Response(body, media_type="application/json", headers=dict(response.headers))
 
 

@@ -104,16 +104,21 @@ def test_the_write_term_leaves_out_only_what_has_no_gradient_in_the_weights():
     assert torch.allclose(g_full, g_write, rtol=1e-5, atol=1e-12)
 
 
-def test_familiarity_score_tells_stored_from_new_queries_clean_and_occluded():
-    """The memory's own score (known pixels fitted by the span against the whole subspace): stored queries,
-    clean or with a window overwritten, score near 1 and above every never-stored one."""
-    from model.familiarity import query_familiarity
+def _written_span() -> tuple[EBMM, dict, torch.Tensor, torch.Tensor, dict]:
+    """A span memory over a 40-dim image family with six patterns written, and six never stored."""
     torch.manual_seed(0)
     m = _model()
     m.energy.data_init(_images(512, 1, dims=40))
     p = m.params(detach=True)
     x, new = _images(6, 3, dims=40), _images(6, 4, dims=40)
-    w = write(m, p, x).weights
+    return m, p, x, new, write(m, p, x).weights
+
+
+def test_familiarity_score_tells_stored_from_new_queries_clean_and_occluded():
+    """The memory's own score (known pixels fitted by the span against the whole subspace): stored queries,
+    clean or with a window overwritten, score near 1 and above every never-stored one."""
+    from model.familiarity import query_familiarity
+    m, p, x, new, w = _written_span()
     for stored_q, new_q in ((x, new), (_occlude(x, 5), _occlude(new, 6))):
         fam_stored = query_familiarity(m, p, w, stored_q, stored_q, window=6)
         fam_new = query_familiarity(m, p, w, new_q, new_q, window=6)
@@ -123,18 +128,19 @@ def test_familiarity_score_tells_stored_from_new_queries_clean_and_occluded():
 
 
 def test_masked_familiarity_counts_the_known_pixels_only():
+    """With a mask the score uses the known pixels alone: leaving the overwritten square out keeps stored
+    queries familiar, while calling it known (its noise counted) makes them much less so."""
     from model.familiarity import query_familiarity
-    torch.manual_seed(0)
-    m = _model()
-    m.energy.data_init(_images(512, 1, dims=40))
-    p = m.params(detach=True)
-    x, new = _images(6, 3, dims=40), _images(6, 4, dims=40)
-    w = write(m, p, x).weights
+    m, p, x, new, w = _written_span()
     known = torch.ones_like(x, dtype=torch.bool)
     known[:, :, 3:9, 7:13] = False                      # where _occlude writes noise
-    fam_stored = query_familiarity(m, p, w, _occlude(x, 5), x, window=6, known=known)
+    q = _occlude(x, 5)
+    fam_stored = query_familiarity(m, p, w, q, x, window=6, known=known)
     fam_new = query_familiarity(m, p, w, _occlude(new, 6), new, window=6, known=known)
     assert fam_stored.min() > 0.7 and fam_new.max() < 0.1, (fam_stored, fam_new)
+    fam_all_known = query_familiarity(m, p, w, q, x, window=6, known=torch.ones_like(known))
+    assert (fam_all_known < fam_stored - 0.05).all() and (fam_stored - fam_all_known).mean() > 0.15, (
+        fam_all_known, fam_stored)
 
 
 def test_the_span_gram_matrix_is_b_t_b_for_any_basis():

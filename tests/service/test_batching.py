@@ -73,8 +73,8 @@ class FakeModel:
 
     class memory:                                              # noqa: N801
         @staticmethod
-        def _weights(w: dict) -> dict:
-            return w
+        def check_session(w: dict) -> None:
+            return None
 
 
 async def test_batcher_runs_a_lone_read_at_once_and_collects_the_rest_while_busy() -> None:
