@@ -308,6 +308,13 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     return ReadResult(traj, energies_t)
 
 
+def stack_weights(model: EBMM, weights: list[Params], counts: list[int], device: torch.device) -> Params:
+    """Written memories weights[i] for counts[i] queries each -> one memory per query, (sum counts, *shape),
+    for energies that take them (`EnergyNet.stacks_weights`)."""
+    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(device)
+    return {n: torch.stack([w[n] for w in weights])[owner] for n in model.writable}
+
+
 def read_stacked(model: EBMM, p: Params, weights: list[Params], queries: list[Tensor], steps: int | None = None,
                  energies: str = "all") -> list[ReadResult]:
     """Reads of several written memories in one batched call: queries[i] (B_i, *input_shape) on weights[i].
@@ -318,8 +325,7 @@ def read_stacked(model: EBMM, p: Params, weights: list[Params], queries: list[Te
     if not model.energy.stacks_weights or len(queries) == 1:
         return [read(model, p, w, q, steps=steps, energies=energies) for w, q in zip(weights, queries, strict=True)]
     counts = [q.shape[0] for q in queries]
-    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(queries[0].device)
-    stacked = {n: torch.stack([w[n] for w in weights])[owner] for n in model.writable}     # (sum B_i, *shape)
+    stacked = stack_weights(model, weights, counts, queries[0].device)
     res = read(model, p, stacked, torch.cat(queries), steps=steps, energies=energies, stacked=True)
     its, ens = res.iterates.split(counts, dim=1), res.energies.split(counts, dim=1)
     return [ReadResult(i, e) for i, e in zip(its, ens, strict=True)]

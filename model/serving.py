@@ -9,7 +9,7 @@ from torch import Tensor
 from .checkpoint import Checkpoint
 from .energy import Params
 from .familiarity import default_window, query_familiarity
-from .memory import ReadResult, WriteResult, append, read, read_stacked, write
+from .memory import ReadResult, WriteResult, append, read, read_stacked, stack_weights, write
 from .sampling import Candidates, sample, top_k
 
 
@@ -86,6 +86,19 @@ class Memory:
         return query_familiarity(self.ckpt.model, self.params, self._weights(weights),
                                   self._check("queries", queries), recall.to(self.device, torch.float32),
                                   self.familiarity_window, None if known is None else known.to(self.device)).cpu()
+
+    def familiarity_many(self, weights: list[Params], queries: list[Tensor], recalls: list[Tensor]) -> list[Tensor]:
+        """`familiarity` of several sessions' reads in one call where the energy stacks written memories
+        (a batched read's familiarities: one pass instead of one per session); equal to separate calls."""
+        if not self.stacks_weights or len(weights) == 1:
+            return [self.familiarity(w, q, r) for w, q, r in zip(weights, queries, recalls, strict=True)]
+        ws = [self._weights(w) for w in weights]
+        qs = [self._check("queries", q) for q in queries]
+        counts = [q.shape[0] for q in qs]
+        stacked = stack_weights(self.ckpt.model, ws, counts, self.device)
+        fam = query_familiarity(self.ckpt.model, self.params, stacked, torch.cat(qs),
+                                torch.cat(recalls).to(self.device, torch.float32), self.familiarity_window).cpu()
+        return list(fam.split(counts))
 
     def _check(self, name: str, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.input_shape:

@@ -22,10 +22,11 @@ def owner_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def require_key(state: Annotated[AppState, Depends(get_state)],
+async def require_key(state: Annotated[AppState, Depends(get_state)],
                 header_key: Annotated[str | None, Security(api_key_header)] = None,
                 creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> str:
-    """-> the caller's owner id; 401 when keys are on and none (or an unknown one) is given."""
+    """-> the caller's owner id; 401 when keys are on and none (or an unknown one) is given. Async because
+    it never blocks: FastAPI runs a plain function on its thread pool, a thread hop per request."""
     keys = state.settings.api_keys
     if not keys:
         return ANONYMOUS

@@ -1,4 +1,4 @@
-"""`ebmm bench-service`: concurrent httpx clients against a running service on loopback.
+"""`ebmm bench-service`: concurrent clients (httpx, or plain http.client threads) against a running service on loopback.
 
 Reports requests/s and p50/p99 latency for write and retrieve, and the share of each request spent
 outside the model: 1 - (model time from the Server-Timing header) / (latency seen by the client).
@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import io
 import json
 import platform
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import numpy as np
@@ -109,6 +112,46 @@ async def _drive(client: httpx.AsyncClient, path: str | list[str], kwargs: dict[
     return _summary(lat, timings, statuses, wall, concurrency)
 
 
+def _drive_raw(url: str, api_key: str | None, path: str | list[str], kwargs: dict[str, Any] | None, n: int,
+               concurrency: int, created: list[str]) -> dict[str, Any]:
+    """As `_drive`, from `concurrency` threads each holding one keep-alive http.client connection: the
+    client's own time per request is a fraction of httpx's, so the latency is more the server's."""
+    lat, timings, statuses = [], [], {}
+    paths = [path] if isinstance(path, str) else path
+    todo = iter(range(n))
+    parts = urlsplit(url)
+    base = {"X-API-Key": api_key} if api_key else {}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=300)
+        try:
+            for i in todo:
+                target = paths[i % len(paths)]
+                t0 = time.perf_counter()
+                if kwargs is None:
+                    conn.request("GET", target, headers=base)
+                else:
+                    query = f"?{urlencode(kwargs['params'])}" if kwargs.get("params") else ""
+                    conn.request("POST", target + query, body=kwargs["content"], headers={**base, **kwargs["headers"]})
+                r = conn.getresponse()
+                body = r.read()
+                ms = (time.perf_counter() - t0) * 1000
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+                if 200 <= r.status < 300:
+                    created.extend([json.loads(body)["session_id"]] if r.status == 201 else [])
+                    lat.append(ms)
+                    timings.append({**_server_timing(r.getheader("server-timing") or ""), "client": ms})
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    wall = time.perf_counter() - t0
+    return _summary(lat, timings, statuses, wall, concurrency)
+
+
 def _summary(lat: list[float], timings: list[dict[str, float]], statuses: dict[int, int], wall: float,
              concurrency: int) -> dict[str, Any]:
     a = np.array(lat) if lat else np.array([np.nan])
@@ -137,21 +180,31 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         (await c.post(targets[0], **read)).raise_for_status()     # warm-up
         runs = []
         for conc in (int(v) for v in args.concurrency.split(",")):
-            w = (await _drive(c, "/v1/sessions", write, args.requests, conc, created) if not args.skip_write
-                 else None)
-            r = await _drive(c, targets, read, args.requests, conc, created)
-            h = await _drive(c, "/healthz", None, args.requests, conc, created) if args.floor else None
+            if args.client == "raw":              # blocking threads: off the loop that holds the httpx client
+                def raw(path: str | list[str], kw: dict[str, Any] | None, conc: int = conc) -> Any:
+                    return asyncio.to_thread(_drive_raw, args.url, args.api_key, path, kw, args.requests, conc,
+                                             created)
+                w = None if args.skip_write else await raw("/v1/sessions", write)
+                r = await raw(targets, read)
+                h = await raw("/healthz", None) if args.floor else None
+            else:
+                w = (await _drive(c, "/v1/sessions", write, args.requests, conc, created) if not args.skip_write
+                     else None)
+                r = await _drive(c, targets, read, args.requests, conc, created)
+                h = await _drive(c, "/healthz", None, args.requests, conc, created) if args.floor else None
             runs.append({"concurrency": conc, "write": w, "retrieve": r, "healthz": h})
         for s in created:                                         # leave nothing behind
             await c.delete(f"/v1/sessions/{s}")
     return {"model": {k: info[k] for k in ("name", "kind", "input_shape", "architecture", "memory_floats")},
-            "patterns_per_request": args.patterns, "payload": args.payload, "sessions": args.sessions, "runs": runs}
+            "patterns_per_request": args.patterns, "payload": args.payload, "client": args.client,
+            "sessions": args.sessions, "runs": runs}
 
 
 def _markdown(res: dict[str, Any]) -> str:
     m = res["model"]
     setup = (f"Model: {m['name']} ({m['architecture']}, {m['kind']}, {m['input_shape']}), "
              f"{res['patterns_per_request']} patterns per request, {res.get('payload', 'png')} bodies, "
+             f"{res.get('client', 'httpx')} clients, "
              f"retrieves over {res.get('sessions', 1)} session(s). {res['note']}")
     lines = [f"# Service benchmark ({res['date']})", "", f"Command: `{res['command']}`", "", setup, "",
              f"Machine: {res['machine']}", "",
@@ -184,6 +237,9 @@ def _command() -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "client", "httpx") == "raw" and args.payload != "npy":
+        print("ebmm bench-service: --client raw sends .npy bodies only; add --payload npy", file=sys.stderr)
+        return 2
     res = asyncio.run(_bench(args))
     res = {"command": _command(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "note": args.note,

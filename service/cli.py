@@ -67,6 +67,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--payload", choices=("png", "npy"), default="png",
                    help="png: multipart PNG files and JSON answers; npy: .npy bodies and answers")
     b.add_argument("--concurrency", default="1,4", help="comma-separated client counts")
+    b.add_argument("--client", choices=("httpx", "raw"), default="httpx",
+                   help="httpx: asyncio clients (any payload); raw: one keep-alive http.client connection per "
+                        "client thread, with .npy bodies only: less of the client's own time in the latency")
     b.add_argument("--sessions", type=int, default=1, help="sessions written first; retrieves cycle over them")
     b.add_argument("--skip-write", action="store_true", help="time retrieves only")
     b.add_argument("--floor", action="store_true", help="also time GET /healthz at each concurrency (HTTP floor)")

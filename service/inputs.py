@@ -22,6 +22,7 @@ class RawBatch:
     source: Source
     items: list[Any]          # bytes (images), nested lists (arrays) or str (bits)
     field: str                # e.g. "patterns.images" or "files"
+    block: np.ndarray | None = None   # a .npy body: the whole float32 (N, ...) batch, items its rows
 
 
 def check_count(batch: RawBatch, limit: int) -> None:
@@ -63,6 +64,21 @@ def _array(item: Any, field: str, shape: tuple[int, ...]) -> np.ndarray:
     return a
 
 
+def _array_block(a: np.ndarray, field: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A whole float32 (N, ...) batch (a .npy body) checked at once, as `_array` checks each row; an
+    error names the first row at fault, as the row by row check would."""
+    if a.shape[1:] == shape[1:] and len(shape) == 3 and shape[0] == 1:
+        a = a[:, None]                                             # (N, H, W) -> (N, 1, H, W)
+    if a.shape[1:] != shape:
+        raise BadInput(f"{field}[0]: shape {list(a.shape[1:])} does not match the model's input {list(shape)}",
+                       f"{field}[0]", list(a.shape[1:]))
+    flat = a.reshape(a.shape[0], -1)
+    if not np.isfinite(flat).all() or flat.min() < 0 or flat.max() > 1:
+        bad = int(np.flatnonzero(~(np.isfinite(flat) & (flat >= 0) & (flat <= 1)).all(1))[0])
+        _array(a[bad], f"{field}[{bad}]", shape)                   # raises with that row's message
+    return a
+
+
 def to_tensor(batch: RawBatch, model: LoadedModel, role: Role, max_pixels: int
               ) -> tuple[torch.Tensor, list[str]]:
     """-> (N, *input_shape) float32 in [0, 1], plus the conversions applied (said in the response).
@@ -81,6 +97,10 @@ def to_tensor(batch: RawBatch, model: LoadedModel, role: Role, max_pixels: int
             raise BadInput(f"{f}: bit strings need a binary model; {model.name} is {model.kind}", f,
                            model.name)
         x, notes = _bits(batch.items, f, shape), []
+    elif batch.block is not None:
+        x, notes = _array_block(batch.block, f, shape), []
+        if role == "mask":
+            x = (x >= 0.5).astype(np.float32)
     else:
         x = np.stack([_array(a, f"{f}[{i}]", shape) for i, a in enumerate(batch.items)])
         notes = []

@@ -88,11 +88,16 @@ async def _metered(state: AppState, op: str, m: LoadedModel, t: Timings, call: A
 
 
 INLINE_VALUES = 16_384   # below this many values, decoding or encoding on the event loop costs less than a hop
+# a whole .npy batch is checked, or a .npy answer written, in a few vectorised passes: measured 10 us
+# against 234 us row by row for 64 x 1024 values, so its values count this many times less
+VECTORISED = 16
 
 
 def _raw_values(batch: RawBatch) -> int:
     """Values a batch holds once decoded, where cheap to know without decoding: numpy rows (npy bodies)
     and bit strings; anything else (images, nested lists) counts as large."""
+    if batch.block is not None:
+        return batch.block.size // VECTORISED
     if batch.source == "arrays" and all(isinstance(a, np.ndarray) for a in batch.items):
         return sum(a.size for a in batch.items)
     if batch.source == "bits":
@@ -121,8 +126,8 @@ async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timing
     m = state.model(inp.model)
     check_count(inp.patterns, s.max_patterns)
     with t.stage("decode"):
-        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels,
-                                                limiter=state.codec_threads)
+        x, notes = await codec(state, _raw_values(inp.patterns), to_tensor, inp.patterns, m, "patterns",
+                               s.max_pixels)
     res = await _model(state, "write", m, t, m.memory.write, x)
     with t.stage("store"):
         blob = pack_weights(res.weights)
@@ -230,10 +235,10 @@ class NpyAnswer:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(patterns.numpy().astype(np.float32)), allow_pickle=False)
         headers = {"X-EBMM-Shape": ",".join(map(str, patterns.shape)), "X-EBMM-Steps": str(steps),
-                   "X-EBMM-Energies": ",".join(f"{float(e):.6g}" for e in energies),
-                   "X-EBMM-Familiarity": ",".join(f"{float(f):.6f}" for f in fam)}
+                   "X-EBMM-Energies": ",".join(f"{e:.6g}" for e in energies.tolist()),
+                   "X-EBMM-Familiarity": ",".join(f"{f:.6f}" for f in fam.tolist())}
         if threshold is not None:
-            headers["X-EBMM-Match"] = ",".join("1" if float(f) >= threshold else "0" for f in fam)
+            headers["X-EBMM-Match"] = ",".join("1" if f >= threshold else "0" for f in fam.tolist())
             headers["X-EBMM-Match-Threshold"] = f"{threshold:.6g}"
         return cls(buf.getvalue(), headers)
 
@@ -313,9 +318,10 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
         if o.top_k or o.samples:
             raise BadInput("accept: an application/x-npy answer holds the restored patterns only; ask for "
                            "top_k or samples with a JSON answer", "accept", "application/x-npy")
-        with t.stage("encode"):                  # np.save of up to EBMM_MAX_OUTPUT_VALUES: off the loop
+        with t.stage("encode"):                  # np.save: on the loop when small, else off it
             out = res.iterates if o.trajectory else res.iterates[-1]
-            return await codec(state, out.numel(), NpyAnswer.of, out, res.energies[-1], fam, threshold, steps)
+            return await codec(state, out.numel() // VECTORISED, NpyAnswer.of, out, res.energies[-1], fam,
+                               threshold, steps)
     with t.stage("encode"):
         values = (res.iterates.numel() if o.trajectory else res.iterates[-1].numel()) + (
             0 if cands is None else cands.patterns.numel()) + (0 if drawn is None else drawn[0].numel())
@@ -366,8 +372,8 @@ async def append_patterns(state: AppState, caller: str, session_id: str, inp: Wr
         raise BadInput(f"model: the session holds {m.name!r} weights; an append cannot change the model",
                        "model", inp.model)
     with t.stage("decode"):
-        x, notes = await to_thread.run_sync(to_tensor, inp.patterns, m, "patterns", s.max_pixels,
-                                                limiter=state.codec_threads)
+        x, notes = await codec(state, _raw_values(inp.patterns), to_tensor, inp.patterns, m, "patterns",
+                               s.max_pixels)
     for attempt in range(APPEND_ATTEMPTS):
         if attempt:                                   # a lost race: read the session as it is now
             with t.stage("store"):

@@ -37,5 +37,6 @@ class AppState:
         return self.models[chosen]
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """The app's state (async: FastAPI would run a plain function on its thread pool, a hop per request)."""
     return request.app.state.ebmm

@@ -165,3 +165,30 @@ def test_sessions_survive_a_restart_and_are_shared_between_processes(
     first.start()                                                  # the same server, restarted
     after = retrieve_occluded(first.url, sid, truth[:, ::2, ::2], A).json()["results"]
     assert before == shared == after
+
+
+@pytest.mark.parametrize("client", ["httpx", "raw"])
+def test_bench_service_drives_a_real_server_and_leaves_nothing_behind(server: Any, redis_url: str,
+                                                                       module_prefix: str, tmp_path: Path,
+                                                                       client: str) -> None:
+    """`ebmm bench-service` with either client: every request answered, the stages timed, and the
+    sessions it wrote deleted again."""
+    import argparse
+
+    from service.bench import run_bench
+    r = redis.Redis.from_url(redis_url)
+    keys = lambda: sorted(r.scan_iter(match=module_prefix + "*", count=500))  # noqa: E731
+    before = keys()
+    args = argparse.Namespace(url=server.url, model="shapes16", patterns=4, requests=6, payload="npy",
+                              concurrency="1,2", sessions=2, skip_write=False, floor=True, api_key=KEY_A,
+                              client=client, out=str(tmp_path / "b.json"), md=str(tmp_path / "b.md"), note="test")
+    assert run_bench(args) == 0
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["client"] == client and [run["concurrency"] for run in res["runs"]] == [1, 2]
+    for run in res["runs"]:
+        assert run["write"]["statuses"] == {"201": 6}, run["write"]
+        assert run["retrieve"]["statuses"] == {"200": 6} and run["healthz"]["statuses"] == {"200": 6}, run
+        assert run["retrieve"]["median_ms_by_stage"]["model"] > 0
+    assert "| retrieve | 2 |" in (tmp_path / "b.md").read_text()
+    assert keys() == before
+    r.close()

@@ -42,3 +42,8 @@ def test_bench_workload_and_summary() -> None:
     assert timing == {"parse": 1.0, "model": 90.0, "total": 95.5}
     s = _summary([100.0], [{**timing, "client": 100.0}], {201: 1}, 1.0, 1)
     assert s["outside_model_share_median"] == 0.1 and s["requests_per_s"] == 1.0
+
+
+def test_bench_raw_client_needs_npy_bodies(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench-service", "--client", "raw", "--payload", "png"]) == 2
+    assert "--client raw sends .npy bodies only" in capsys.readouterr().err

@@ -64,3 +64,21 @@ async def test_bad_npy_bodies_are_named_422s(checkpoint_dir: Path) -> None:
                          headers={**NPY, "accept": "application/x-npy"})
         problem(r, 422, "accept")
         problem(await c.post(f"/v1/sessions/{sid}/retrieve?steps=0", content=npy(shapes(1)), headers=NPY), 422)
+
+
+async def test_a_bad_row_of_an_npy_batch_is_named_and_nothing_is_stored(checkpoint_dir: Path) -> None:
+    """The batch is checked at once; the error still names the first row at fault and its values."""
+    async with running(checkpoint_dir) as (c, state):
+        x = shapes(4).astype(np.float32) / 255
+        before = await state.store.count()
+        high = x.copy()
+        high[2, 3, 3] = 1.5
+        r = problem(await c.post("/v1/sessions?model=shapes16", content=npy(high), headers=NPY), 422, "body[2]")
+        assert "1.5" in r["detail"]
+        nan = x.copy()
+        nan[1, 0, 0] = np.nan
+        nan[3, 0, 0] = -1
+        problem(await c.post("/v1/sessions?model=shapes16", content=npy(nan), headers=NPY), 422, "body[1]")
+        assert await state.store.count() == before
+        ok = await c.post("/v1/sessions?model=shapes16", content=npy(x[:, None]), headers=NPY)   # (N, 1, H, W)
+        assert ok.status_code == 201, ok.text
