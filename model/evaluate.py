@@ -137,6 +137,19 @@ def run_ebmm_append(model: EBMM, x: Tensor, q: Tensor) -> Tensor:
     return out
 
 
+def _append_rule(model: EBMM) -> str:
+    """How the energy appends, in words (model.memory.append)."""
+    e = model.energy
+    if e.redeals_on_append:
+        return "redeal: the slots dealt again as a write of all patterns at once would deal them"
+    if e.writes_additively:
+        return "add: further write steps on the new patterns, each adding what a write of all would add"
+    if e.append_state(torch.zeros(1, *model.cfg.input_shape)) is not None:
+        kept = "the stored patterns themselves" if e.append_state_grows else "sums over the stored patterns"
+        return f"restate: the session keeps {kept} and writes all patterns from theta_bar"
+    return "continue: further write steps from the written weights on the new patterns"
+
+
 def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
              read_steps: int | None = None, train_task: str | None = None,
              with_append: bool = False) -> dict[str, Any]:
@@ -165,7 +178,8 @@ def evaluate(model: EBMM, proto: Protocol, with_baselines: bool = False,
         halves = run_ebmm_append(model, x, q)
         res["append_halves"] = {**summarise(per_pattern_error(halves, x, metric, dims).mean(1)),
                                 "how": f"{proto.patterns // 2} written, then {proto.patterns - proto.patterns // 2} "
-                                       "appended (model.memory.append), on the same episodes"}
+                                       "appended (model.memory.append), on the same episodes",
+                                "rule": _append_rule(model)}
     if with_baselines:
         res["baselines"] = run_baselines(model, proto, x, q, binary, metric, train_task or proto.task)
         res["baselines_fitted_on"] = train_task or proto.task

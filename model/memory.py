@@ -184,8 +184,7 @@ def append(model: EBMM, p: Params, weights: Params, x: Tensor, n_old: int, state
     with the state of all n_old + M, which writes what writing them all at once would), else T further
     write steps from the written weights on the new patterns."""
     if state is not None and model.energy.append_state(x[:1]) is not None:
-        new = model.energy.append_state(x)
-        total = {n: state[n].to(new[n]) + new[n] for n in new}
+        total = model.energy.combine_append_states(state, model.energy.append_state(x))
         return write(model, p, model.energy.patterns_from_state(total, n_old + x.shape[0]).to(x))
     ep = model._energy_params({**p, **weights})
     plan = model.energy.append_plan(ep, n_old, x.shape[0])

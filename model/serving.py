@@ -59,6 +59,8 @@ class Memory:
         (sessions written before the state existed have none, and append by further write steps)."""
         got = {n: tuple(t.shape) for n, t in tensors.items()}
         expected = self.writable_shapes
+        if self.ckpt.model.energy.append_state_grows:      # one row per stored pattern: any number of rows
+            got = {n: (1, *s[1:]) if n.startswith(STATE) and len(s) >= 1 else s for n, s in got.items()}
         if got != expected and got != {**expected, **self.state_shapes}:
             raise ValueError(f"written weights {got} do not match the model's writable slice {expected}"
                              + (f" (and append state {self.state_shapes})" if self.state_shapes else ""))
@@ -117,11 +119,15 @@ class Memory:
     @property
     def append_rule(self) -> str:
         """"redeal": the energy re-deals its memory as a write of all patterns at once would (slot memories);
-        "restate": sessions keep an append state and an append writes from it what a write of all patterns at
-        once would (quadratic memories); "continue": further write steps from the written weights on the new
-        patterns only."""
+        "add": the write adds a function of the patterns at every step, so further write steps on the new
+        patterns write what a write of all at once would (span memories); "restate": sessions keep an append
+        state and an append writes from it what a write of all patterns at once would (quadratic memories:
+        sums over the patterns; gated RNNs: the patterns); "continue": further write steps from the written
+        weights on the new patterns only, which can disturb the old."""
         if self.ckpt.model.energy.redeals_on_append:
             return "redeal"
+        if self.ckpt.model.energy.writes_additively:
+            return "add"
         return "restate" if self.state_shapes else "continue"
 
     def session_append_rule(self, weights: Params) -> str:
@@ -139,8 +145,8 @@ class Memory:
         res = append(self.ckpt.model, self.params, w, x, n_old, state)
         out = {n: t.cpu() for n, t in res.weights.items()}
         if state is not None:
-            new = self.ckpt.model.energy.append_state(x)
-            out.update({STATE + n: (state[n] + new[n]).cpu() for n in new})
+            total = self.ckpt.model.energy.combine_append_states(state, self.ckpt.model.energy.append_state(x))
+            out.update({STATE + n: t.cpu() for n, t in total.items()})
         return WriteResult(out, res.losses)
 
     def _weights(self, weights: Params) -> Params:

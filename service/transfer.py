@@ -89,6 +89,10 @@ def parse_session_file(state: AppState, blob: bytes) -> tuple[str, dict[str, tor
         got = {n: tuple(t.shape) for n, t in weights.items()}
         raise BadInput(f"tensors: {e} ({name!r})", "tensors", got) from e
     for n, t in weights.items():
+        if n.startswith(STATE) and t.dtype == torch.uint8:     # stored patterns as bits (a gated RNN's state)
+            if bool((t > 1).any()):
+                raise BadInput(f"tensors.{n}: uint8 patterns must be bits (0 or 1)", f"tensors.{n}", int(t.max()))
+            continue
         if t.dtype != torch.float32 or not bool(torch.isfinite(t).all()):
             raise BadInput(f"tensors.{n}: must be finite float32, got {t.dtype}", f"tensors.{n}", str(t.dtype))
     try:
@@ -99,6 +103,11 @@ def parse_session_file(state: AppState, blob: bytes) -> tuple[str, dict[str, tor
     if not 1 <= patterns <= max_session_patterns(state) or not math.isfinite(loss):
         raise BadInput(f"metadata.patterns: {patterns} (and writing_loss {loss}) out of range", "metadata.patterns",
                        patterns)
+    if m.memory.ckpt.model.energy.append_state_grows:          # one row of the append state per stored pattern
+        for n, t in weights.items():
+            if n.startswith(STATE) and t.shape[0] != patterns:
+                raise BadInput(f"tensors.{n}: {t.shape[0]} stored patterns, but metadata.patterns says {patterns}",
+                               f"tensors.{n}", t.shape[0])
     return name, weights, {"patterns": patterns, "writing_loss": loss}
 
 

@@ -170,6 +170,27 @@ class EnergyNet(nn.Module):
         raise NotImplementedError
 
     @property
+    def append_state_grows(self) -> bool:
+        """False: the append state is a sum over patterns (fixed shapes; two writes' states add). True: it is
+        one row per pattern along its first axis (two writes' states are concatenated), for energies whose
+        write depends on the patterns through no smaller statistic."""
+        return False
+
+    def combine_append_states(self, old: Params, new: Params) -> Params:
+        """The append state of the patterns of two writes, old's first."""
+        if self.append_state_grows:
+            return {n: _cat_rows(old[n], new[n]) for n in new}
+        return {n: old[n].to(new[n]) + new[n] for n in new}
+
+    @property
+    def writes_additively(self) -> bool:
+        """True where the write's gradient in the writable slice does not depend on that slice (a Hebbian
+        write: each step adds a function of the patterns), so further write steps on new patterns write what
+        one write of all would, and an append needs no state. Up to the writing loss's pull toward theta_bar
+        (beta |theta - theta_bar|^2, zero at the first step from theta_bar): 2e-9 of 2e-3 at beta = 1e-6."""
+        return False
+
+    @property
     def redeals_on_append(self) -> bool:
         """True where `append_plan` gives the memory a write of all patterns at once would."""
         return False
@@ -189,6 +210,13 @@ class EnergyNet(nn.Module):
 
 
 _GAIN = 30.0
+
+
+def _cat_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Rows of two states, in a's dtype when both have it (packed uint8 bits stay packed), else float32."""
+    if a.dtype != b.dtype:
+        a, b = a.float(), b.float()
+    return torch.cat([a, b.to(a.device)])
 
 
 def inv_softplus(y: float) -> float:

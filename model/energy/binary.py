@@ -38,6 +38,24 @@ class GatedRNNEnergy(EnergyNet):
             h = u * c + (1 - u) * h
         return self.head(p, h)
 
+    def append_state(self, x: Tensor) -> Params | None:
+        """The patterns themselves (uint8 where they are bits, 1 byte each: 128 bytes a string; float32 otherwise):
+        the write is T nonlinear gradient steps from theta_bar, which depend on the patterns through no smaller
+        statistic, so an exact append writes every pattern again from theta_bar (further write steps from the
+        written weights on the new patterns alone disturb the old: results/append/binary128-rnn.json)."""
+        bits = bool(((x == 0) | (x == 1)).all())
+        return {"patterns": x.detach().to(torch.uint8) if bits else x.detach().float()}
+
+    @property
+    def append_state_grows(self) -> bool:
+        return True
+
+    def patterns_from_state(self, state: Params, n: int) -> Tensor:
+        x = state["patterns"].float()
+        if x.shape[0] != n:
+            raise ValueError(f"the append state holds {x.shape[0]} patterns, the session {n}")
+        return x
+
 
 # --------------------------------------------------------------------------------------------------
 # binary strings: writable quadratic energy (the Hopfield budget, 128*129/2 = 8,256 floats)

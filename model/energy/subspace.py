@@ -506,6 +506,10 @@ class SubspaceSpanEnergy(EnergyNet):
         e = -0.5 * F.softplus(p["hebb_raw"] * _GAIN) * (pairs @ p["memory_triu"])
         return (e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)) * p["log_scale"].exp()
 
+    @property
+    def writes_additively(self) -> bool:
+        return True                      # the write energy is linear in M: each step adds sum f f^T
+
     def exact_memory(self, p: Params, x: Tensor) -> Params | None:
         """M = sum_i f_i f_i^T (the correlation matrix of the stored codes), with no write loop."""
         f = (_signed(x).flatten(1) - self.centre) @ self.basis.T

@@ -99,10 +99,12 @@ def _json_in_pieces(out: RetrieveResponse) -> bytes:
 @router.post("/{session_id}/patterns", response_model=WriteResponse, summary="Append patterns to a session",
              description="Writes more patterns into the session's weights (same bodies as a write; `model`, "
                          "if given, must be the session's). Slot memories re-deal their slots as a write of "
-                         "all patterns at once would; quadratic (Hopfield) memories keep the patterns' first and "
-                         "second moments beside the weights and write from them what a write of all patterns "
-                         "at once would; other energies run further write steps from the written weights and "
-                         "say so in `warnings`. Concurrent appends never lose one: the store "
+                         "all patterns at once would; span memories write more (each write step adds the new "
+                         "patterns' outer products); quadratic (Hopfield) memories keep the patterns' first and "
+                         "second moments beside the weights and gated RNNs the patterns themselves, and write "
+                         "from them what a write of all patterns at once would; a session without that state "
+                         "(an older export) runs further write steps from the written weights and says so in "
+                         "`warnings`. Concurrent appends never lose one: the store "
                          "compares and sets the session's version, retries a lost race, and answers 409 "
                          "after repeated losses.",
              openapi_extra=_body("WriteRequest", WRITE_FORM),

@@ -282,6 +282,27 @@ def test_appending_to_a_quadratic_memory_from_its_state_writes_what_one_write_of
         torch.testing.assert_close(t, model.energy.append_state(x)[name], atol=1e-4, rtol=1e-5)
 
 
+def test_appending_to_a_gated_rnn_from_its_stored_patterns_writes_what_one_write_of_all_does():
+    """The gated RNN's append state is the patterns themselves (bits as uint8; other values as float32, and
+    float32 once the two mix): an append writes old and new patterns from theta_bar, as one write of all."""
+    from model.memory import append
+    model = EBMM(TINY["gated_rnn"])
+    p = model.params(detach=True)
+    x = _distinct_patterns(7, (5,))
+    state = model.energy.append_state(x[:4])
+    assert state["patterns"].dtype == torch.uint8 and state["patterns"].shape == (4, 5)
+    appended = append(model, p, write(model, p, x[:4]).weights, x[4:], 4, state).weights
+    at_once = write(model, p, x).weights
+    for name, t in at_once.items():
+        torch.testing.assert_close(appended[name], t, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(append(model, p, write(model, p, x[:4]).weights, x[4:], 4).weights["energy.memory_w"],
+                              at_once["energy.memory_w"], atol=1e-4)     # without the state: further steps, not equal
+    soft = torch.rand(3, 5, generator=torch.Generator().manual_seed(5))
+    both = model.energy.combine_append_states(state, model.energy.append_state(soft))
+    assert both["patterns"].dtype == torch.float32
+    torch.testing.assert_close(both["patterns"], torch.cat([x[:4], soft]))
+
+
 def test_appending_to_other_energies_continues_the_write_from_the_written_weights():
     from model.memory import append
     model = EBMM(TINY["quadratic"])

@@ -90,6 +90,10 @@ def test_appending_is_writing_more():
     at_once = write(m, p, x).weights["energy.memory_triu"]
     halves = append(m, p, write(m, p, x[:4]).weights, x[4:], 4).weights["energy.memory_triu"]
     assert torch.allclose(halves, at_once, rtol=1e-4, atol=1e-12)
+    # so the service calls it an exact rule ("add"), and does not warn that an append disturbs the old patterns
+    from model.checkpoint import Checkpoint
+    from model.serving import Memory
+    assert Memory(Checkpoint("span", m, {}, "")).append_rule == "add"
 
 
 def test_the_write_term_leaves_out_only_what_has_no_gradient_in_the_weights():

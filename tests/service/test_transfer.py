@@ -137,3 +137,50 @@ def test_session_ids_never_start_with_a_dash() -> None:
     ids = [new_session_id(32) for _ in range(2000)]       # about 60 would start with - or _ otherwise
     assert all(i[0].isalnum() for i in ids) and len(set(ids)) == len(ids)
     assert all(len(i) == 43 for i in ids)
+
+
+@pytest.fixture(scope="module")
+def rnn_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small untrained gated RNN on 128-bit strings: an energy whose append state is its patterns."""
+    from conftest import QUADRATIC_LOOP
+
+    from model.checkpoint import save_checkpoint
+    from model.config import LoopConfig, ModelConfig
+    from model.memory import EBMM
+    root = tmp_path_factory.mktemp("rnn")
+    torch.manual_seed(0)
+    cfg = ModelConfig("test-rnn", "gated_rnn", (128,), "binary", dict(hidden=24, memory=4, hops=2),
+                      LoopConfig(**QUADRATIC_LOOP))
+    save_checkpoint(EBMM(cfg), root / "rnn128", name="rnn128")
+    return root
+
+
+async def test_a_gated_rnn_session_keeps_its_patterns_and_appends_as_one_write(rnn_checkpoints: Path) -> None:
+    """8 written then 4 appended answer what 12 written at once do; the kept patterns (bits, a byte each) travel
+    in an export, and an import whose kept patterns disagree with its pattern count is refused (422)."""
+    x = bits(12, seed=41)
+    q = x.copy()
+    q[:, :10] = 1 - q[:, :10]
+    async with running(rnn_checkpoints) as (c, _):
+        whole = (await c.post("/v1/sessions", json={"model": "rnn128", "patterns": {"bits": as_strings(x)}})).json()
+        part = (await c.post("/v1/sessions", json={"model": "rnn128",
+                                                   "patterns": {"bits": as_strings(x[:8])}})).json()
+        assert part["stored_bytes"] >= part["memory_bytes"] + 8 * 128          # the patterns, a byte per bit
+        a = await c.post(f"/v1/sessions/{part['session_id']}/patterns", json={"patterns": {"bits": as_strings(x[8:])}})
+        assert a.status_code == 200, a.text
+        assert not any("further write steps" in w for w in a.json()["warnings"])
+        ra, rw = [(await c.post(f"/v1/sessions/{s}/retrieve", json={"queries": {"bits": as_strings(q)}})).json()
+                  for s in (part["session_id"], whole["session_id"])]
+        assert [r["pattern"] for r in ra["results"]] == [r["pattern"] for r in rw["results"]]
+        assert [r["energy"] for r in ra["results"]] == pytest.approx([r["energy"] for r in rw["results"]], rel=1e-5)
+        blob = (await c.get(f"/v1/sessions/{part['session_id']}/export")).content
+        tensors = st_load(blob)
+        assert tensors["append.patterns"].dtype == torch.uint8 and tensors["append.patterns"].shape == (12, 128)
+        imp = await c.post("/v1/sessions/import", content=blob, headers={"content-type": FILE})
+        assert imp.status_code == 201, imp.text
+        short = st_save({**tensors, "append.patterns": tensors["append.patterns"][:5]}, metadata=_metadata(blob))
+        problem(await c.post("/v1/sessions/import", content=short, headers={"content-type": FILE}), 422,
+                "tensors.append.patterns")
+        wide = st_save({**tensors, "append.patterns": tensors["append.patterns"] * 3}, metadata=_metadata(blob))
+        problem(await c.post("/v1/sessions/import", content=wide, headers={"content-type": FILE}), 422,
+                "tensors.append.patterns")
