@@ -105,9 +105,13 @@ def scores(model: EBMM, stored: Tensor, other: Tensor, distortion: str, window: 
     clean and distorted: familiarity per query, flattened over episodes."""
     p = model.params(detach=True)
     out: dict[str, list[Tensor]] = {k: [] for k in ("stored_clean", "new_clean", "stored_distorted",
-                                                       "new_distorted")}
+                                                       "new_distorted", "new_nearest")}
     dist = distortions.parse(distortion)
     for i in range(stored.shape[0]):
+        # how near each never-stored pattern is to the nearest stored one (summed squared difference:
+        # Hamming for bits), to tell near-duplicates among the never-stored that are called a match
+        out["new_nearest"].append(torch.cdist(other[i].flatten(1).double(), stored[i].flatten(1).double())
+                                  .min(1).values.pow(2).float())
         w = write(model, p, stored[i]).weights
         for tag, x in (("stored", stored[i]), ("new", other[i])):
             for kind, q in (("clean", x), ("distorted", dist(x, generator).x)):
@@ -142,6 +146,18 @@ def calibrate(model: EBMM, task: str, distortion: str, patterns: int = 64, episo
                               "distortion": distortion, "seed": seed}}
 
 
+def _false_matches(s: dict[str, Tensor], threshold: float) -> dict[str, Any]:
+    """The never-stored clean queries called a match, and how near they lie to a stored pattern (summed
+    squared difference to the nearest one) beside every never-stored query: are they near-duplicates?"""
+    near, hit = s["new_nearest"].double(), s["new_clean"] >= threshold
+    q = lambda v, a: round(float(torch.quantile(v, a)), 3)  # noqa: E731
+    return {"count": int(hit.sum()), "of": int(hit.numel()),
+            "nearest_stored_error": {"median": q(near[hit], 0.5), "max": round(float(near[hit].max()), 3)}
+            if bool(hit.any()) else None,
+            "every_never_stored_nearest_error": {"p1": q(near, 0.01), "p5": q(near, 0.05), "median": q(near, 0.5)},
+            "measure": "sum of squared differences to the nearest stored pattern of the episode (bits: Hamming)"}
+
+
 def evaluate_familiarity(model: EBMM, task: str, distortion: str, threshold: float, window: int,
                          patterns: int = 64, episodes: int = 50, seed: int = 1) -> dict[str, Any]:
     """Held-out (test split): ROC AUC stored against never-stored, clean and distorted; match rates."""
@@ -154,6 +170,7 @@ def evaluate_familiarity(model: EBMM, task: str, distortion: str, threshold: flo
             "seed": seed, "threshold": threshold, "window": window,
             "roc_auc_clean": round(roc_auc(s["stored_clean"], s["new_clean"]), 5),
             "roc_auc_distorted": round(roc_auc(s["stored_distorted"], s["new_distorted"]), 5),
-            "match_rate": {k: rate(v) for k, v in s.items()},
-            "median": {k: round(float(v.median()), 5) for k, v in s.items()},
+            "match_rate": {k: rate(v) for k, v in s.items() if k != "new_nearest"},
+            "median": {k: round(float(v.median()), 5) for k, v in s.items() if k != "new_nearest"},
+            "false_matches": _false_matches(s, threshold),
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -76,3 +76,13 @@ def test_a_square_as_large_as_the_image_falls_back_to_the_plain_mean():
     q, r = torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.5)
     f = familiarity(q, r, window=16)
     assert torch.isfinite(f).all() and f.item() == 0.5
+
+
+def test_false_matches_say_how_near_they_lie_to_a_stored_pattern():
+    from model.familiarity import _false_matches
+    s = {"new_clean": torch.tensor([0.1, 0.95, 0.2, 0.99]), "new_nearest": torch.tensor([50.0, 2.0, 60.0, 4.0])}
+    out = _false_matches(s, threshold=0.9)
+    assert out["count"] == 2 and out["of"] == 4
+    assert out["nearest_stored_error"] == {"median": 3.0, "max": 4.0}
+    assert out["every_never_stored_nearest_error"]["median"] == 27.0
+    assert _false_matches(s, threshold=1.5)["nearest_stored_error"] is None
