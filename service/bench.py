@@ -23,7 +23,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-FOOTNOTE = ("Outside-model share = 1 - model time (Server-Timing `model`) / client latency; with more "
+FOOTNOTE = ("req/s, p50 and p99 count answered requests; `refused`: the others (503 when the model pool is full, "
+            "which these clients resend at once, ignoring Retry-After). "
+            "Outside-model share = 1 - model time (Server-Timing `model`) / client latency; with more "
             "clients than pool threads it includes waiting for a thread. `healthz` rows (--floor): GET /healthz, "
             "which does no work: the HTTP stack's own ceiling with these clients on this machine.")
 
@@ -208,16 +210,18 @@ def _markdown(res: dict[str, Any]) -> str:
              f"retrieves over {res.get('sessions', 1)} session(s). {res['note']}")
     lines = [f"# Service benchmark ({res['date']})", "", f"Command: `{res['command']}`", "", setup, "",
              f"Machine: {res['machine']}", "",
-             "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) |",
-             "|---|---|---|---|---|---|---|"]
+             "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) | refused |",
+             "|---|---|---|---|---|---|---|---|"]
     for run in res["runs"]:
         for op in ("write", "retrieve", "healthz"):
             s = run.get(op)
             if s is None:                                         # --skip-write, no --floor
                 continue
             share = 100 * (s["outside_model_share_median"] or 0)
+            refused = sum(v for k, v in s["statuses"].items() if not 200 <= int(k) < 300)
             lines.append(f"| {op} | {run['concurrency']} | {s['requests_per_s']} | {s['p50_ms']} | "
-                         f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | {share:.1f}% |")
+                         f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | {share:.1f}% | "
+                         f"{refused} of {s['requests']} |")
     lines += ["", FOOTNOTE, ""]
     return "\n".join(lines)
 

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     batch_reads: bool = True                       # plain reads of one model from several sessions: one call
     batch_window_ms: float = Field(2.0, ge=0, le=1000)   # the longest a read waits for its batch to start
     batch_max_queries: int = Field(256, ge=1, le=65536)  # a batch starts once it holds this many queries
+    gil_switch_interval_us: float = Field(50.0, ge=5, le=100_000)  # sys.setswitchinterval, microseconds
     memory_max_sessions: int = Field(1000, ge=1, le=1_000_000)
     memory_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 36)
     log_level: str = "info"

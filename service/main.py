@@ -25,7 +25,6 @@ from .state import AppState
 from .store import open_store
 
 log = logging.getLogger("uvicorn.error.ebmm")
-SWITCH_INTERVAL_SECONDS = 0.0005
 DESCRIPTION = """Energy-Based Memory Models (Bartunov et al., ICLR 2020) as a memory service.
 
 Write a batch of patterns into a session (the model's writable weights are fitted to them), then
@@ -37,9 +36,12 @@ def _lifespan(settings: Settings, metrics: Metrics):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logs.install()                               # before the first request is logged
-        # the event loop shares the GIL with decode/encode/model threads: a short switch interval lets
-        # it take the GIL back within 0.5 ms instead of 5 (the convoy a CPU-bound thread causes)
-        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+        # the event loop shares the GIL with decode/encode/model threads, and a torch call gives the GIL up
+        # and takes it back around every op: a short switch interval lets a waiting thread take it within
+        # 50 us instead of 5 ms. Without it a busy loop starves the model threads: 16 clients resending
+        # refused reads at once got 20 of 2,000 reads through at 0.5 ms, 123 at 50 us
+        # (results/bench_service_overload_{500,50}us.md)
+        sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
         torch.set_num_threads(settings.torch_threads)
         device = resolve_device(settings.device)
         try:
