@@ -20,6 +20,16 @@ def _mix_slots(a: Tensor, k: Tensor) -> Tensor:
     return a @ k if k.dim() == 2 else torch.bmm(a.unsqueeze(1), k).squeeze(1)
 
 
+def spd_solve(a: Tensor, rhs: Tensor) -> Tensor:
+    """a^-1 rhs for symmetric positive definite a (..., n, n), rhs (..., n, k): Cholesky, falling back to LU
+    where a factor fails. Also a workaround: MKL's batched LU failed at n = 179 with 2 threads ("pivots
+    given to lu_solve must all be >= 1"), where Cholesky does not."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(rhs, chol)
+    return torch.linalg.solve(a, rhs)
+
+
 def orthonormal_rows(owner: object, u: Tensor) -> bool:
     """Whether u's rows are orthonormal to 1e-5, remembered on owner while u is the same tensor."""
     def check() -> bool:
@@ -366,10 +376,11 @@ class SubspaceSpanEnergy(EnergyNet):
     """
 
     def __init__(self, input_shape: tuple[int, ...], rank: int = 126, window: int = 16, fits: int = 2,
-                 scale: float = 1.0):
+                 scale: float = 1.0, bit_fit_steps: int = 0, bit_fit_well: float = 0.5):
         super().__init__()
         d = math.prod(input_shape)
         self.input_shape, self.dim, self.rank, self.window, self.fits = tuple(input_shape), d, rank, window, fits
+        self.bit_fit_steps, self.bit_fit_well = bit_fit_steps, bit_fit_well
         q, _ = torch.linalg.qr(torch.randn(d, rank))
         self.register_buffer("basis", q.T.contiguous())                   # (r, D)
         self.register_buffer("centre", torch.zeros(d))
@@ -426,28 +437,33 @@ class SubspaceSpanEnergy(EnergyNet):
             return torch.cat(out)
         return memo_on(self, "_window_grams_memo", self.basis, build)
 
-    def span(self, p: Params) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def span(self, p: Params) -> tuple[Tensor, ...]:
         """What the recall needs of M alone: the span in pixels b = U^T M (D, r), its Gram matrix b^T b (r, r),
-        the ridge and M itself (a read computes them once, not at every step)."""
+        the ridge, M itself, and with the bit fit the projection onto the complement of the span (a read
+        computes them once, not at every step)."""
         m = self.matrix(p)
         b = self.basis.T @ m                                                       # (D, r): the span in pixels
         # b^T b = M U U^T M = M^2 for orthonormal rows of U (the SVD's): r^3 instead of D r^2
         gram = m @ m if orthonormal_rows(self, self.basis) else b.T @ b
         ridge = (p["ridge_raw"] * _GAIN).exp() * torch.diagonal(gram).sum() / self.rank + 1e-20  # > 0 unwritten
-        return b, gram, ridge, m
+        if not self.bit_fit_steps:
+            return b, gram, ridge, m
+        ev, vecs = torch.linalg.eigh(m.detach().double())
+        out = vecs[:, ev <= 1e-6 * ev.abs().max().clamp_min(1e-30)].to(m.dtype)   # (r, r - n): outside the span
+        return b, gram, ridge, m, out
 
-    def recall(self, p: Params, s: Tensor, span: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
-               ) -> tuple[Tensor, Tensor]:
+    def recall(self, p: Params, s: Tensor, span: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
         """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D)."""
         qt = s - self.centre
-        b, gram, ridge, m = self.span(p) if span is None else span
+        b, gram, ridge, m, *perp = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
-        a_mat = (gram + ridge * eye).expand(s.shape[0], -1, -1)
+        a_mat = gram + ridge * eye                  # one system for every query in the first fit
         qb = qt @ b                                                                # (B, r)
         rhs = qb
         win = None
         for i in range(self.fits):
-            coef = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)        # (B, r)
+            coef = (spd_solve(a_mat, rhs.T).T if a_mat.dim() == 2          # the right-hand sides as columns
+                    else spd_solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1))          # (B, r)
             rec = coef @ b.T                                                       # (B, D)
             pos = self._window_position(qt - rec)                                  # (B,)
             win = self._window_pixels(pos)                                         # (B, P)
@@ -459,10 +475,38 @@ class SubspaceSpanEnergy(EnergyNet):
             in_win = torch.zeros_like(qt).scatter(1, win, 1.0)
             rhs = qb - ((qt * in_win) @ self.basis.T) @ m                          # b_w^T qt_w
         keep = torch.ones_like(qt).scatter(1, win, 0.0)
+        if perp and perp[0].shape[1] > 0:           # the span leaves equations to solve (fewer than r patterns)
+            return self._bit_fit(qt, rec + self.centre, win, perp[0]), keep
         return rec + self.centre, keep
 
-    def energy(self, p: Params, x: Tensor, span: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """span: `span(p)`, when the caller has it (a serving read computes it once)."""
+    def _bit_fit(self, qt: Tensor, rec: Tensor, win: Tensor, out: Tensor) -> Tensor:
+        """For binary images: the window's pixels as the box-constrained ([-1, 1]) solution of the span's
+        equations. A stored image's code lies in the span of M, so P_perp U (s - centre) = 0 for it: r - N
+        linear equations in the window's P pixels, whose solution in [-1, 1]^P is not unique, but whose
+        solution in {-1, 1}^P nearly always is. Accelerated projected gradient (FISTA) on
+        |P_perp U (s - centre)|^2 over the window from the least-squares recall, with a double well that
+        grows over the steps (bit_fit_well) pushing the pixels to the box's corners. rec: the recall (B, D);
+        out: an orthonormal basis of the directions outside the span (r, r - N), so P_perp = out out^T and
+        |P_perp U (s - centre)| = |out^T U (s - centre)|: r - N numbers per image."""
+        u = self.basis
+        a = u.T[win] @ out                                                         # (B, P, r - N)
+        blank = qt.scatter(1, win, -self.centre[win])                             # window pixels s_w = 0
+        base = (blank @ u.T) @ out                                                 # (B, r - N)
+        z = rec.gather(1, win).clamp(-1, 1)                                        # signed window pixels (B, P)
+        prev = z
+        steps, well = self.bit_fit_steps, self.bit_fit_well
+        for k in range(steps):
+            y = z + (k / (k + 3)) * (z - prev)                                     # the accelerated look-ahead
+            res = base + torch.bmm(y.unsqueeze(1), a).squeeze(1)                   # (B, r - N): out^T U (s - c)
+            g = torch.bmm(res.unsqueeze(1), a.transpose(1, 2)).squeeze(1)          # (B, P): half the gradient
+            # step 1/L on |res|^2 (L = 2 |P_perp U_w|^2 <= 2), then the well: the corners of the box
+            prev, z = z, (y - g + (well * k / steps) * y).clamp(-1, 1)
+        return rec.scatter(1, win, z)
+
+    def energy(self, p: Params, x: Tensor, span: tuple[Tensor, ...] | None = None,
+               recalled: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """span: `span(p)`, when the caller has it (a serving read computes it once); recalled: `recall` of
+        these very images, when the caller has it."""
         s = _signed(x).flatten(1)                                                  # (B, D)
         f = (s - self.centre) @ self.basis.T                                       # (B, r)
         # the Hebb term over the upper triangle, each entry once: its gradient in the writable triangle is
@@ -472,7 +516,8 @@ class SubspaceSpanEnergy(EnergyNet):
         # the recall is held fixed within a step of either loop (like the slot memories' attention, which is
         # one-hot): a read step pulls the damaged window to it and leaves the visible pixels, which chose it,
         # alone; a write step is the Hebb rule alone, so that appending is writing more (see `recall`)
-        r, keep = self.recall({**p, "memory_triu": p["memory_triu"].detach()}, s.detach(), span)
+        r, keep = (self.recall({**p, "memory_triu": p["memory_triu"].detach()}, s.detach(), span)
+                   if recalled is None else recalled)
         e = e + 0.5 * F.softplus(p["pull_raw"] * _GAIN) * ((1 - keep) * (s - r).pow(2)).sum(-1)
         e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
         return e * p["log_scale"].exp()
@@ -490,12 +535,24 @@ class SubspaceSpanEnergy(EnergyNet):
         c = cache
         s = _signed(x).flatten(1)
         f = (s - self.centre) @ self.basis.T
-        r, keep = self.recall(p, s, c["span"])
+        r, keep = self._recall_memo(p, s, c)
         g = (f @ c["hebb_m"]) @ self.basis + c["pull"] * (1 - keep) * (s - r) - c["well"] * s
         return (c["scale2"] * g).view_as(x)
 
+    def _recall_memo(self, p: Params, s: Tensor, cache: dict) -> tuple[Tensor, Tensor]:
+        """`recall` of s, reused when a read asks again for the same images (the gradient and the energy of
+        the query itself: with the bit fit, the recall is most of a read's cost)."""
+        memo = cache.get("recall_memo")
+        if memo is not None and memo[0].shape == s.shape and torch.equal(memo[0], s):
+            return memo[1], memo[2]
+        r, keep = self.recall(p, s, cache["span"])
+        cache["recall_memo"] = (s, r, keep)
+        return r, keep
+
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
-        return self.energy(p, x, cache.get("span"))
+        if "span" not in cache:
+            return self.energy(p, x)
+        return self.energy(p, x, cache["span"], self._recall_memo(p, _signed(x).flatten(1), cache))
 
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
         """E without its pull term, whose gradient in the written weights is zero (the recall is held fixed
@@ -539,8 +596,8 @@ class SubspaceSpanEnergy(EnergyNet):
         keep = torch.ones_like(s).scatter(1, win, 0.0)
         a = eye - self.window_grams()[pos]                                        # U K U^T, window left out
         rhs = ((qt * keep) @ u.T)                                                 # U K (s - centre)
-        f_pca = torch.linalg.solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
-        f_span = torch.linalg.solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
+        f_pca = spd_solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
+        f_span = spd_solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
 
         def sq(x: Tensor, known: Tensor | None = None) -> Tensor:
             return (x if known is None else known * x).pow(2).sum(-1)
@@ -560,8 +617,8 @@ class SubspaceSpanEnergy(EnergyNet):
         v = self._span_basis(p, qt.dtype)
         a = torch.cat([(u[None] * k[:, None, :]) @ u.T for k in keep.split(8)])   # (B, r, r): U K U^T, 8 at a time
         rhs = (qt * keep) @ u.T
-        f_pca = torch.linalg.solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
-        f_span = torch.linalg.solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
+        f_pca = spd_solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
+        f_span = spd_solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
         r_pca = (keep * (qt - f_pca @ u)).pow(2).sum(-1)
         d = (keep * (qt - f_span @ u)).pow(2).sum(-1) - r_pca
         return (1 - d / r_pca.clamp_min(1e-12)).clamp(0, 1)

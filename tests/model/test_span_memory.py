@@ -168,3 +168,74 @@ def test_window_grams_are_the_gram_matrices_of_each_windows_rows():
     uw = m.energy.basis.T[m.energy._window_pixels(pos)]                    # (3, P, r)
     torch.testing.assert_close(grams[pos], uw.transpose(1, 2) @ uw)
     assert grams.shape[0] == (16 - 6 + 1) ** 2                             # every position of a 6x6 window
+
+
+def test_the_shipped_rank_179_span_memory_reads_with_two_threads():
+    """MKL's batched LU failed on the span recall's 179 x 179 systems with 2 torch threads ("pivots given to
+    lu_solve must all be >= 1"); the recall and the familiarity score solve them by Cholesky, and answer as
+    with one thread."""
+    from pathlib import Path
+
+    from model.checkpoint import load_checkpoint
+    from model.familiarity import query_familiarity
+    ck = load_checkpoint(Path(__file__).resolve().parents[2] / "checkpoints" / "photos32-span16k")
+    m, p = ck.model, ck.model.params(detach=True)
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    w = write(m, p, x).weights
+    q = x.clone()
+    q[..., :16, :16] = 0.5
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            r = read(m, p, w, q).iterates[-1]
+            out[threads] = (r, query_familiarity(m, p, w, q, r, 16))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out[2][0], out[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[2][1], out[1][1], atol=1e-5, rtol=1e-5)
+
+
+def _bit_model(rank: int, steps: int) -> EBMM:
+    base = get_preset("characters-span-r126").loop
+    cfg = ModelConfig("t-span-bits", "subspace_span", SHAPE, "binary",
+                      dict(rank=rank, window=6, bit_fit_steps=steps, bit_fit_well=0.002), base)
+    return EBMM(cfg)
+
+
+def _bit_images(n: int, seed: int) -> torch.Tensor:
+    """Binary images with structure (thresholded smooth images), so that PCA of them means something."""
+    return (_images(n, seed, dims=40) > 0.5).float()
+
+
+def test_the_bit_fit_solves_an_occluded_windows_bits_from_the_span_where_least_squares_blurs():
+    """Binary images: a stored image's code lies in the span of M, which gives r - N equations in the window's
+    bits; their box-constrained solution pushed to the corners recovers the stored bits, where the
+    least-squares fit within the span (no bit fit) leaves many wrong."""
+    train = _bit_images(2048, 1)
+    errors = {}
+    for steps in (0, 500):
+        m = _bit_model(rank=60, steps=steps)
+        m.energy.data_init(train)
+        p = m.params(detach=True)
+        x = _bit_images(12, 9)
+        q = _occlude(x, 3).round()
+        y = read(m, p, write(m, p, x).weights, q).iterates[-1]
+        errors[steps] = float(((y > 0.5).float() != x).flatten(1).float().sum(1).mean())
+    assert errors[500] < 0.25 * errors[0] and errors[500] < 2.0, errors
+
+
+def test_the_bit_fit_is_skipped_when_the_span_leaves_no_equation():
+    """With as many stored patterns as the rank, the span is the whole subspace: no equation is left and the
+    read is the least-squares recall, with or without the bit fit."""
+    train = _bit_images(2048, 1)
+    out = []
+    for steps in (0, 500):
+        m = _bit_model(rank=10, steps=steps)
+        m.energy.data_init(train)
+        p = m.params(detach=True)
+        x = _bit_images(14, 9)
+        q = _occlude(x, 3).round()
+        out.append(read(m, p, write(m, p, x).weights, q).iterates[-1])
+    torch.testing.assert_close(out[1], out[0])
