@@ -40,10 +40,10 @@ def main(checkpoint: str, out: str) -> None:
         rows.append({"bit_fit_steps": steps, "bit_fit_well": well, "hamming": round(sum(errs) / len(errs), 3),
                      "seconds_per_episode": round((time.time() - t0) / len(errs), 3)})
         print(rows[-1], flush=True)
-    Path(out).write_text(json.dumps({"checkpoint": ck.name, "split": "train", "episodes": proto.episodes,
-                                     "patterns": proto.patterns, "distortion": proto.distortion, "seed": proto.seed,
-                                     "rows": rows, "command": "python scripts/tune_bit_fit.py " + " ".join(sys.argv[1:])},
-                                    indent=1) + "\n")
+    doc = {"checkpoint": ck.name, "split": "train", "episodes": proto.episodes, "patterns": proto.patterns,
+           "distortion": proto.distortion, "seed": proto.seed, "rows": rows,
+           "command": "python scripts/tune_bit_fit.py " + " ".join(sys.argv[1:])}
+    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":
