@@ -115,8 +115,9 @@ def _presets() -> dict[str, ModelConfig]:
                           read_decay_init=0.5, momentum_init=0.01)   # 0.25: one step lands on the recall
         for task, shape, kind in (("characters", G, "binary"), ("photos", C, "colour")):
             # binary images: the window's bits solved from the span's equations (SubspaceSpanEnergy._bit_fit);
-            # 500 steps and well 0.002 chosen on the training split (30 episodes of 64: 14.60 Hamming at rank
-            # 126, against 14.61-15.49 for wells 0.002-0.05 at 1,000 steps and 17.67 without the well)
+            # 500 steps and well 0.002 chosen on the training split (30 episodes of 64 at rank 126: 14.60
+            # Hamming; 14.59-15.49 for wells 0.001-0.05 at 1,000 steps, 14.71 at 250, 17.67 without the well;
+            # results/explore/characters-span-bit-fit.json, scripts/tune_bit_fit.py)
             bits = dict(bit_fit_steps=500, bit_fit_well=0.002) if kind == "binary" else {}
             p.append(ModelConfig(f"{task}-span-r{rank}", "subspace_span", shape, kind, dict(rank=rank, **bits), loop,
                                  note=f"a Hebbian {rank}x{rank} correlation matrix over {rank}-dim PCA codes "

@@ -115,7 +115,7 @@ def rate_curve(task: str, rows: list[dict], paper: list[dict], path: Path) -> Pa
             ax.errorbar([r["memory_floats"] for r in mine], [r["error_mean"] for r in mine], yerr=_bars(mine),
                         marker="os^"[i % 3], color=("k", "C3", "C4")[i % 3], capsize=3,
                         label=f"ebmm {label} (this project)")
-    for name in ("nearest_pca", "nearest_downscaled", "nearest_robust_pca_paste",
+    for name in ("nearest_pca", "nearest_downscaled", "nearest_robust_pca_paste", "nearest_robust_pca_bits",
                  "nearest_robust_autoencoder_paste", "exact_codes_ebmm_read"):
         pts = [(r["baselines"][name]["memory_floats"], r["baselines"][name]["error_mean"])
                for r in ours if name in r.get("baselines", {})]

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     store_timeout_seconds: float = Field(1.0, gt=0, le=30)   # per Redis socket operation
     checkpoint_dir: Path = REPO_ROOT / "checkpoints"
     device: str = "auto"                           # auto = cuda if available, else cpu
-    default_model: str = "characters32"            # falls back to the first loaded model when absent
+    default_model: str = "characters32-span16k"    # falls back to the first loaded model when absent
     api_keys: Annotated[list[str], NoDecode] = []  # comma-separated; empty = no authentication
     session_ttl_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
     max_patterns: int = Field(256, ge=1, le=4096)  # per write, and queries per retrieve

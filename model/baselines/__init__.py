@@ -21,6 +21,7 @@ from .nearest import (
     NearestFull,
     NearestPaste,
     NearestPCA,
+    NearestPCABits,
     NetCodec,
     NoMemory,
     PCACodec,
@@ -29,8 +30,8 @@ from .nearest import (
 
 __all__ = [
     "Baseline", "HopfieldHebb", "HopfieldPinv", "HopfieldStorkey", "InpaintPrior", "ModernHopfield",
-    "NearestDownscaled", "NearestFull", "NearestPCA", "NearestPaste", "NetCodec", "NoMemory", "PCACodec",
-    "PixelCodec", "State", "TunedPinv",
+    "NearestDownscaled", "NearestFull", "NearestPCA", "NearestPCABits", "NearestPaste", "NetCodec", "NoMemory",
+    "PCACodec", "PixelCodec", "State", "TunedPinv",
     "learned_artifacts", "make_baselines",
 ]
 
@@ -83,6 +84,8 @@ def make_baselines(kind: str, budget_floats: int, train_images: Tensor | None, n
             out.append(pca)
             r = pca.rank(n_patterns)
             out.append(NearestPaste(PCACodec(pca.mean, pca.basis[:, :r].contiguous()), binary))
+            if binary:                    # with the span memory's bit fit (SubspaceSpanEnergy._bit_fit)
+                out.append(NearestPCABits(PCACodec(pca.mean, pca.basis[:, :r].contiguous()), binary))
         lengths = [n for n in LENGTHS if n <= per_pattern]
         if "autoencoder" in learned and lengths:
             out.append(NearestPaste(NetCodec(learned["autoencoder"], lengths[-1]), binary))

@@ -318,6 +318,47 @@ class NearestPaste(Baseline):
 
 
 @dataclass(eq=False)
+class NearestPCABits(NearestPaste):
+    """The robust nearest stored PCA code, with the same bit fit as the span memory's read (binary images):
+    inside the chosen square, the bits whose PCA code is the stored one (r equations in the square's pixels,
+    solved in the box [-1, 1] by accelerated projected gradient with a growing double well, from the pasted
+    reconstruction); the strongest baseline with the span memory's trick, at the budget of N stored codes."""
+    steps: int = 500
+    well: float = 0.002
+
+    @property
+    def name(self) -> str:
+        return "nearest_robust_pca_bits"
+
+    def retrieve_batch(self, state: State, queries: Tensor) -> Tensor:
+        shape = tuple(int(v) for v in state["shape"])
+        recon = self.codec.decode(state["codes"], shape)
+        return torch.stack([self._solve(state["codes"][m], recon[m], queries[m]) for m in range(queries.shape[0])])
+
+    def _solve(self, codes: Tensor, recon: Tensor, q: Tensor) -> Tensor:
+        idx, square = self._choose(recon, q, self.window)
+        start = self._paste(recon[idx], q, square, self.threshold, self.region)      # (B, C, H, W) in [0, 1]
+        if square is None:
+            return start
+        u = self.codec.basis                                                         # (D, r), orthonormal
+        inside = square.expand_as(q).flatten(1)                                      # (B, D)
+        s = 2 * start.flatten(1) - 1
+        # the code in signed pixels s = 2x - 1: (s + 1 - 2 mean) u = 2 f for the stored image
+        blank = torch.where(inside, torch.zeros_like(s), s)
+        base = (blank + 1 - 2 * self.codec.mean) @ u - 2 * codes[idx]               # (B, r)
+        z = torch.where(inside, s, torch.zeros_like(s))
+        prev = z
+        mask = inside.to(s.dtype)
+        for k in range(self.steps):
+            y = z + (k / (k + 3)) * (z - prev)
+            res = base + y @ u                                                       # (B, r)
+            g = (res @ u.T) * mask                                                   # half the gradient
+            prev, z = z, ((y - g + (self.well * k / self.steps) * y).clamp(-1, 1)) * mask
+        out = torch.where(inside, (z + 1) / 2, start.flatten(1))
+        return _finish(out.view_as(q), self.binary)
+
+
+@dataclass(eq=False)
 class InpaintPrior(Baseline):
     """A memoryless learned prior: a conv net trained on occluded -> clean training images restores the
     query from its own context (model/baselines/learned.py). 0 memory floats."""

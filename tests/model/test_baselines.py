@@ -175,7 +175,7 @@ def test_registry_sets() -> None:
                      "hopfield_pinv_tuned_gain", "hopfield_pinv_tuned_ridge",
                      "modern_hopfield", "nearest_full", "no_memory"]
     assert [b.name for b in _image_set()] == ["modern_hopfield", "nearest_full", "nearest_robust_full_paste",
-                                              "nearest_pca", "nearest_robust_pca_paste",
+                                              "nearest_pca", "nearest_robust_pca_paste", "nearest_robust_pca_bits",
                                               "nearest_downscaled", "hopfield_pinv", "no_memory"]
     colour = make_baselines("colour", 2_000, images(100, (3, 8, 8), binary=False), n_patterns=16)
     assert "hopfield_pinv" not in [b.name for b in colour]
@@ -229,6 +229,25 @@ def test_paste_keeps_the_query_outside_the_square_it_detects() -> None:
         if len(rows):
             assert rows.max() - rows.min() < 6 and cols.max() - cols.min() < 6   # inside one 6x6 square
     assert b.memory_floats(8, (3, 16, 16)) == 8 * 40
+
+
+def test_the_bits_baseline_solves_the_square_from_the_stored_code_where_the_paste_blurs() -> None:
+    """With more stored code floats than pixels in the square, the bits whose code is the stored one are
+    the stored bits; decoding the code (a rank-40 reconstruction of 64 pixels) and pasting it is not."""
+    from model.baselines import NearestPCABits
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(1, 6, 1, 8, 8, generator=g) < 0.5).float()
+    q = x.clone()
+    q[..., 2:6, 3:7] = 1 - x[..., 2:6, 3:7]                           # every pixel of the square wrong
+    pca = PCACodec(torch.full((64,), 0.5), torch.linalg.qr(torch.randn(64, 40, generator=g)).Q)
+    paste = NearestPaste(pca, binary=True, window=4, threshold=0.3, region="window")
+    bits = NearestPCABits(pca, binary=True, window=4, threshold=0.3, region="window")
+    wrong = lambda b: int((b.retrieve_batch(b.store_batch(x), q) != x).sum())  # noqa: E731
+    assert wrong(bits) == 0 < wrong(paste)
+    out = bits.retrieve_batch(bits.store_batch(x), q)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:6, 3:7] = False
+    assert torch.equal(out[..., outside], q[..., outside])              # the query kept outside the square
 
 
 def test_paste_knobs_are_fitted_on_the_episodes_given_and_never_worse_there() -> None:

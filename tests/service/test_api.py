@@ -291,8 +291,10 @@ async def test_shipped_checkpoints_serve_and_restore_characters() -> None:
         r = await c.get("/v1/models")
         assert r.status_code == 200, r.text
         models = {m["name"]: m for m in r.json()["models"]}
-        assert {"binary128", "characters32", "photos32"} <= set(models)
-        assert models["characters32"]["default"] and models["characters32"]["evaluation"]
+        assert {"binary128", "characters32", "characters32-span16k", "photos32"} <= set(models)
+        # the default: the best characters memory at its budget (results/eval/characters32-span16k.json)
+        assert models["characters32-span16k"]["default"] and models["characters32-span16k"]["evaluation"]
+        assert models["characters32-span16k"]["architecture"] == "subspace_span"
         from model import data
         from model.distortions import block
         # 16 different held-out characters (the test split holds 10 jittered copies of each)
