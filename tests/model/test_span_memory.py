@@ -209,19 +209,23 @@ def _bit_images(n: int, seed: int) -> torch.Tensor:
     return (_images(n, seed, dims=40) > 0.5).float()
 
 
+def _bit_read(rank: int, steps: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n binary images written and read back from occluded queries: (stored, read)."""
+    m = _bit_model(rank=rank, steps=steps)
+    m.energy.data_init(_bit_images(2048, 1))
+    p = m.params(detach=True)
+    x = _bit_images(n, 9)
+    q = _occlude(x, 3).round()
+    return x, read(m, p, write(m, p, x).weights, q).iterates[-1]
+
+
 def test_the_bit_fit_solves_an_occluded_windows_bits_from_the_span_where_least_squares_blurs():
     """Binary images: a stored image's code lies in the span of M, which gives r - N equations in the window's
     bits; their box-constrained solution pushed to the corners recovers the stored bits, where the
     least-squares fit within the span (no bit fit) leaves many wrong."""
-    train = _bit_images(2048, 1)
     errors = {}
     for steps in (0, 500):
-        m = _bit_model(rank=60, steps=steps)
-        m.energy.data_init(train)
-        p = m.params(detach=True)
-        x = _bit_images(12, 9)
-        q = _occlude(x, 3).round()
-        y = read(m, p, write(m, p, x).weights, q).iterates[-1]
+        x, y = _bit_read(rank=60, steps=steps, n=12)
         errors[steps] = float(((y > 0.5).float() != x).flatten(1).float().sum(1).mean())
     assert errors[500] < 0.25 * errors[0] and errors[500] < 2.0, errors
 
@@ -229,13 +233,4 @@ def test_the_bit_fit_solves_an_occluded_windows_bits_from_the_span_where_least_s
 def test_the_bit_fit_is_skipped_when_the_span_leaves_no_equation():
     """With as many stored patterns as the rank, the span is the whole subspace: no equation is left and the
     read is the least-squares recall, with or without the bit fit."""
-    train = _bit_images(2048, 1)
-    out = []
-    for steps in (0, 500):
-        m = _bit_model(rank=10, steps=steps)
-        m.energy.data_init(train)
-        p = m.params(detach=True)
-        x = _bit_images(14, 9)
-        q = _occlude(x, 3).round()
-        out.append(read(m, p, write(m, p, x).weights, q).iterates[-1])
-    torch.testing.assert_close(out[1], out[0])
+    torch.testing.assert_close(_bit_read(rank=10, steps=500, n=14)[1], _bit_read(rank=10, steps=0, n=14)[1])
