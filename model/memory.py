@@ -323,8 +323,17 @@ def read_stacked(model: EBMM, p: Params, weights: list[Params], queries: list[Te
         raise ValueError(f"{len(weights)} written memories for {len(queries)} query batches")
     if not model.energy.stacks_weights or len(queries) == 1:
         return [read(model, p, w, q, steps=steps, energies=energies) for w, q in zip(weights, queries, strict=True)]
+    _, _, res = read_joint(model, p, weights, queries, steps, energies)
     counts = [q.shape[0] for q in queries]
-    stacked = stack_weights(model, weights, counts, queries[0].device)
-    res = read(model, p, stacked, torch.cat(queries), steps=steps, energies=energies, stacked=True)
     its, ens = res.iterates.split(counts, dim=1), res.energies.split(counts, dim=1)
     return [ReadResult(i, e) for i, e in zip(its, ens, strict=True)]
+
+
+def read_joint(model: EBMM, p: Params, weights: list[Params], queries: list[Tensor], steps: int | None = None,
+               energies: str = "all") -> tuple[Params, Tensor, ReadResult]:
+    """`read_stacked` as one read, for energies that stack written memories: (the memories stacked one per
+    query, all queries, the read of all of them), for callers that go on with the same stacked memories."""
+    counts = [q.shape[0] for q in queries]
+    stacked = stack_weights(model, weights, counts, queries[0].device)
+    x = torch.cat(queries)
+    return stacked, x, read(model, p, stacked, x, steps=steps, energies=energies, stacked=True)

@@ -9,7 +9,7 @@ from torch import Tensor
 from .checkpoint import Checkpoint
 from .energy import Params
 from .familiarity import default_window, query_familiarity
-from .memory import ReadResult, WriteResult, append, read, read_stacked, stack_weights, write
+from .memory import ReadResult, WriteResult, append, read, read_joint, write
 from .sampling import Candidates, sample, top_k
 
 
@@ -89,19 +89,6 @@ class Memory:
                                   self._check("queries", queries), recall.to(self.device, torch.float32),
                                   self.familiarity_window, None if known is None else known.to(self.device)).cpu()
 
-    def familiarity_many(self, weights: list[Params], queries: list[Tensor], recalls: list[Tensor]) -> list[Tensor]:
-        """`familiarity` of several sessions' reads in one call where the energy stacks written memories
-        (a batched read's familiarities: one pass instead of one per session); equal to separate calls."""
-        if not self.stacks_weights or len(weights) == 1:
-            return [self.familiarity(w, q, r) for w, q, r in zip(weights, queries, recalls, strict=True)]
-        ws = [self._weights(w) for w in weights]
-        qs = [self._check("queries", q) for q in queries]
-        counts = [q.shape[0] for q in qs]
-        stacked = stack_weights(self.ckpt.model, ws, counts, self.device)
-        fam = query_familiarity(self.ckpt.model, self.params, stacked, torch.cat(qs),
-                                torch.cat(recalls).to(self.device, torch.float32), self.familiarity_window).cpu()
-        return list(fam.split(counts))
-
     def _check(self, name: str, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{name} has shape {tuple(x.shape[1:])} per item, expected {self.input_shape}")
@@ -138,9 +125,8 @@ class Memory:
     def append(self, weights: Params, patterns: Tensor, n_old: int) -> WriteResult:
         """More patterns into written weights that hold n_old (model/memory.py: append): exact from the append
         state where the session has one, and the state updated."""
-        self.check_session(weights)
+        w = self._weights(weights)
         x = self._check("patterns", patterns)
-        w = {n: t.to(self.device, torch.float32) for n, t in weights.items() if not n.startswith(STATE)}
         state = {n[len(STATE):]: t.to(self.device) for n, t in weights.items() if n.startswith(STATE)} or None
         res = append(self.ckpt.model, self.params, w, x, n_old, state)
         out = {n: t.cpu() for n, t in res.weights.items()}
@@ -185,9 +171,22 @@ class Memory:
         return self.ckpt.model.energy.stacks_weights
 
     def read_many(self, weights: list[Params], queries: list[Tensor], steps: int | None = None,
-                  energies: str = "all") -> list[ReadResult]:
-        """Reads of several sessions in one call (model/memory.py: read_stacked): queries[i] on weights[i]."""
-        ws = [self._weights(w) for w in weights]
+                  energies: str = "all") -> list[tuple[ReadResult, Tensor]]:
+        """Reads of several sessions in one call, queries[i] on weights[i], each with its queries' familiarity
+        (`read`, then `familiarity`; equal to separate calls). Energies that stack written memories read all
+        queries at once (model/memory.py: read_joint) and score them on the same stacked memories."""
+        model, ws = self.ckpt.model, [self._weights(w) for w in weights]
         qs = [self._check("queries", q) for q in queries]
-        return [ReadResult(r.iterates.cpu(), r.energies.cpu())
-                for r in read_stacked(self.ckpt.model, self.params, ws, qs, steps, energies)]
+        window = self.familiarity_window
+        if not self.stacks_weights or len(ws) == 1:
+            reads = [read(model, self.params, w, q, steps=steps, energies=energies)
+                     for w, q in zip(ws, qs, strict=True)]
+            fams = [query_familiarity(model, self.params, w, q, r.iterates[-1], window)
+                    for w, q, r in zip(ws, qs, reads, strict=True)]
+        else:
+            stacked, x, res = read_joint(model, self.params, ws, qs, steps, energies)
+            counts = [q.shape[0] for q in qs]
+            fams = list(query_familiarity(model, self.params, stacked, x, res.iterates[-1], window).split(counts))
+            reads = [ReadResult(i, e) for i, e in zip(res.iterates.split(counts, dim=1),
+                                                      res.energies.split(counts, dim=1), strict=True)]
+        return [(ReadResult(r.iterates.cpu(), r.energies.cpu()), f.cpu()) for r, f in zip(reads, fams, strict=True)]

@@ -37,10 +37,7 @@ class _Group:
 
 def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str) -> list[Result]:
     """One model call for several sessions' reads, then each query's familiarity with its own weights."""
-    weights, queries = [w for w, _ in items], [x for _, x in items]
-    res = m.memory.read_many(weights, queries, steps, energies)
-    fam = m.memory.familiarity_many(weights, queries, [r.iterates[-1] for r in res])
-    return list(zip(res, fam, strict=True))
+    return m.memory.read_many([w for w, _ in items], [x for _, x in items], steps, energies)
 
 
 class ReadBatcher:

@@ -444,25 +444,22 @@ class SubspaceSpanEnergy(EnergyNet):
             return torch.cat(out)
         return memo_on(self, "_window_grams_memo", self.basis, build)
 
-    def span(self, p: Params) -> tuple[Tensor, ...]:
+    def span(self, p: Params) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """What the recall needs of M alone: the span in pixels b = U^T M (D, r), its Gram matrix b^T b (r, r),
-        the ridge, M itself, and with the bit fit the projection onto the complement of the span (a read
-        computes them once, not at every step)."""
+        the ridge, M itself, and for the bit fit an orthonormal basis of the directions outside the span
+        (r, r - N; None without the bit fit). A read computes them once, not at every step."""
         m = self.matrix(p)
         b = self.basis.T @ m                                                       # (D, r): the span in pixels
         # b^T b = M U U^T M = M^2 for orthonormal rows of U (the SVD's): r^3 instead of D r^2
         gram = m @ m if orthonormal_rows(self, self.basis) else b.T @ b
         ridge = (p["ridge_raw"] * _GAIN).exp() * torch.diagonal(gram).sum() / self.rank + 1e-20  # > 0 unwritten
-        if not self.bit_fit_steps:
-            return b, gram, ridge, m
-        ev, vecs = torch.linalg.eigh(m.detach().double())
-        out = vecs[:, ev <= 1e-6 * ev.abs().max().clamp_min(1e-30)].to(m.dtype)   # (r, r - n): outside the span
-        return b, gram, ridge, m, out
+        outside = self._span_split(m)[1] if self.bit_fit_steps else None
+        return b, gram, ridge, m, outside
 
     def recall(self, p: Params, s: Tensor, span: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
         """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D)."""
         qt = s - self.centre
-        b, gram, ridge, m, *perp = self.span(p) if span is None else span
+        b, gram, ridge, m, outside = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
         a_mat = gram + ridge * eye                  # one system for every query in the first fit
         qb = qt @ b                                                                # (B, r)
@@ -482,8 +479,8 @@ class SubspaceSpanEnergy(EnergyNet):
             in_win = torch.zeros_like(qt).scatter(1, win, 1.0)
             rhs = qb - ((qt * in_win) @ self.basis.T) @ m                          # b_w^T qt_w
         keep = torch.ones_like(qt).scatter(1, win, 0.0)
-        if perp and perp[0].shape[1] > 0:           # the span leaves equations to solve (fewer than r patterns)
-            return self._bit_fit(qt, rec + self.centre, win, perp[0]), keep
+        if outside is not None and outside.shape[1] > 0:     # equations left to solve (fewer than r patterns)
+            return self._bit_fit(qt, rec + self.centre, win, outside), keep
         return rec + self.centre, keep
 
     def _bit_fit(self, qt: Tensor, rec: Tensor, win: Tensor, out: Tensor) -> Tensor:
@@ -613,9 +610,16 @@ class SubspaceSpanEnergy(EnergyNet):
         d_all = sq(qt - ((f @ v) @ v.T) @ u) - sq(qt - f @ u)                     # the span's projection
         return (1 - torch.minimum(d_win, d_all) / r_win.clamp_min(1e-12)).clamp(0, 1)
 
+    @staticmethod
+    def _span_split(m: Tensor) -> tuple[Tensor, Tensor]:
+        """Orthonormal bases (r, n) of the span of M and (r, r - n) of the directions outside it (eigenvalues
+        above and below 1e-6 of the largest), in M's dtype."""
+        ev, vecs = torch.linalg.eigh(m.detach().double())
+        inside = ev > 1e-6 * ev.abs().max().clamp_min(1e-30)
+        return vecs[:, inside].to(m.dtype), vecs[:, ~inside].to(m.dtype)
+
     def _span_basis(self, p: Params, dtype: torch.dtype) -> Tensor:
-        ev, vecs = torch.linalg.eigh(self.matrix(p).double())
-        return vecs[:, ev > 1e-6 * ev.abs().max().clamp_min(1e-30)].to(dtype)  # (r, n) orthonormal
+        return self._span_split(self.matrix(p))[0].to(dtype)                   # (r, n) orthonormal
 
     def _known_pixels_score(self, p: Params, qt: Tensor, keep: Tensor) -> Tensor:
         """familiarity_score over the known pixels keep (B, D) of centred signed queries qt (B, D)."""

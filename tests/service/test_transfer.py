@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from test_api import as_strings, bits, problem, running
+from test_api import appended_answers_as_written_at_once, as_strings, bits, problem, running
 
 pytestmark = pytest.mark.anyio
 FILE = "application/vnd.ebmm.session+safetensors"
@@ -158,21 +158,9 @@ def rnn_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_a_gated_rnn_session_keeps_its_patterns_and_appends_as_one_write(rnn_checkpoints: Path) -> None:
     """8 written then 4 appended answer what 12 written at once do; the kept patterns (bits, a byte each) travel
     in an export, and an import whose kept patterns disagree with its pattern count is refused (422)."""
-    x = bits(12, seed=41)
-    q = x.copy()
-    q[:, :10] = 1 - q[:, :10]
     async with running(rnn_checkpoints) as (c, _):
-        whole = (await c.post("/v1/sessions", json={"model": "rnn128", "patterns": {"bits": as_strings(x)}})).json()
-        part = (await c.post("/v1/sessions", json={"model": "rnn128",
-                                                   "patterns": {"bits": as_strings(x[:8])}})).json()
+        part = await appended_answers_as_written_at_once(c, "rnn128", bits(12, seed=41), flips=10, rtol=1e-5)
         assert part["stored_bytes"] >= part["memory_bytes"] + 8 * 128          # the patterns, a byte per bit
-        a = await c.post(f"/v1/sessions/{part['session_id']}/patterns", json={"patterns": {"bits": as_strings(x[8:])}})
-        assert a.status_code == 200, a.text
-        assert not any("further write steps" in w for w in a.json()["warnings"])
-        ra, rw = [(await c.post(f"/v1/sessions/{s}/retrieve", json={"queries": {"bits": as_strings(q)}})).json()
-                  for s in (part["session_id"], whole["session_id"])]
-        assert [r["pattern"] for r in ra["results"]] == [r["pattern"] for r in rw["results"]]
-        assert [r["energy"] for r in ra["results"]] == pytest.approx([r["energy"] for r in rw["results"]], rel=1e-5)
         blob = (await c.get(f"/v1/sessions/{part['session_id']}/export")).content
         tensors = st_load(blob)
         assert tensors["append.patterns"].dtype == torch.uint8 and tensors["append.patterns"].shape == (12, 128)
