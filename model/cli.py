@@ -61,7 +61,8 @@ def _train(args: argparse.Namespace) -> int:
         clip=args.clip, stepwise=not args.final_only, seed=args.seed, threads=args.threads,
         checkpoint_every=args.checkpoint_every, out=args.out, state_dir=args.state_dir or "",
         init=args.init or "", overrides=overrides, device=str(resolve_device(args.device)),
-        read_queries=args.read_queries, train_read_steps=args.train_read_steps, stages=args.stages or "")
+        read_queries=args.read_queries, train_read_steps=args.train_read_steps, stages=args.stages or "",
+        segment_seconds=args.segment_seconds)
     train(cfg)
     return 0
 
@@ -89,6 +90,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-queries", type=int, default=0, help="meta-loss on this many of each episode's "
                                                                   "queries (0 = all): a cheaper meta-step")
     p.add_argument("--train-read-steps", type=int, default=0, help="K in the meta-loss (0 = the model's)")
+    p.add_argument("--segment-seconds", type=float, default=0.0,
+                   help="stop and checkpoint after this much wall clock (0 = run to --steps); rerun to resume")
     p.add_argument("--stages", help="curriculum 'STEP:N:DISTORTION;...' (e.g. '0:16:block:8;400:64:block:16')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset field, loop field or architecture argument")

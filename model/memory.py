@@ -155,9 +155,17 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
          for n, t in first.items()}
     losses: list[float] = []
     with torch.enable_grad():
+        # the patterns do not change over the write: a static trunk's features are computed once (exact
+        # where the energy term is E itself and the gradient-norm term, which needs grad_x E, is off)
+        feats = (model.energy.static_features(model._energy_params(p), x)
+                 if not use_gn and assign is None and model.energy.write_energy_is_energy else None)
         for _ in range(steps):
             q = {**p, **w}
-            e, gn = writing_terms(model, q, x, use_gn, assign)
+            if feats is not None:
+                reduce = torch.sum if model.cfg.loop.write_reduction == "sum" else torch.mean
+                e, gn = reduce(model.energy.energy_from_features(model._energy_params(q), feats)), None
+            else:
+                e, gn = writing_terms(model, q, x, use_gn, assign)
             ws = list(w.values())
             ge = torch.autograd.grad(e, ws, create_graph=create_graph, retain_graph=use_gn or create_graph)
             gg = (torch.autograd.grad(gn, ws, create_graph=create_graph) if use_gn

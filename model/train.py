@@ -52,6 +52,8 @@ class TrainConfig:
     train_read_steps: int = 0             # K in the meta-loss (0 = the model's); serving keeps the model's
     stages: str = ""                      # curriculum "STEP:N:DISTORTION;..." (replaces the cycling)
     device: str = "cpu"                   # where the loops run; data, RNG and saved state stay on the CPU
+    segment_seconds: float = 0.0          # stop (and checkpoint) once this invocation has trained this long;
+                                          # 0 = run to `steps`. A long run is several segments, each resumed
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir or Path.home() / ".cache" / "ebmm" / "runs" / Path(self.out).name)
@@ -157,6 +159,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     bar = _bar(progress, cfg.steps, info["step"])
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     stages = parse_stages(cfg.stages)
+    segment_start = time.perf_counter()
     while info["step"] < cfg.steps:
         t0 = time.perf_counter()
         if stages:
@@ -185,8 +188,13 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
             bar.update(1)
             bar.set_postfix(n=n, loss=f"{row['loss']:.3g}", err=f"{ml.final_error:.3g}",
                             q=f"{ml.query_error:.3g}", eps=f"{row['episodes_per_s']:.1f}")
-        if info["step"] % cfg.checkpoint_every == 0 or info["step"] == cfg.steps:
+        segment_done = bool(cfg.segment_seconds) and time.perf_counter() - segment_start >= cfg.segment_seconds
+        if info["step"] % cfg.checkpoint_every == 0 or info["step"] == cfg.steps or segment_done:
             _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint)
+        if segment_done and info["step"] < cfg.steps:
+            _log(progress, f"segment of {cfg.segment_seconds:g} s done at step {info['step']}; "
+                           "the same command resumes it")
+            break
     if bar is not None:
         bar.close()
     if not (Path(cfg.out) / "card.json").exists():       # resumed a finished run into an empty folder
@@ -215,7 +223,7 @@ def stage_at(stages: list[tuple[int, int, distortions.Distortion]], step: int) -
 
 
 # what may change between the run that saved a state and the one that resumes it
-_RESUMABLE = {"steps", "checkpoint_every", "threads", "out", "state_dir", "device"}
+_RESUMABLE = {"steps", "checkpoint_every", "threads", "out", "state_dir", "device", "segment_seconds"}
 
 
 def _check_same_run(state_dir: Path, saved: dict, now: dict) -> None:

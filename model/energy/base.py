@@ -132,6 +132,22 @@ class EnergyNet(nn.Module):
         """Patterns a write can store apart (each in memory of its own); None where capacity is graded."""
         return None
 
+    def static_features(self, p: Params, x: Tensor) -> Any:
+        """What E computes from x with the static (never written) parameters alone, for families whose
+        writable slice sits after a static trunk; None otherwise. A write's patterns do not change over
+        its T steps, so `write` computes these once and each step runs only `energy_from_features`: the
+        same energy and the same gradients (to the trunk too), without T - 1 passes through the trunk."""
+        return None
+
+    def energy_from_features(self, p: Params, feats: Any) -> Tensor:
+        """E from `static_features` of the same x: energy(p, x) == energy_from_features(p, static_features(p, x))."""
+        raise NotImplementedError
+
+    @property
+    def write_energy_is_energy(self) -> bool:
+        """Whether `write_energy` is E itself (so that a write may run on `static_features`)."""
+        return type(self).write_energy is EnergyNet.write_energy
+
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
         """The energy term of the writing loss for the batch x being written (N, *input_shape) -> (N,).
         The paper's: E itself. An energy may instead give a term that says where each pattern is stored

@@ -48,11 +48,19 @@ class ResNetFCEnergy(EnergyNet):
         self._init_scale(scale)
 
     def energy(self, p: Params, x: Tensor) -> Tensor:
+        return self.energy_from_features(p, self.static_features(p, x))
+
+    def static_features(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The trunk's embedding f and the static part of the layer the memory belongs to."""
         h = _signed(x)
         for i in range(len(self.channels)):
             h = _resblock(p, f"res{i}", h)                     # (B, C_i, H/2^i, W/2^i)
         f = layer_norm(lin(p, "embed", h.flatten(1)), 1, p["embed_ln"])
-        inp = torch.tanh(torch.cat([lin(p, "memory", f), lin(p, "static", f)], dim=-1))  # (B, hidden)
+        return f, lin(p, "static", f)
+
+    def energy_from_features(self, p: Params, feats: tuple[Tensor, Tensor]) -> Tensor:
+        f, static = feats
+        inp = torch.tanh(torch.cat([lin(p, "memory", f), static], dim=-1))  # (B, hidden)
         state = torch.zeros_like(inp)
         for _ in range(self.hops):
             z = torch.cat([inp, state], dim=-1)                # (B, 2*hidden)
@@ -88,21 +96,32 @@ class ResNetConvEnergy(EnergyNet):
         _linear(self, "out", hidden, 1, gain=1.0)
         self._init_scale(scale)
 
-    def _bottleneck(self, p: Params, j: int, x: Tensor, down: bool) -> Tensor:
+    def _bottleneck_static(self, p: Params, j: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The parts of bottleneck j that do not involve its memory conv: its reduced input, static conv, skip."""
         r = F.silu(conv(p, f"bn{j}_reduce", x))                                  # (B, bneck, h, w)
-        h = torch.cat([conv(p, f"memory{j}", r), conv(p, f"bn{j}_static", r)], dim=1)  # (B, width, h, w)
+        return r, conv(p, f"bn{j}_static", r), conv(p, f"bn{j}_skip", x)
+
+    def _bottleneck_rest(self, p: Params, j: int, parts: tuple[Tensor, Tensor, Tensor], down: bool) -> Tensor:
+        r, static, skip = parts
+        h = torch.cat([conv(p, f"memory{j}", r), static], dim=1)                 # (B, width, h, w)
         h = torch.tanh(layer_norm(h, 3))
-        skip = conv(p, f"bn{j}_skip", x)
         if down:
             h, skip = F.avg_pool2d(h, 2), F.avg_pool2d(skip, 2)
         return h + skip
 
     def energy(self, p: Params, x: Tensor) -> Tensor:
+        return self.energy_from_features(p, self.static_features(p, x))
+
+    def static_features(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ResBlocks' output through the first bottleneck's static parts (the first memory conv is next)."""
         h = _signed(x)
         for i in range(len(self.channels)):
             h = _resblock(p, f"res{i}", h)
-        h = self._bottleneck(p, 0, h, down=False)
-        inp = self._bottleneck(p, 1, h, down=True)              # (B, width, 4, 4)
+        return self._bottleneck_static(p, 0, h)
+
+    def energy_from_features(self, p: Params, feats: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        h = self._bottleneck_rest(p, 0, feats, down=False)
+        inp = self._bottleneck_rest(p, 1, self._bottleneck_static(p, 1, h), down=True)   # (B, width, 4, 4)
         state = torch.zeros_like(inp)
         for _ in range(self.hops):
             z = torch.cat([inp, state], dim=1)                  # (B, 2*width, 4, 4)

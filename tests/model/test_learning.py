@@ -40,6 +40,22 @@ def test_training_resumes_exactly(tmp_path):
     assert len(log) == 6
 
 
+def test_a_run_cut_into_wall_clock_segments_resumes_exactly(tmp_path):
+    import json
+    base = dict(preset="binary-hopfield", task="binary", distortion="flip:8", patterns=(8, 16), meta_batch=2,
+                lr=1e-3, loop_lr=1e-2, clip=1.0, seed=4, threads=1, checkpoint_every=100, steps=3)
+    straight = train(TrainConfig(**base, out=str(tmp_path / "a"), state_dir=str(tmp_path / "sa")), progress=False)
+    # a segment of ~0 s stops (and checkpoints) after its first step; each rerun of the same command resumes
+    for done in (1, 2, 3):
+        seg = train(TrainConfig(**base, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"),
+                                segment_seconds=1e-9), progress=False)
+        card = json.loads((tmp_path / "b" / "card.json").read_text())
+        assert card["training"]["steps"] == done
+    for (n, a), (_, b) in zip(straight.named_parameters(), seg.named_parameters(), strict=False):
+        assert torch.equal(a, b), f"{n} differs after three segments"
+    assert len((tmp_path / "sb" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_training_is_deterministic_given_a_seed(tmp_path):
     base = dict(preset="binary-hopfield", task="binary", distortion="flip:8", patterns=(8,), meta_batch=2,
                 steps=3, lr=1e-3, loop_lr=1e-2, clip=1.0, seed=5, threads=1, checkpoint_every=100)

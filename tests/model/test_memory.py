@@ -22,6 +22,13 @@ TINY = {
                                       LoopConfig(**{**LOOP.__dict__, "grad_norm_term": False})),
     "resnet_conv": ModelConfig("t-conv", "resnet_conv", (1, 8, 8), "grayscale",
                                dict(memory=1, channels=(2, 2), width=3, bottleneck=2, hidden=4, hops=1), LOOP),
+    # alpha off: the write runs on the trunk's static features, computed once (EnergyNet.static_features)
+    "resnet_fc_no_alpha": ModelConfig("t-fc-a0", "resnet_fc", (1, 8, 8), "grayscale",
+                                      dict(memory=2, channels=(2, 3), embed=5, hidden=6, head=4, hops=2),
+                                      LoopConfig(**{**LOOP.__dict__, "grad_norm_term": False})),
+    "resnet_conv_no_alpha": ModelConfig("t-conv-a0", "resnet_conv", (1, 8, 8), "grayscale",
+                                        dict(memory=1, channels=(2, 2), width=3, bottleneck=2, hidden=4, hops=1),
+                                        LoopConfig(**{**LOOP.__dict__, "grad_norm_term": False})),
     "quadratic_sum": ModelConfig("t-quad-sum", "quadratic", (5,), "binary", {},
                                  LoopConfig(**{**LOOP.__dict__, "write_reduction": "sum"})),
     "subspace_slots_indexed_over_capacity": ModelConfig(
@@ -324,3 +331,40 @@ def test_a_quadratic_append_state_richer_than_its_pattern_count_still_appends():
     state = model.energy.append_state(x)                    # six patterns' sums, said to be two
     out = append(model, p, write(model, p, x[:2]).weights, x[:1], 2, state).weights["energy.memory_triu"]
     assert out.shape == p["energy.memory_triu"].shape and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("arch", ["resnet_fc_no_alpha", "resnet_conv_no_alpha"])
+def test_a_write_on_the_trunks_static_features_equals_one_that_runs_the_whole_net_at_every_step(arch, monkeypatch):
+    from model.energy.base import EnergyNet
+    torch.manual_seed(1)
+    model = EBMM(TINY[arch]).double()
+    with torch.no_grad():
+        model.energy.log_scale.fill_(0.0)
+    x, q = _episode(model.cfg, n=4)
+
+    def run():
+        model.zero_grad()
+        ml = episode_loss(model, x, q)
+        ml.loss.backward()
+        written = write(model, model.params(detach=True), x).weights
+        return written, {n: t.grad.clone() for n, t in model.named_parameters() if t.grad is not None}
+
+    calls = []
+    real = type(model.energy).static_features
+    monkeypatch.setattr(type(model.energy), "static_features",
+                        lambda self, p, xx: calls.append(1) or real(self, p, xx))
+    def trunk_passes_in_a_write():
+        calls.clear()
+        write(model, model.params(detach=True), x)
+        return len(calls)
+
+    w_cached, g_cached = run()
+    assert trunk_passes_in_a_write() == 1                   # once for the write, not once per step
+    monkeypatch.setattr(EnergyNet, "write_energy_is_energy", property(lambda self: False))   # the whole net
+    w_full, g_full = run()
+    assert trunk_passes_in_a_write() == model.cfg.loop.write_steps == 2
+    for n in w_full:
+        torch.testing.assert_close(w_cached[n], w_full[n], rtol=1e-10, atol=1e-12)
+    assert g_cached.keys() == g_full.keys()
+    for n in g_full:
+        torch.testing.assert_close(g_cached[n], g_full[n], rtol=1e-8, atol=1e-10, msg=n)
