@@ -40,3 +40,23 @@ def test_a_load_row_replaces_the_single_cell_row_of_the_same_cell():
     loads = row(64, 3.1)
     out = prefer_loads([single, other, loads])
     assert loads in out and other in out and single not in out
+
+
+def test_the_recipe_ablation_section_lists_every_arm_with_its_cost_and_error_and_plots_them(tmp_path):
+    import json
+
+    from model.report import recipe_ablation
+    folder = tmp_path / "ablation"
+    folder.mkdir()
+    arm = {"meta_steps": 100, "seconds_per_meta_step": 3.1, "train_error_last_100_steps": 90.5,
+           "train_query_error_last_100_steps": 128.0, "held_out_hamming": 101.25, "held_out_query_hamming": 128.3}
+    (folder / "summary.json").write_text(json.dumps({
+        "command": "scripts/recipe_ablation.py", "preset": "paper-fc-d36-gray", "seconds_per_arm": 600,
+        "evaluation": {"episodes": 100, "patterns": 64, "distortion": "block:16"},
+        "arms": {"full": arm, "k2": {**arm, "seconds_per_meta_step": 0.5, "held_out_hamming": 77.0}}}))
+    (folder / "full.csv").write_text("step,seconds,n,loss,final_error,query_error\n1,3.1,64,1,100,128\n")
+    text = "\n".join(recipe_ablation(folder, tmp_path))
+    assert "| full | 3.1 | 100 | 90.5 (128.0) | 101.25 (128.3) |" in text
+    assert "| k2 | 0.5 | 100 | 90.5 (128.0) | 77.0 (128.3) |" in text
+    assert (tmp_path / "recipe_ablation.png").stat().st_size > 0
+    assert recipe_ablation(tmp_path / "missing", tmp_path) == []
