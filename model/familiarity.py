@@ -16,6 +16,7 @@ stores it in the card.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -72,7 +73,7 @@ def query_familiarity(model: EBMM, p: Params, weights: Params, q: Tensor, x: Ten
     """Whether each query was stored: the energy's own score where it has one (EnergyNet.familiarity_score,
     from the written memory and the query alone), else `memory_familiarity` of the query and its recall x.
     Candidates (top-k, samples) are ranked by `memory_familiarity`, which compares each with the query."""
-    score = model.energy.familiarity_score(model._energy_params({**p, **weights}), q, known)
+    score = model.energy.familiarity_score(model._energy_params({**p, **weights}), q, known, x)
     if score is not None:
         return score
     return memory_familiarity(model, p, weights, q, x, window, known)
@@ -139,11 +140,21 @@ def calibrate(model: EBMM, task: str, distortion: str, patterns: int = 64, episo
     window = default_window(model, distortion)
     shape = tuple(model.cfg.input_shape)
     s = scores(model, *_episodes(task, "train", patterns, episodes, shape, g), distortion, window, g)
-    t = float(torch.quantile(s["new_clean"].double(), 1 - rate))
-    return {"threshold": round(t, 6), "window": window, "false_match_rate_target": FALSE_MATCH_RATE,
+    return {"threshold": threshold_for(s["new_clean"], rate), "window": window,
+            "false_match_rate_target": FALSE_MATCH_RATE,
             "calibration_quantile": 1 - rate,
             "calibrated_on": {"task": task, "split": "train", "patterns": patterns, "episodes": episodes,
                               "distortion": distortion, "seed": seed}}
+
+
+def threshold_for(new: Tensor, rate: float) -> float:
+    """The lowest threshold on a 1e-6 grid at which at most `rate` of the never-stored scores `new` match
+    (score >= threshold): just above the (k+1)-th largest score, k = floor(rate n). Where scores tie there
+    (scores clamped to 0 tie for most never-stored queries of a good memory), it lies above the tie, not on
+    it: a threshold of 0 would call every query a match."""
+    v = new.double().flatten().sort(descending=True).values
+    k = min(int(math.floor(rate * v.numel())), v.numel() - 1)
+    return round(math.floor(float(v[k]) * 1e6) / 1e6 + 1e-6, 6)
 
 
 def _false_matches(s: dict[str, Tensor], threshold: float) -> dict[str, Any]:

@@ -159,10 +159,12 @@ class EnergyNet(nn.Module):
         familiarity.py: memory_familiarity); None: compare q and x themselves."""
         return None
 
-    def familiarity_score(self, p: Params, q: Tensor, known: Tensor | None = None) -> Tensor | None:
+    def familiarity_score(self, p: Params, q: Tensor, known: Tensor | None = None,
+                          recall: Tensor | None = None) -> Tensor | None:
         """(B,) in [0, 1]: whether the queries q were stored, from the written memory directly, for families
         that can say so better than by comparing a query with its recall; known: the pixels a masked read
-        keeps (only they count); None: compare (familiarity_views, or the known pixels of query and recall)."""
+        keeps (only they count); recall: what the read restored from q, for families whose score uses it;
+        None: compare (familiarity_views, or the known pixels of query and recall)."""
         return None
 
     def candidate_starts(self, p: Params, q: Tensor, n: int) -> Tensor | None:

@@ -382,6 +382,11 @@ class SubspaceSpanEnergy(EnergyNet):
     (results/explore/characters-span8k.json, results/eval/characters32-span8k-loads.json).
     """
 
+    # familiarity with the bit fit: the score less this many times `bit_fit_residual` of the recall; chosen
+    # on the training split (scripts/tune_span_familiarity.py: occluded ROC AUC of characters32-span4k 0.912
+    # with 0, 0.968 with 60, the best of 0-300; the larger spans gain too and stay at 1.0 clean)
+    familiarity_residual_weight = 60.0
+
     def __init__(self, input_shape: tuple[int, ...], rank: int = 126, window: int = 16, fits: int = 2,
                  scale: float = 1.0, bit_fit_steps: int = 0, bit_fit_well: float = 0.5):
         super().__init__()
@@ -494,18 +499,19 @@ class SubspaceSpanEnergy(EnergyNet):
         |P_perp U (s - centre)| = |out^T U (s - centre)|: r - N numbers per image."""
         u = self.basis
         a = u.T[win] @ out                                                         # (B, P, r - N)
+        at = a.transpose(1, 2).contiguous()                                        # (B, r - N, P)
         blank = qt.scatter(1, win, -self.centre[win])                             # window pixels s_w = 0
-        base = (blank @ u.T) @ out                                                 # (B, r - N)
-        z = rec.gather(1, win).clamp(-1, 1)                                        # signed window pixels (B, P)
+        base = ((blank @ u.T) @ out).unsqueeze(1)                                  # (B, 1, r - N)
+        z = rec.gather(1, win).clamp(-1, 1).unsqueeze(1)                           # signed window pixels (B, 1, P)
         prev = z
         steps, well = self.bit_fit_steps, self.bit_fit_well
         for k in range(steps):
-            y = z + (k / (k + 3)) * (z - prev)                                     # the accelerated look-ahead
-            res = base + torch.bmm(y.unsqueeze(1), a).squeeze(1)                   # (B, r - N): out^T U (s - c)
-            g = torch.bmm(res.unsqueeze(1), a.transpose(1, 2)).squeeze(1)          # (B, P): half the gradient
-            # step 1/L on |res|^2 (L = 2 |P_perp U_w|^2 <= 2), then the well: the corners of the box
-            prev, z = z, (y - g + (well * k / steps) * y).clamp(-1, 1)
-        return rec.scatter(1, win, z)
+            y = torch.add(z, z - prev, alpha=k / (k + 3))                          # the accelerated look-ahead
+            res = torch.baddbmm(base, y, a)                                        # out^T U (s - c): (B, 1, r - N)
+            # a step 1/L on |res|^2 (L = 2 |P_perp U_w|^2 <= 2; its half gradient res a^T), then the well
+            # pulling to the box's corners: (1 + w k / steps) y - res a^T in one product, clamped to the box
+            prev, z = z, torch.baddbmm(y, res, at, beta=1 + well * k / steps, alpha=-1).clamp_(-1, 1)
+        return rec.scatter(1, win, z.squeeze(1))
 
     def energy(self, p: Params, x: Tensor, span: tuple[Tensor, ...] | None = None,
                recalled: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -577,7 +583,8 @@ class SubspaceSpanEnergy(EnergyNet):
         m = f.T @ f
         return {"memory_triu": m[self.iu[0], self.iu[1]]}
 
-    def familiarity_score(self, p: Params, q: Tensor, known: Tensor | None = None) -> Tensor | None:
+    def familiarity_score(self, p: Params, q: Tensor, known: Tensor | None = None,
+                          recall: Tensor | None = None) -> Tensor | None:
         """1 - min(D_win, D_all) / R_win, clamped to [0, 1]. R_* is the squared residual of the query's pixels
         fitted (least squares) by the whole PCA subspace, D_* how much worse the span of M alone fits them:
         `all` over every pixel, `win` leaving out the window of largest PCA residual (an occluded square, or
@@ -588,16 +595,34 @@ class SubspaceSpanEnergy(EnergyNet):
         the query in pixels does not (AUC 0.78 clean, 0.81 occluded on photos32-span8k). With `known` (a masked
         read), both fits use the known pixels only, and D over them is the score."""
         s = _signed(q).flatten(1)
-        u, c = self.basis, self.centre
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
-        qt = s - c
+        qt = s - self.centre
         if known is not None:
             return self._known_pixels_score(p, qt, known.to(s.dtype).flatten(1))
+        score = self._subspace_fit_score(p, qt, eye)
+        if recall is not None and self.bit_fit_steps and self.familiarity_residual_weight:
+            score = score - self.familiarity_residual_weight * self.bit_fit_residual(p, recall)
+        return score.clamp(0, 1)
+
+    def bit_fit_residual(self, p: Params, recall: Tensor) -> Tensor:
+        """(B,) how far the recall, as bits, is from solving the span's equations: |P_perp U (s - centre)|^2
+        relative to |U (s - centre)|^2, s the recall thresholded at 0.5. A stored pattern's bits solve them
+        (0); a never-stored query's recall, forced into bits, mostly cannot. 0 without the bit fit."""
+        s = torch.where(recall.flatten(1) > 0.5, 1.0, -1.0).to(self.centre.dtype)
+        outside = self.span(p)[4]
+        if outside is None or outside.shape[1] == 0:
+            return torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
+        f = (s - self.centre) @ self.basis.T
+        return ((f @ outside).pow(2).sum(-1) / f.pow(2).sum(-1).clamp_min(1e-12))
+
+    def _subspace_fit_score(self, p: Params, qt: Tensor, eye: Tensor) -> Tensor:
+        """familiarity_score's fit comparison (before clamping) for centred signed queries qt (B, D)."""
+        u = self.basis
         f = qt @ u.T                                                              # (B, r): all pixels
         pos = self._window_position(qt - f @ u)
         win = self._window_pixels(pos)
-        v = self._span_basis(p, s.dtype)                                          # (r, n) the span's basis
-        keep = torch.ones_like(s).scatter(1, win, 0.0)
+        v = self._span_basis(p, qt.dtype)                                         # (r, n) the span's basis
+        keep = torch.ones_like(qt).scatter(1, win, 0.0)
         a = eye - self.window_grams()[pos]                                        # U K U^T, window left out
         rhs = ((qt * keep) @ u.T)                                                 # U K (s - centre)
         f_pca = spd_solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
@@ -608,7 +633,7 @@ class SubspaceSpanEnergy(EnergyNet):
         r_win = sq(qt - f_pca @ u, keep)
         d_win = sq(qt - f_span @ u, keep) - r_win
         d_all = sq(qt - ((f @ v) @ v.T) @ u) - sq(qt - f @ u)                     # the span's projection
-        return (1 - torch.minimum(d_win, d_all) / r_win.clamp_min(1e-12)).clamp(0, 1)
+        return 1 - torch.minimum(d_win, d_all) / r_win.clamp_min(1e-12)
 
     @staticmethod
     def _span_split(m: Tensor) -> tuple[Tensor, Tensor]:

@@ -52,6 +52,17 @@ def test_calibration_leaves_the_chosen_share_of_never_stored_training_queries_ab
     assert float((s["stored_clean"] >= cal["threshold"]).double().mean()) > above
 
 
+def test_the_threshold_lets_at_most_the_chosen_share_match_even_when_scores_tie_at_zero():
+    from model.familiarity import threshold_for
+    new = torch.cat([torch.zeros(995), torch.linspace(0.2, 0.9, 5)])      # most never-stored queries score 0
+    t = threshold_for(new, 0.005)
+    assert 0.0 < t <= 0.2 + 1e-6 and float((new >= t).double().mean()) <= 0.005
+    assert threshold_for(torch.zeros(1000), 0.005) > 0.0                  # nothing never-stored may match
+    spread = torch.linspace(0, 1, 1001)
+    t = threshold_for(spread, 0.01)
+    assert float((spread >= t).double().mean()) <= 0.01 and float((spread >= t - 2e-3).double().mean()) > 0.01
+
+
 def test_slot_memories_compare_the_query_projection_with_the_nearest_slot():
     """Slot memories: stored patterns score higher than never-stored ones through their two views."""
     from model.config import LoopConfig, ModelConfig

@@ -234,3 +234,29 @@ def test_the_bit_fit_is_skipped_when_the_span_leaves_no_equation():
     """With as many stored patterns as the rank, the span is the whole subspace: no equation is left and the
     read is the least-squares recall, with or without the bit fit."""
     torch.testing.assert_close(_bit_read(rank=10, steps=500, n=14)[1], _bit_read(rank=10, steps=0, n=14)[1])
+
+
+def test_the_bit_fit_residual_is_near_zero_for_stored_bits_and_lowers_the_familiarity_of_new_queries(monkeypatch):
+    """A stored image's bits solve the span's equations; a never-stored query's recall, forced into bits,
+    mostly cannot: the familiarity score with a recall subtracts that residual (weighted)."""
+    from model.energy.subspace import SubspaceSpanEnergy
+    from model.familiarity import query_familiarity
+    m = _bit_model(rank=60, steps=500)
+    m.energy.data_init(_bit_images(2048, 1))
+    p = m.params(detach=True)
+    x, new = _bit_images(12, 9), _bit_images(12, 21)
+    w = write(m, p, x).weights
+    ep = m._energy_params({**p, **w})
+    recalls = {k: read(m, p, w, _occlude(v, 3).round()).iterates[-1] for k, v in (("stored", x), ("new", new))}
+    rho = {k: m.energy.bit_fit_residual(ep, r) for k, r in recalls.items()}
+    assert float(rho["stored"].median()) < 1e-4 < float(rho["new"].median()), rho
+    queries = {"stored": _occlude(x, 3).round(), "new": _occlude(new, 3).round()}
+
+    def fam() -> dict[str, torch.Tensor]:
+        return {k: query_familiarity(m, p, w, queries[k], recalls[k], window=6) for k in queries}
+    plain = fam()
+    monkeypatch.setattr(SubspaceSpanEnergy, "familiarity_residual_weight", 60.0)
+    weighted = fam()
+    assert bool((weighted["new"] <= plain["new"]).all())
+    torch.testing.assert_close(weighted["stored"], plain["stored"], atol=60 * 1e-4, rtol=0)
+    torch.testing.assert_close(query_familiarity(m, p, w, x, x, window=6), torch.ones(12), atol=1e-3, rtol=0)
