@@ -156,7 +156,7 @@ def _familiarity(args: argparse.Namespace) -> int:
     ev = evaluate_familiarity(ck.model, task, spec, cal["threshold"], cal["window"], args.patterns, args.episodes)
     out = {"checkpoint": ck.name, "checkpoint_sha256": ck.sha256, "calibration": cal, "held_out": ev,
            "command": "ebmm " + " ".join(sys.argv[1:])}
-    print(f"{ck.name}: threshold {cal['threshold']:.4f} (window {cal['window']}); held out: ROC AUC clean "
+    print(f"{ck.name}: threshold {cal['threshold']:.6g} (window {cal['window']}); held out: ROC AUC clean "
           f"{ev['roc_auc_clean']:.4f}, {spec} {ev['roc_auc_distorted']:.4f}; never-stored clean called a match "
           f"{ev['match_rate']['new_clean']:.2%}, stored clean {ev['match_rate']['stored_clean']:.2%}, "
           f"stored {spec} {ev['match_rate']['stored_distorted']:.2%}")
