@@ -152,9 +152,12 @@ def threshold_for(new: Tensor, rate: float) -> float:
     (score >= threshold): just above the (k+1)-th largest score, k = floor(rate n). Where scores tie there
     (scores clamped to 0 tie for most never-stored queries of a good memory), it lies above the tie, not on
     it: a threshold of 0 would call every query a match."""
-    v = new.double().flatten().sort(descending=True).values
+    v = new.double().flatten()
+    v = v[~v.isnan()].sort(descending=True).values
+    if v.numel() == 0:
+        raise ValueError("no never-stored scores to calibrate on")
     k = min(int(math.floor(rate * v.numel())), v.numel() - 1)
-    return round(math.floor(float(v[k]) * 1e6) / 1e6 + 1e-6, 6)
+    return min(round(math.floor(float(v[k]) * 1e6) / 1e6 + 1e-6, 6), 1.0)
 
 
 def _false_matches(s: dict[str, Tensor], threshold: float) -> dict[str, Any]:

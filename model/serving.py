@@ -72,6 +72,13 @@ class Memory:
         return None if f.get("threshold") is None else float(f["threshold"])
 
     @property
+    def candidate_threshold(self) -> float | None:
+        """The threshold for top-k candidates' and samples' `match`: the card's where they are scored like the
+        queries; None where the queries have the energy's own score (span memories), whose calibrated
+        threshold says nothing about a candidate's agreement with its query."""
+        return None if self.ckpt.model.energy.scores_familiarity_itself else self.familiarity_threshold
+
+    @property
     def familiarity_window(self) -> int:
         f = self.ckpt.card.get("familiarity") or {}
         if "window" in f:

@@ -105,6 +105,9 @@ def main() -> int:
                           out=str(Path.home() / ".cache/ebmm/ablation" / arm / "ckpt"),
                           state_dir=str(Path.home() / ".cache/ebmm/ablation" / arm / "state"),
                           segment_seconds=args.seconds)
+        log = Path(cfg.state_dir) / "metrics.jsonl"
+        if log.exists() and json.loads(log.read_text().splitlines()[-1])["seconds"] >= args.seconds:
+            cfg = dataclasses.replace(cfg, steps=json.loads(log.read_text().splitlines()[-1])["step"])  # trained
         model = train(cfg, command=command, progress=False).eval()
         rows = [json.loads(r) for r in (Path(cfg.state_dir) / "metrics.jsonl").read_text().splitlines()]
         (out / f"{arm}.csv").write_text("step,seconds,n,loss,final_error,query_error\n" + "".join(

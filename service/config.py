@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     store_timeout_seconds: float = Field(1.0, gt=0, le=30)   # per Redis socket operation
     checkpoint_dir: Path = REPO_ROOT / "checkpoints"
     device: str = "auto"                           # auto = cuda if available, else cpu
-    default_model: str = "characters32-span16k"    # falls back to the first loaded model when absent
+    # the slot memory: the span memories err less on random-bit blocks but fail on blocks of one colour
+    # (results/explore/characters32{,-span16k}-fill-blocks.json); falls back to the first loaded model
+    default_model: str = "characters32"
     api_keys: Annotated[list[str], NoDecode] = []  # comma-separated; empty = no authentication
     session_ttl_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
     max_patterns: int = Field(256, ge=1, le=4096)  # per write, and queries per retrieve

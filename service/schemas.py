@@ -141,8 +141,10 @@ class Candidate(BaseModel):
                                      examples=[PNG_1x1])
     familiarity: float = Field(description="How well it agrees with the query (as `Retrieved.familiarity`)",
                                examples=[0.97])
-    match: bool | None = Field(description="familiarity >= the threshold in use; null without one",
-                               examples=[True])
+    match: bool | None = Field(description="familiarity >= the threshold in use; null without one, and for "
+                               "models whose queries get their own familiarity score (the span memories), "
+                               "whose calibrated threshold is not on this scale, unless the request gives "
+                               "match_threshold", examples=[True])
     energy: float = Field(description="Energy of the candidate under the session's memory", examples=[-7.1])
 
 

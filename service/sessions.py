@@ -217,9 +217,10 @@ def _encode(x: np.ndarray, output: str) -> str | list[Any]:
 
 
 def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
-             fam: torch.Tensor, threshold: float | None, cands: Any = None, drawn: Any = None) -> list[Retrieved]:
+             fam: torch.Tensor, threshold: float | None, cands: Any = None, drawn: Any = None,
+             alt_threshold: float | None = None) -> list[Retrieved]:
     with gc_paused():
-        return _build_results(iterates, energies, output, trajectory, fam, threshold, cands, drawn)
+        return _build_results(iterates, energies, output, trajectory, fam, threshold, cands, drawn, alt_threshold)
 
 
 @dataclass
@@ -244,7 +245,8 @@ class NpyAnswer:
 
 
 def _build_results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
-                   fam: torch.Tensor, threshold: float | None, cands: Any, drawn: Any) -> list[Retrieved]:
+                   fam: torch.Tensor, threshold: float | None, cands: Any, drawn: Any,
+                   alt_threshold: float | None) -> list[Retrieved]:
     it, en = iterates.numpy(), energies.numpy()                   # (K+1, B, *S), (K+1, B)
     return [Retrieved(index=b, pattern=_encode(it[-1, b], output), energy=float(en[-1, b]),
                       energies=[float(e) for e in en[:, b]],
@@ -253,9 +255,9 @@ def _build_results(iterates: torch.Tensor, energies: torch.Tensor, output: str, 
                       match=None if threshold is None else bool(fam[b] >= threshold),
                       candidates=None if cands is None else _alternatives(
                           cands.patterns[b], cands.familiarity[b], cands.energies[b], int(cands.count[b]), output,
-                          threshold),
+                          alt_threshold),
                       samples=None if drawn is None else _alternatives(
-                          drawn[0][b], drawn[1][b], drawn[2][b], drawn[0].shape[1], output, threshold))
+                          drawn[0][b], drawn[1][b], drawn[2][b], drawn[0].shape[1], output, alt_threshold))
             for b in range(it.shape[1])]
 
 
@@ -325,8 +327,9 @@ async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveI
     with t.stage("encode"):
         values = (res.iterates.numel() if o.trajectory else res.iterates[-1].numel()) + (
             0 if cands is None else cands.patterns.numel()) + (0 if drawn is None else drawn[0].numel())
+        alt = o.match_threshold if o.match_threshold is not None else m.memory.candidate_threshold
         results = await codec(state, values, _results, res.iterates, res.energies, output, o.trajectory, fam,
-                               threshold, cands, drawn)
+                               threshold, cands, drawn, alt)
     return RetrieveResponse(session_id=meta.id, model=m.name, steps=steps, output=output,  # type: ignore[arg-type]
                             masked=mask is not None, conversions=notes, results=results, match_threshold=threshold,
                             warnings=input_warnings(x, notes, m, inp.queries.field))

@@ -144,6 +144,12 @@ class EnergyNet(nn.Module):
         raise NotImplementedError
 
     @property
+    def scores_familiarity_itself(self) -> bool:
+        """Whether the family has its own `familiarity_score` (then a calibrated threshold is on that score's
+        scale, not on the query-recall agreement that ranks top-k candidates and samples)."""
+        return type(self).familiarity_score is not EnergyNet.familiarity_score
+
+    @property
     def write_energy_is_energy(self) -> bool:
         """Whether `write_energy` is E itself (so that a write may run on `static_features`)."""
         return type(self).write_energy is EnergyNet.write_energy

@@ -597,9 +597,8 @@ class SubspaceSpanEnergy(EnergyNet):
         s = _signed(q).flatten(1)
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
         qt = s - self.centre
-        if known is not None:
-            return self._known_pixels_score(p, qt, known.to(s.dtype).flatten(1))
-        score = self._subspace_fit_score(p, qt, eye)
+        score = (self._known_pixels_score(p, qt, known.to(s.dtype).flatten(1)) if known is not None
+                 else self._subspace_fit_score(p, qt, eye))
         if recall is not None and self.bit_fit_steps and self.familiarity_residual_weight:
             score = score - self.familiarity_residual_weight * self.bit_fit_residual(p, recall)
         return score.clamp(0, 1)

@@ -51,7 +51,7 @@ def test_a_run_cut_into_wall_clock_segments_resumes_exactly(tmp_path):
                                 segment_seconds=1e-9), progress=False)
         card = json.loads((tmp_path / "b" / "card.json").read_text())
         assert card["training"]["steps"] == done
-    for (n, a), (_, b) in zip(straight.named_parameters(), seg.named_parameters(), strict=False):
+    for (n, a), (_, b) in zip(straight.named_parameters(), seg.named_parameters(), strict=True):
         assert torch.equal(a, b), f"{n} differs after three segments"
     assert len((tmp_path / "sb" / "metrics.jsonl").read_text().splitlines()) == 3
 

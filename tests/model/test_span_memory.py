@@ -244,7 +244,7 @@ def test_the_bit_fit_residual_is_near_zero_for_stored_bits_and_lowers_the_famili
     m = _bit_model(rank=60, steps=500)
     m.energy.data_init(_bit_images(2048, 1))
     p = m.params(detach=True)
-    x, new = _bit_images(12, 9), _bit_images(12, 21)
+    x, new = _bit_images(45, 9), _bit_images(12, 21)      # a load at which new queries' plain scores are > 0
     w = write(m, p, x).weights
     ep = m._energy_params({**p, **w})
     recalls = {k: read(m, p, w, _occlude(v, 3).round()).iterates[-1] for k, v in (("stored", x), ("new", new))}
@@ -254,9 +254,19 @@ def test_the_bit_fit_residual_is_near_zero_for_stored_bits_and_lowers_the_famili
 
     def fam() -> dict[str, torch.Tensor]:
         return {k: query_familiarity(m, p, w, queries[k], recalls[k], window=6) for k in queries}
+    monkeypatch.setattr(SubspaceSpanEnergy, "familiarity_residual_weight", 0.0)
     plain = fam()
     monkeypatch.setattr(SubspaceSpanEnergy, "familiarity_residual_weight", 60.0)
     weighted = fam()
-    assert bool((weighted["new"] <= plain["new"]).all())
-    torch.testing.assert_close(weighted["stored"], plain["stored"], atol=60 * 1e-4, rtol=0)
-    torch.testing.assert_close(query_familiarity(m, p, w, x, x, window=6), torch.ones(12), atol=1e-3, rtol=0)
+    lower = weighted["new"] < plain["new"] - 1e-3
+    assert bool((weighted["new"] <= plain["new"]).all()) and int(lower.sum()) >= 4, (plain, weighted)
+    # a stored query recalled right keeps its score (residual ~0); one whose recall failed may lose some
+    assert float(((weighted["stored"] - plain["stored"]).abs() <= 60 * 1e-4).float().mean()) >= 0.9
+    # a masked read is scored the same way: its recall's residual counts too
+    known = torch.ones_like(new)
+    known[:, :, 3:9, 7:13] = 0
+    masked = query_familiarity(m, p, w, queries["new"], recalls["new"], window=6, known=known)
+    monkeypatch.setattr(SubspaceSpanEnergy, "familiarity_residual_weight", 0.0)
+    masked_plain = query_familiarity(m, p, w, queries["new"], recalls["new"], window=6, known=known)
+    assert bool((masked <= masked_plain).all()) and float(masked.mean()) < float(masked_plain.mean())
+    torch.testing.assert_close(query_familiarity(m, p, w, x, x, window=6), torch.ones(45), atol=1e-3, rtol=0)

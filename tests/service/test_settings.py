@@ -18,7 +18,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_are_the_embedded_run() -> None:
     s = Settings()
     assert s.store_url == "memory://" and s.api_keys == [] and not s.auth_enabled
-    assert s.checkpoint_dir.name == "checkpoints" and s.default_model == "characters32-span16k"
+    assert s.checkpoint_dir.name == "checkpoints" and s.default_model == "characters32"
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
