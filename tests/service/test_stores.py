@@ -178,10 +178,14 @@ async def test_a_write_the_replicas_do_not_confirm_is_not_acknowledged(redis_url
         client = redis.Redis(port=replica.port)
         client.replicaof("127.0.0.1", primary.port)
         deadline = time.monotonic() + 10
-        while client.info("replication").get("master_link_status") != "up":
+        primary_client = redis.Redis(port=primary.port)
+        # synced on both sides: the replica's link is up and the primary counts it online (it acknowledges)
+        while (client.info("replication").get("master_link_status") != "up"
+               or "online" not in str(primary_client.info("replication").get("slave0", ""))):
             assert time.monotonic() < deadline, "replica did not sync"
             time.sleep(0.05)
         client.close()
+        primary_client.close()
         await s.put(meta("repl" + "r" * 18), b"w", 60)
         assert (await s.get("repl" + "r" * 18))[1] == b"w"
         from dataclasses import replace
