@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,7 @@ def _grad_x(model: EBMM, p: Params, x: Tensor, assign: Tensor | None = None) -> 
 
 
 def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool,
-                  assign: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                  assign: Tensor | None = None, feats: Any = None) -> tuple[Tensor, Tensor | None]:
     """E and ||grad_x E||^2 (or None), reduced over the patterns (E: the network's `write_energy`). The
     third term of the writing loss, beta ||theta - theta_bar||^2, has the gradient 2 beta (theta -
     theta_bar): `write` applies it directly.
@@ -133,6 +134,8 @@ def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool,
     if use_grad_norm:
         e, g = _grad_x(model, p, x, assign)
         gn = reduce(g.pow(2).flatten(1).sum(1))
+    elif feats is not None:               # x's static features, computed once per write (see `write`)
+        e, gn = model.energy.energy_from_features(model._energy_params(p), feats), None
     else:
         e, gn = model.write_energy_fn(p, x, assign), None
     return reduce(e), gn
@@ -161,11 +164,7 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
                  if not use_gn and assign is None and model.energy.write_energy_is_energy else None)
         for _ in range(steps):
             q = {**p, **w}
-            if feats is not None:
-                reduce = torch.sum if model.cfg.loop.write_reduction == "sum" else torch.mean
-                e, gn = reduce(model.energy.energy_from_features(model._energy_params(q), feats)), None
-            else:
-                e, gn = writing_terms(model, q, x, use_gn, assign)
+            e, gn = writing_terms(model, q, x, use_gn, assign, feats)
             ws = list(w.values())
             ge = torch.autograd.grad(e, ws, create_graph=create_graph, retain_graph=use_gn or create_graph)
             gg = (torch.autograd.grad(gn, ws, create_graph=create_graph) if use_gn

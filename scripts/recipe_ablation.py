@@ -106,8 +106,9 @@ def main() -> int:
                           state_dir=str(Path.home() / ".cache/ebmm/ablation" / arm / "state"),
                           segment_seconds=args.seconds)
         log = Path(cfg.state_dir) / "metrics.jsonl"
-        if log.exists() and json.loads(log.read_text().splitlines()[-1])["seconds"] >= args.seconds:
-            cfg = dataclasses.replace(cfg, steps=json.loads(log.read_text().splitlines()[-1])["step"])  # trained
+        last = json.loads(log.read_text().splitlines()[-1]) if log.exists() else None
+        if last is not None and last["seconds"] >= args.seconds:      # trained its budget: evaluate only
+            cfg = dataclasses.replace(cfg, steps=last["step"])
         model = train(cfg, command=command, progress=False).eval()
         rows = [json.loads(r) for r in (Path(cfg.state_dir) / "metrics.jsonl").read_text().splitlines()]
         (out / f"{arm}.csv").write_text("step,seconds,n,loss,final_error,query_error\n" + "".join(
