@@ -27,7 +27,9 @@ FOOTNOTE = ("req/s, p50 and p99 count answered requests; `refused`: the others (
             "which these clients resend at once, ignoring Retry-After). "
             "Outside-model share = 1 - model time (Server-Timing `model`) / client latency; with more "
             "clients than pool threads it includes waiting for a thread. `healthz` rows (--floor): GET /healthz, "
-            "which does no work: the HTTP stack's own ceiling with these clients on this machine.")
+            "which does no work: the HTTP stack's own ceiling with these clients on this machine. Reads per batched "
+            "call: the reads each model call of the run served (`ebmm_read_batch_requests` in /metrics; n/a without "
+            "batching).")
 
 
 def _png(x: np.ndarray) -> bytes:
@@ -168,6 +170,26 @@ def _summary(lat: list[float], timings: list[dict[str, float]], statuses: dict[i
                                    for k in stages}}
 
 
+async def _batch_counts(c: httpx.AsyncClient, model: str) -> tuple[float, float] | None:
+    """(reads, batched calls) so far for model from /metrics (ebmm_read_batch_requests); None without."""
+    r = await c.get("/metrics")
+    if r.status_code != 200:
+        return None
+    got = {}
+    for line in r.text.splitlines():
+        for part in ("sum", "count"):
+            head = f'ebmm_read_batch_requests_{part}{{model="{model}"}} '
+            if line.startswith(head):
+                got[part] = float(line[len(head):])
+    return (got.get("sum", 0.0), got.get("count", 0.0))
+
+
+def _reads_per_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     limits = httpx.Limits(max_connections=64)
@@ -187,12 +209,16 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                     return asyncio.to_thread(_drive_raw, args.url, args.api_key, path, kw, args.requests, conc,
                                              created)
                 w = None if args.skip_write else await raw("/v1/sessions", write)
+                before = await _batch_counts(c, name)
                 r = await raw(targets, read)
+                r["reads_per_batched_call"] = _reads_per_batch(before, await _batch_counts(c, name))
                 h = await raw("/healthz", None) if args.floor else None
             else:
                 w = (await _drive(c, "/v1/sessions", write, args.requests, conc, created) if not args.skip_write
                      else None)
+                before = await _batch_counts(c, name)
                 r = await _drive(c, targets, read, args.requests, conc, created)
+                r["reads_per_batched_call"] = _reads_per_batch(before, await _batch_counts(c, name))
                 h = await _drive(c, "/healthz", None, args.requests, conc, created) if args.floor else None
             runs.append({"concurrency": conc, "write": w, "retrieve": r, "healthz": h})
         for s in created:                                         # leave nothing behind
@@ -210,8 +236,9 @@ def _markdown(res: dict[str, Any]) -> str:
              f"retrieves over {res.get('sessions', 1)} session(s). {res['note']}")
     lines = [f"# Service benchmark ({res['date']})", "", f"Command: `{res['command']}`", "", setup, "",
              f"Machine: {res['machine']}", "",
-             "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) | refused |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) | refused "
+             "| reads per batched call |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in res["runs"]:
         for op in ("write", "retrieve", "healthz"):
             s = run.get(op)
@@ -221,7 +248,7 @@ def _markdown(res: dict[str, Any]) -> str:
             refused = sum(v for k, v in s["statuses"].items() if not 200 <= int(k) < 300)
             lines.append(f"| {op} | {run['concurrency']} | {s['requests_per_s']} | {s['p50_ms']} | "
                          f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | {share:.1f}% | "
-                         f"{refused} of {s['requests']} |")
+                         f"{refused} of {s['requests']} | {s.get('reads_per_batched_call') or 'n/a'} |")
     lines += ["", FOOTNOTE, ""]
     return "\n".join(lines)
 
@@ -240,6 +267,13 @@ def _command() -> str:
     return "ebmm " + shlex.join(out or ["bench-service"])
 
 
+def _machine() -> str:
+    """The CPU the numbers came from (hosts differ from run to run: compare only rows of one file)."""
+    from model.bench import cpu_info
+    c = cpu_info()
+    return f"{c['cpu']}, {c['cores']} cores, {c['ghz']} GHz, {platform.machine()}, Python {platform.python_version()}"
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if getattr(args, "client", "httpx") == "raw" and args.payload != "npy":
         print("ebmm bench-service: --client raw sends .npy bodies only; add --payload npy", file=sys.stderr)
@@ -247,7 +281,7 @@ def run_bench(args: argparse.Namespace) -> int:
     res = asyncio.run(_bench(args))
     res = {"command": _command(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "note": args.note,
-           "machine": f"{platform.machine()}, {platform.python_version()}", **res}
+           "machine": _machine(), **res}
     for path, text in ((args.out, json.dumps(res, indent=2) + "\n"), (args.md, _markdown(res))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)

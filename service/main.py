@@ -5,6 +5,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -50,12 +51,14 @@ def _lifespan(settings: Settings, metrics: Metrics):
             log.error("ebmm service cannot start: %s", e)
             raise
         store = open_store(settings)
-        runner = ModelRunner(settings.pool_size, settings.pool_queue, settings.torch_threads)
+        runner = ModelRunner(settings.pool_size, settings.pool_queue, settings.torch_threads,
+                             lanes={"batch": settings.batch_concurrency} if settings.batch_reads else None)
         app.state.ebmm = AppState(settings, loaded, pick_default(loaded, settings.default_model), store,
                                   runner, metrics)
         if settings.batch_reads:
             app.state.ebmm.batcher = ReadBatcher(
-                runner.run, settings.pool_size, settings.batch_window_ms / 1000, settings.batch_max_queries,
+                partial(runner.run, lane="batch"), settings.batch_concurrency, settings.batch_window_ms / 1000,
+                settings.batch_max_queries,
                 on_batch=lambda model, n: metrics.read_batch.labels(model).observe(n))
         log.info("serving %s on %s with store %s (api keys %s)", ", ".join(loaded), device,
                  store.label, "on" if settings.auth_enabled else "off")

@@ -15,6 +15,14 @@ def _dot_slots(f: Tensor, k: Tensor) -> Tensor:
     return f @ k.T if k.dim() == 2 else torch.bmm(k, f.unsqueeze(-1)).squeeze(-1)
 
 
+# Reads of at most this many queries multiply by the basis's transpose as a view of the basis itself, not
+# as a second contiguous copy: one query's products are streams of the basis from memory, and two copies
+# (2 MB for characters32) do not stay in one core's cache. On one Intel Xeon host a one-query read of
+# characters32 took 0.96 ms this way against 1.42 with the copy, photos32 3.32 against 3.56; from 4 queries
+# on, the copy was as fast or faster (scripts/check_basis_view.py, results/explore/slot-basis-view.json).
+_VIEW_ROWS = 2
+
+
 def _mix_slots(a: Tensor, k: Tensor) -> Tensor:
     """sum_i a_i k_i for (B, S) weights and slots (S, r), or (B, S, r) -> (B, r)."""
     return a @ k if k.dim() == 2 else torch.bmm(a.unsqueeze(1), k).squeeze(1)
@@ -207,7 +215,10 @@ class SubspaceSlotEnergy(EnergyNet):
                 disp = (k - p["anchor"]).pow(2).sum(-1)
                 logit_bias = logit_bias - beta * F.softplus(p["pen_raw"] * _GAIN) * self.unit * disp / (disp + self.tau)
             lam, well = float(F.softplus(p["comp_raw"] * _GAIN)), float(p["well"] * _GAIN)
-            ut = memo_on(self, "_basis_t_memo", u, lambda: u.T.contiguous())    # once per basis, not per read
+            if x.shape[0] <= _VIEW_ROWS:    # one copy of the basis streamed, for both products
+                ut = u.T
+            else:                           # a contiguous transpose, once per basis, not per read
+                ut = memo_on(self, "_basis_t_memo", u, lambda: u.T.contiguous())
             cache.update(beta=beta, logit_bias=logit_bias, kt=k.transpose(-2, -1).contiguous(), ut=ut,
                          lam=lam, well=well, quart=float(F.softplus(p["quart_raw"] * _GAIN)),
                          scale2=float(2 * p["log_scale"].exp()), shift=-(1 + self.centre), wc=well * self.centre,

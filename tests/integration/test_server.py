@@ -189,6 +189,8 @@ def test_bench_service_drives_a_real_server_and_leaves_nothing_behind(server: An
         assert run["write"]["statuses"] == {"201": 6}, run["write"]
         assert run["retrieve"]["statuses"] == {"200": 6} and run["healthz"]["statuses"] == {"200": 6}, run
         assert run["retrieve"]["median_ms_by_stage"]["model"] > 0
+    # one client's reads are each a batch of one, read off the server's /metrics
+    assert res["runs"][0]["retrieve"]["reads_per_batched_call"] == 1.0, res["runs"][0]["retrieve"]
     assert "| retrieve | 2 |" in (tmp_path / "b.md").read_text()
     assert keys() == before
     r.close()

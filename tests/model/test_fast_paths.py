@@ -39,8 +39,9 @@ FAMILIES = {
 }
 
 
+@pytest.mark.parametrize("rows", [1, 7])      # one query multiplies by a view of the basis, more by a copy
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_closed_form_gradient_equals_autograd(family: str) -> None:
+def test_closed_form_gradient_equals_autograd(family: str, rows: int) -> None:
     torch.manual_seed(0)
     net = FAMILIES[family]().double()
     if hasattr(net, "data_init"):
@@ -56,7 +57,7 @@ def test_closed_form_gradient_equals_autograd(family: str) -> None:
         p["quart_raw"] = torch.tensor(0.5 / 30, dtype=torch.float64)
     if family == "span":                # a written memory: M the correlation of a few codes
         p["memory_triu"] = net.exact_memory(p, torch.rand(5, *net.input_shape, dtype=torch.float64))["memory_triu"]
-    x = torch.rand(7, *net.input_shape, dtype=torch.float64)
+    x = torch.rand(rows, *net.input_shape, dtype=torch.float64)
     fast = net.energy_grad(p, x, {})
     slow = autograd_grad(net, p, x)
     assert fast.shape == x.shape
@@ -96,6 +97,9 @@ def test_fast_read_equals_the_autograd_read_on_shipped_checkpoints(name: str, dt
     mask[..., :4] = False
     fm, sm = read(model, p, w, queries, mask, fast=True), read(model, p, w, queries, mask, fast=False)
     assert torch.allclose(fm.iterates, sm.iterates, atol=tol)
+    one_fast, one_slow = read(model, p, w, queries[:1], fast=True), read(model, p, w, queries[:1], fast=False)
+    assert torch.allclose(one_fast.iterates, one_slow.iterates, atol=tol)     # a one-query read's own path
+    assert torch.allclose(one_fast.iterates[-1], fast.iterates[-1, :1], atol=tol)
     last = read(model, p, w, queries, energies="last")
     assert last.energies.shape == (1, 16)
     assert torch.allclose(last.energies[0], fast.energies[-1], rtol=tol, atol=tol)

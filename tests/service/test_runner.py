@@ -46,3 +46,24 @@ async def test_errors_inside_work_propagate_and_free_the_slot() -> None:
         assert (await r.run(lambda: 7))[0] == 7
     finally:
         r.shutdown()
+
+
+async def test_a_lane_runs_on_its_own_thread_and_shares_the_bound() -> None:
+    """Batched reads run on the "batch" lane's one thread, every call on the same one; a call waiting there
+    takes a slot of the same bound, so a full service refuses a pool call too."""
+    r = ModelRunner(pool_size=1, queue=0, torch_threads=1, lanes={"batch": 1})
+    gate = threading.Event()
+    try:
+        names = {(await r.run(lambda: threading.current_thread().name, lane="batch"))[0] for _ in range(3)}
+        assert len(names) == 1 and next(iter(names)).startswith("ebmm-batch")
+        assert not (await r.run(lambda: threading.current_thread().name))[0].startswith("ebmm-batch")
+        held = asyncio.ensure_future(r.run(gate.wait, lane="batch"))
+        await asyncio.sleep(0)
+        with pytest.raises(Busy):
+            await r.run(lambda: None)
+        gate.set()
+        await held
+        assert r.in_flight == 0
+    finally:
+        gate.set()
+        r.shutdown()
