@@ -48,7 +48,7 @@ def main(out: str) -> None:
             for _ in range(3):                         # alternate, so that drift hits both alike
                 for mode, limit in (("view", 10**9), ("copy", 0)):
                     subspace._VIEW_ROWS = limit
-                    times[mode].append(median_ms(lambda: read(model, p, w, q, energies="last")))
+                    times[mode].append(median_ms(lambda m=model, p=p, w=w, q=q: read(m, p, w, q, energies="last")))
             subspace._VIEW_ROWS = default
             row = {"checkpoint": name, "queries": b, "view_ms": round(min(times["view"]), 3),
                    "copy_ms": round(min(times["copy"]), 3), "served": "view" if b <= default else "copy"}
