@@ -29,7 +29,8 @@ FOOTNOTE = ("req/s, p50 and p99 count answered requests; `refused`: the others (
             "clients than pool threads it includes waiting for a thread. `healthz` rows (--floor): GET /healthz, "
             "which does no work: the HTTP stack's own ceiling with these clients on this machine. Reads per batched "
             "call: the reads each model call of the run served (`ebmm_read_batch_requests` in /metrics; n/a without "
-            "batching).")
+            "batching). Model CPU: the CPU time of the model call's thread (Server-Timing `model-cpu`); below "
+            "the model time when that thread waited for the GIL or a core.")
 
 
 def _png(x: np.ndarray) -> bytes:
@@ -236,9 +237,9 @@ def _markdown(res: dict[str, Any]) -> str:
              f"retrieves over {res.get('sessions', 1)} session(s). {res['note']}")
     lines = [f"# Service benchmark ({res['date']})", "", f"Command: `{res['command']}`", "", setup, "",
              f"Machine: {res['machine']}", "",
-             "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | outside model (median) | refused "
-             "| reads per batched call |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| op | clients | req/s | p50 ms | p99 ms | model ms (median) | model CPU ms (median) "
+             "| outside model (median) | refused | reads per batched call |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in res["runs"]:
         for op in ("write", "retrieve", "healthz"):
             s = run.get(op)
@@ -247,7 +248,8 @@ def _markdown(res: dict[str, Any]) -> str:
             share = 100 * (s["outside_model_share_median"] or 0)
             refused = sum(v for k, v in s["statuses"].items() if not 200 <= int(k) < 300)
             lines.append(f"| {op} | {run['concurrency']} | {s['requests_per_s']} | {s['p50_ms']} | "
-                         f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | {share:.1f}% | "
+                         f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | "
+                         f"{s['median_ms_by_stage'].get('model-cpu', 'n/a')} | {share:.1f}% | "
                          f"{refused} of {s['requests']} | {s.get('reads_per_batched_call') or 'n/a'} |")
     lines += ["", FOOTNOTE, ""]
     return "\n".join(lines)

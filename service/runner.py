@@ -6,8 +6,8 @@ the caller stops waiting, so abandoned requests still count against the bound.
 
 Lanes: named sets of threads of their own (batched reads run on one, `lanes={"batch": 1}`), each call
 still taking a slot of the same bound. A lane of one thread runs one batch at a time on one core: with two
-batch threads, 16 clients got 322 retrieves/s against 448, the model time of a batch 11.3 ms against
-5.8 (results/bench_service_batching_two_threads.md against results/bench_service_batching_on.md).
+batch threads, 16 clients got 350 retrieves/s against 412, the model time of a batch 10.9 ms against
+5.4 (results/bench_service_batching_two_threads.md against results/bench_service_batching_on.md).
 """
 from __future__ import annotations
 
@@ -70,7 +70,18 @@ class ModelRunner:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+class CallTime(float):
+    """The seconds a call ran (wall clock), with `cpu`: the CPU seconds its thread used meanwhile. Less CPU
+    than wall clock is time the thread spent waiting (for the GIL, or for a core)."""
+    cpu: float
+
+    def __new__(cls, wall: float, cpu: float) -> CallTime:
+        obj = super().__new__(cls, wall)
+        obj.cpu = cpu
+        return obj
+
+
 def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     out = fn(*args)
-    return out, time.perf_counter() - t0
+    return out, CallTime(time.perf_counter() - t0, time.thread_time() - c0)

@@ -87,7 +87,8 @@ async def test_write_then_retrieve_bit_strings(checkpoint_dir: Path) -> None:
         s = w.json()
         assert len(s["session_id"]) >= 43 and s["patterns"] == 16 and s["input_shape"] == [128]
         assert s["memory_bytes"] == 4 * 128 * 129 // 2 and len(s["writing_losses"]) == 5
-        assert "model;dur=" in w.headers["server-timing"] and w.headers["location"].endswith(s["session_id"])
+        assert "model;dur=" in w.headers["server-timing"] and "model-cpu;dur=" in w.headers["server-timing"]
+        assert w.headers["location"].endswith(s["session_id"])
         r = await c.post(f"/v1/sessions/{s['session_id']}/retrieve",
                          json={"queries": {"bits": as_strings(q)}, "trajectory": True, "steps": 7})
         assert r.status_code == 200, r.text

@@ -67,3 +67,17 @@ async def test_a_lane_runs_on_its_own_thread_and_shares_the_bound() -> None:
     finally:
         gate.set()
         r.shutdown()
+
+
+async def test_a_call_reports_its_thread_cpu_time_beside_its_wall_time() -> None:
+    """A call that waits (here: sleeps) uses less CPU than the wall clock it took; one that computes, about
+    as much: the two Server-Timing numbers that tell waiting for the GIL or a core from work."""
+    import time
+    r = ModelRunner(pool_size=1, queue=0, torch_threads=1)
+    try:
+        _, waited = await r.run(time.sleep, 0.05)
+        assert waited >= 0.05 and waited.cpu < 0.02
+        _, worked = await r.run(lambda: sum(i * i for i in range(300_000)))
+        assert worked.cpu > 0.5 * worked
+    finally:
+        r.shutdown()
