@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, out=args.out, state_dir=args.state_dir or "",
         init=args.init or "", overrides=overrides, device=str(resolve_device(args.device)),
         read_queries=args.read_queries, train_read_steps=args.train_read_steps, stages=args.stages or "",
-        segment_seconds=args.segment_seconds)
+        segment_seconds=args.segment_seconds, autoencoder_seconds=args.autoencoder_seconds)
     train(cfg)
     return 0
 
@@ -92,6 +92,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-read-steps", type=int, default=0, help="K in the meta-loss (0 = the model's)")
     p.add_argument("--segment-seconds", type=float, default=0.0,
                    help="stop and checkpoint after this much wall clock (0 = run to --steps); rerun to resume")
+    p.add_argument("--autoencoder-seconds", type=float, default=0.0,
+                   help="warm start: train the deep energy's trunk as an autoencoder on the training images this "
+                        "long before the first meta-step (a fresh run only)")
     p.add_argument("--stages", help="curriculum 'STEP:N:DISTORTION;...' (e.g. '0:16:block:8;400:64:block:16')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset field, loop field or architecture argument")

@@ -246,13 +246,19 @@ def recipe_ablation(folder: Path, out: Path) -> list[str]:
              f"Made by `{s['command']}`: `{s['preset']}` trained {s['seconds_per_arm'] / 60:.0f} minutes per arm "
              "(one thread, the same initialisation and seed), each arm adding one ingredient to the one above; "
              f"held-out: {s['evaluation']['episodes']} test episodes of {s['evaluation']['patterns']} characters, "
-             f"{s['evaluation']['distortion']}, the served read, Hamming.", "",
+             f"{s['evaluation']['distortion']}, the served read, Hamming. Arms that name a CPU ran later, on that "
+             "host, each with its own command in summary.json; the others ran together, with other work on the "
+             "machine during parts of them: compare meta-steps only between rows of one host.", "",
              "| arm | s per meta-step | meta-steps | training error, last 100 steps (query) "
              "| held-out Hamming (query) |",
              "|---|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, a in s["arms"].items():
-        lines.append(f"| {arm} | {a['seconds_per_meta_step']} | {a['meta_steps']} | "
+        ws = a.get("warm_start")
+        label = arm if not ws else f"{arm} ({ws['seconds']:.0f} s of the budget: {ws['steps']} autoencoder steps)"
+        if a.get("cpu"):
+            label += f", on {a['cpu']}"
+        lines.append(f"| {label} | {a['seconds_per_meta_step']} | {a['meta_steps']} | "
                      f"{a['train_error_last_100_steps']} ({a['train_query_error_last_100_steps']}) | "
                      f"{a['held_out_hamming']} ({a['held_out_query_hamming']}) |")
         f = folder / f"{arm}.csv"

@@ -54,6 +54,8 @@ class TrainConfig:
     device: str = "cpu"                   # where the loops run; data, RNG and saved state stay on the CPU
     segment_seconds: float = 0.0          # stop (and checkpoint) once this invocation has trained this long;
                                           # 0 = run to `steps`. A long run is several segments, each resumed
+    autoencoder_seconds: float = 0.0      # warm start: train the trunk as an autoencoder's encoder on the
+                                          # training images this long before step 0 (model/warm_start.py)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir or Path.home() / ".cache" / "ebmm" / "runs" / Path(self.out).name)
@@ -146,6 +148,16 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
+    if cfg.autoencoder_seconds > 0 and not (state_dir / "state.safetensors").exists():
+        from . import data
+        from .warm_start import autoencode_trunk
+        ws = autoencode_trunk(model, data.load(cfg.task, "train").images.to(device), seconds=cfg.autoencoder_seconds,
+                              seed=cfg.seed)
+        info["warm_start"] = {"kind": "autoencoder", "steps": ws.steps, "seconds": round(ws.seconds, 1),
+                              "loss_first_10": round(sum(ws.losses[:10]) / len(ws.losses[:10]), 4),
+                              "loss_last_10": round(sum(ws.losses[-10:]) / len(ws.losses[-10:]), 4),
+                              "parameters": len(ws.changed)}
+        _log(progress, f"warm start: {info['warm_start']}")
     if (state_dir / "state.safetensors").exists():
         current = info["config"]
         info = load_state(state_dir, model, opt, gen)
@@ -227,7 +239,9 @@ _RESUMABLE = {"steps", "checkpoint_every", "threads", "out", "state_dir", "devic
 
 
 def _check_same_run(state_dir: Path, saved: dict, now: dict) -> None:
-    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE and saved.get(k) != now.get(k))
+    defaults = _jsonable(asdict(TrainConfig()))      # a setting added since the state was saved has its default
+    diff = sorted(k for k in set(saved) | set(now)
+                  if k not in _RESUMABLE and saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
     if diff:
         raise ValueError(f"{state_dir} holds a run with other settings ({', '.join(diff)}): "
                          f"{ {k: saved.get(k) for k in diff} } vs { {k: now.get(k) for k in diff} }; "

@@ -9,6 +9,8 @@ Arms (each from the same initialisation and seed, one thread, `ebmm train`'s loo
   16-queries      ... and the meta-loss on 16 of the 64 queries
   k2              ... and K = 2 read steps in the meta-loss (serving keeps the model's K = 5)
   curriculum      ... and a curriculum: N = 16 (block 8) -> 32 (block 12) -> 64 (block 16)
+  autoencoder     ... and a warm start: the trunk trained as an autoencoder's encoder for --warm-seconds of
+                  the arm's budget first (model/warm_start.py), meta-training the rest
 Every arm is evaluated at the target: 64 patterns, a 16x16 random-bit block, the served K, Hamming.
 Also timed: one meta-step with and without the static-feature write (identical maths), same episode.
 
@@ -30,6 +32,8 @@ ARMS = {
     "16-queries": dict(read_queries=16),
     "k2": dict(read_queries=16, train_read_steps=2),
     "curriculum": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16"),
+    "autoencoder": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16",
+                        warm=True),
 }
 
 
@@ -81,9 +85,13 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=100, help="held-out evaluation episodes per arm")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--warm-seconds", type=float, default=120.0, help="the autoencoder arm's warm start")
+    ap.add_argument("--tag", default="", help="a suffix for the arms' names: the same arm run again "
+                                              "(on another host, say) as a row of its own")
     ap.add_argument("--out", default="results/training/recipe-ablation")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    from model.bench import cpu_info
     from model.evaluate import Protocol, evaluate
     from model.train import TrainConfig, train
     out = Path(args.out)
@@ -91,44 +99,49 @@ def main() -> int:
     command = "scripts/recipe_ablation.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"arms": {}}
-    summary.update(preset=args.preset, seconds_per_arm=args.seconds, command=command,
+    summary.setdefault("command", command)                # the first run's; each arm keeps its own too
+    summary.update(preset=args.preset, seconds_per_arm=args.seconds,
                    evaluation=dict(task="characters", split="test", patterns=64, distortion="block:16",
                                    episodes=args.episodes, seed=0, metric="hamming", read_steps="the model's (5)"))
     base = dict(preset=args.preset, task="characters", distortion="block:16", patterns=(64,), meta_batch=1,
                 steps=100_000, lr=args.lr, threads=1, checkpoint_every=100, seed=0,
                 overrides={"grad_norm_term": False})
     for arm in args.arms.split(","):
-        if arm in summary["arms"]:
+        name = f"{arm}-{args.tag}" if args.tag else arm
+        if name in summary["arms"]:
             continue
         extra = dict(ARMS[arm])
+        warm = args.warm_seconds if extra.pop("warm", False) else 0.0
         cfg = TrainConfig(**{**base, **extra, "overrides": {**base["overrides"], **extra.get("overrides", {})}},
-                          out=str(Path.home() / ".cache/ebmm/ablation" / arm / "ckpt"),
-                          state_dir=str(Path.home() / ".cache/ebmm/ablation" / arm / "state"),
-                          segment_seconds=args.seconds)
+                          out=str(Path.home() / ".cache/ebmm/ablation" / name / "ckpt"),
+                          state_dir=str(Path.home() / ".cache/ebmm/ablation" / name / "state"),
+                          segment_seconds=args.seconds - warm, autoencoder_seconds=warm)
         log = Path(cfg.state_dir) / "metrics.jsonl"
         last = json.loads(log.read_text().splitlines()[-1]) if log.exists() else None
-        if last is not None and last["seconds"] >= args.seconds:      # trained its budget: evaluate only
+        if last is not None and last["seconds"] >= args.seconds - warm:   # trained its budget: evaluate only
             cfg = dataclasses.replace(cfg, steps=last["step"])
         model = train(cfg, command=command, progress=False).eval()
         rows = [json.loads(r) for r in (Path(cfg.state_dir) / "metrics.jsonl").read_text().splitlines()]
-        (out / f"{arm}.csv").write_text("step,seconds,n,loss,final_error,query_error\n" + "".join(
+        (out / f"{name}.csv").write_text("step,seconds,n,loss,final_error,query_error\n" + "".join(
             f"{r['step']},{r['seconds']},{r['n']},{r['loss']:.5g},{r['final_error']:.5g},{r['query_error']:.5g}\n"
             for r in rows))
         for t in model.parameters():
             t.requires_grad_(False)
         res = evaluate(model, Protocol("characters", 64, "block:16", episodes=args.episodes, seed=0))
         last = rows[-100:]
-        summary["arms"][arm] = {
+        summary["arms"][name] = {
             "settings": {k: v for k, v in dataclasses.asdict(cfg).items()
                          if k in ("read_queries", "train_read_steps", "stages", "overrides")},
+            "command": command, "cpu": cpu_info()["cpu"],
             "meta_steps": rows[-1]["step"], "train_seconds": rows[-1]["seconds"],
+            "warm_start": json.loads((Path(cfg.state_dir) / "state.json").read_text()).get("warm_start"),
             "seconds_per_meta_step": round(rows[-1]["seconds"] / rows[-1]["step"], 3),
             "train_error_last_100_steps": round(sum(r["final_error"] for r in last) / len(last), 2),
             "train_query_error_last_100_steps": round(sum(r["query_error"] for r in last) / len(last), 2),
             "held_out_hamming": round(res["error_mean"], 2),
             "held_out_query_hamming": round(res["query_error_mean"], 2)}
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
-        print(arm, summary["arms"][arm], flush=True)
+        print(name, summary["arms"][name], flush=True)
     if "static_features_timing" not in summary:
         summary["static_features_timing"] = [time_static_features(args.preset),
                                              time_static_features("paper-conv-d8-gray", repeats=2)]

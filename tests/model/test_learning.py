@@ -106,3 +106,32 @@ def test_the_cheap_meta_loss_reads_only_the_queries_it_is_told_to():
     q[:4, :8] = 1 - q[:4, :8]                      # only the first four queries are distorted
     assert episode_loss(m, x, q, read_queries=4, read_steps=1).query_error == pytest.approx(8.0)
     assert episode_loss(m, x, q).query_error == pytest.approx(2.0)
+
+
+def test_an_autoencoder_warm_start_runs_once_before_the_first_meta_step_and_not_on_resume(tmp_path, monkeypatch):
+    """`--autoencoder-seconds`: a fresh run trains the trunk first (recorded in the resume state); resuming
+    keeps that trunk and does not train it again."""
+    import json
+
+    import model.warm_start as warm_start
+    calls = []
+    real = warm_start.autoencode_trunk
+    monkeypatch.setattr(warm_start, "autoencode_trunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = dict(preset="paper-fc-d36-gray", task="characters", distortion="block:16", patterns=(8,),
+                meta_batch=1, lr=1e-4, seed=6, threads=1, checkpoint_every=100, read_queries=4,
+                train_read_steps=1, overrides={"grad_norm_term": False})
+    fresh = train(TrainConfig(**base, steps=0, out=str(tmp_path / "u"), state_dir=str(tmp_path / "su")),
+                  progress=False)
+    warm = train(TrainConfig(**base, steps=1, autoencoder_seconds=1.0, out=str(tmp_path / "w"),
+                             state_dir=str(tmp_path / "sw")), progress=False)
+    info = json.loads((tmp_path / "sw" / "state.json").read_text())["warm_start"]
+    assert info["kind"] == "autoencoder" and info["steps"] >= 1 and info["parameters"] > 0
+    trunk = [n for n, _ in warm.named_parameters() if n.startswith("energy.res")]
+    assert trunk and any(not torch.equal(dict(warm.named_parameters())[n], dict(fresh.named_parameters())[n])
+                         for n in trunk)
+    resumed = train(TrainConfig(**base, steps=2, autoencoder_seconds=1.0, out=str(tmp_path / "w"),
+                                state_dir=str(tmp_path / "sw")), progress=False)
+    assert calls == [1]                                           # the resumed run did not warm-start again
+    assert json.loads((tmp_path / "sw" / "state.json").read_text())["warm_start"] == info
+    assert json.loads((tmp_path / "sw" / "state.json").read_text())["step"] == 2
+    assert all(torch.isfinite(t).all() for t in resumed.parameters())
