@@ -148,6 +148,9 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
+    if cfg.autoencoder_seconds > 0 and cfg.init:
+        raise ValueError(f"autoencoder_seconds={cfg.autoencoder_seconds} with init={cfg.init!r}: a warm start "
+                         "from a checkpoint keeps its trunk; drop one of the two")
     if cfg.autoencoder_seconds > 0 and not (state_dir / "state.safetensors").exists():
         from . import data
         from .warm_start import autoencode_trunk

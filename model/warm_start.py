@@ -50,7 +50,7 @@ def autoencode_trunk(model: EBMM, images: Tensor, seconds: float = 0.0, steps: i
     if not trunk:
         raise ValueError("the energy's embedding depends on no parameter")
     dim, pixels = emb.shape[1], images[0].numel()
-    decoder = torch.nn.Linear(dim, pixels)
+    decoder = torch.nn.Linear(dim, pixels, device=emb.device, dtype=emb.dtype)
     with torch.no_grad():
         decoder.weight.mul_(0.1)
     for t in model.parameters():
@@ -60,18 +60,20 @@ def autoencode_trunk(model: EBMM, images: Tensor, seconds: float = 0.0, steps: i
     opt = torch.optim.Adam([t for _, t in trunk] + list(decoder.parameters()), lr=lr)
     log = WarmStartLog(changed=[f"energy.{n}" for n, _ in trunk])
     t0 = time.perf_counter()
-    while (log.steps < steps) if steps > 0 else (time.perf_counter() - t0 < seconds):
-        idx = torch.randint(0, images.shape[0], (batch,), generator=g)
-        x = images[idx]
-        with torch.enable_grad():
-            logits = decoder(_embedding(model, x))
-            loss = F.binary_cross_entropy_with_logits(logits, x.flatten(1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
-        log.steps += 1
-        log.losses.append(float(loss.detach()))
-    log.seconds = time.perf_counter() - t0
-    for t in model.parameters():
-        t.requires_grad_(True)
+    try:
+        while (log.steps < steps) if steps > 0 else (time.perf_counter() - t0 < seconds):
+            idx = torch.randint(0, images.shape[0], (batch,), generator=g)
+            x = images[idx.to(images.device)]
+            with torch.enable_grad():
+                logits = decoder(_embedding(model, x))
+                loss = F.binary_cross_entropy_with_logits(logits, x.flatten(1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            log.steps += 1
+            log.losses.append(float(loss.detach()))
+    finally:                                   # ready for meta-training, also after a failure
+        log.seconds = time.perf_counter() - t0
+        for t in model.parameters():
+            t.requires_grad_(True)
     return log

@@ -90,6 +90,8 @@ def main() -> int:
                                               "(on another host, say) as a row of its own")
     ap.add_argument("--out", default="results/training/recipe-ablation")
     args = ap.parse_args()
+    if "autoencoder" in args.arms.split(",") and not 0 < args.warm_seconds < args.seconds:
+        ap.error(f"--warm-seconds {args.warm_seconds}: must be above 0 and below --seconds {args.seconds}")
     torch.set_num_threads(1)
     from model.bench import cpu_info
     from model.evaluate import Protocol, evaluate

@@ -29,8 +29,8 @@ FOOTNOTE = ("req/s, p50 and p99 count answered requests; `refused`: the others (
             "clients than pool threads it includes waiting for a thread. `healthz` rows (--floor): GET /healthz, "
             "which does no work: the HTTP stack's own ceiling with these clients on this machine. Reads per batched "
             "call: the reads each model call of the run served (`ebmm_read_batch_requests` in /metrics; n/a without "
-            "batching). Model CPU: the CPU time of the model call's thread (Server-Timing `model-cpu`); below "
-            "the model time when that thread waited for the GIL or a core.")
+            "batching). Model CPU: the CPU time of the model call's thread (Server-Timing `model-cpu`); with one "
+            "torch thread, below the model time when that thread waited for the GIL or a core.")
 
 
 def _png(x: np.ndarray) -> bytes:

@@ -66,19 +66,26 @@ class ModelRunner:
         return await asyncio.wrap_future(fut)
 
     def shutdown(self) -> None:
-        for pool in (self._pool, *self._lanes.values()):
-            pool.shutdown(wait=True, cancel_futures=True)
+        pools = (self._pool, *self._lanes.values())
+        for pool in pools:                        # cancel everything queued first, then wait for what runs
+            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            pool.shutdown(wait=True)
 
 
 class CallTime(float):
-    """The seconds a call ran (wall clock), with `cpu`: the CPU seconds its thread used meanwhile. Less CPU
-    than wall clock is time the thread spent waiting (for the GIL, or for a core)."""
+    """The seconds a call ran (wall clock), with `cpu`: the CPU seconds its thread used meanwhile. With one
+    torch thread, less CPU than wall clock is time the thread spent waiting (for the GIL, or for a core);
+    with more, work on torch's other threads is not counted either. Arithmetic gives a plain float."""
     cpu: float
 
     def __new__(cls, wall: float, cpu: float) -> CallTime:
         obj = super().__new__(cls, wall)
         obj.cpu = cpu
         return obj
+
+    def __reduce__(self) -> tuple:                # copies and pickles keep the CPU time
+        return (CallTime, (float(self), self.cpu))
 
 
 def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:

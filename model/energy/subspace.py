@@ -18,8 +18,9 @@ def _dot_slots(f: Tensor, k: Tensor) -> Tensor:
 # Reads of at most this many queries multiply by the basis's transpose as a view of the basis itself, not
 # as a second contiguous copy: one query's products are streams of the basis from memory, and two copies
 # (2 MB for characters32) do not stay in one core's cache. On one Intel Xeon host a one-query read of
-# characters32 took 0.96 ms this way against 1.42 with the copy, photos32 3.32 against 3.56; from 4 queries
-# on, the copy was as fast or faster (scripts/check_basis_view.py, results/explore/slot-basis-view.json).
+# characters32 took 0.96 ms this way against 1.42 with the copy, photos32 3.32 against 3.56. From 4 queries
+# on the copy was faster for photos32 (4.08 against 4.70 ms), while the view stayed faster for characters32
+# up to 8 (scripts/check_basis_view.py, results/explore/slot-basis-view.json); one limit for both: 2.
 _VIEW_ROWS = 2
 
 

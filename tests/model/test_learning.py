@@ -120,18 +120,28 @@ def test_an_autoencoder_warm_start_runs_once_before_the_first_meta_step_and_not_
     base = dict(preset="paper-fc-d36-gray", task="characters", distortion="block:16", patterns=(8,),
                 meta_batch=1, lr=1e-4, seed=6, threads=1, checkpoint_every=100, read_queries=4,
                 train_read_steps=1, overrides={"grad_norm_term": False})
-    fresh = train(TrainConfig(**base, steps=0, out=str(tmp_path / "u"), state_dir=str(tmp_path / "su")),
-                  progress=False)
+    cold = train(TrainConfig(**base, steps=1, out=str(tmp_path / "u"), state_dir=str(tmp_path / "su")),
+                 progress=False)
     warm = train(TrainConfig(**base, steps=1, autoencoder_seconds=1.0, out=str(tmp_path / "w"),
                              state_dir=str(tmp_path / "sw")), progress=False)
     info = json.loads((tmp_path / "sw" / "state.json").read_text())["warm_start"]
     assert info["kind"] == "autoencoder" and info["steps"] >= 1 and info["parameters"] > 0
+    # the same meta-step from the same seed, with and without the warm start: only the trunk differs by it
     trunk = [n for n, _ in warm.named_parameters() if n.startswith("energy.res")]
-    assert trunk and any(not torch.equal(dict(warm.named_parameters())[n], dict(fresh.named_parameters())[n])
-                         for n in trunk)
+    w, c = dict(warm.named_parameters()), dict(cold.named_parameters())
+    assert trunk and all(not torch.allclose(w[n], c[n]) for n in trunk)
     resumed = train(TrainConfig(**base, steps=2, autoencoder_seconds=1.0, out=str(tmp_path / "w"),
                                 state_dir=str(tmp_path / "sw")), progress=False)
     assert calls == [1]                                           # the resumed run did not warm-start again
     assert json.loads((tmp_path / "sw" / "state.json").read_text())["warm_start"] == info
     assert json.loads((tmp_path / "sw" / "state.json").read_text())["step"] == 2
     assert all(torch.isfinite(t).all() for t in resumed.parameters())
+
+
+def test_a_warm_start_from_a_checkpoint_refuses_the_autoencoder_too(tmp_path):
+    from pathlib import Path
+    ckpt = Path(__file__).resolve().parents[2] / "checkpoints" / "characters32"
+    with pytest.raises(ValueError, match="autoencoder_seconds=1.0 with init="):
+        train(TrainConfig(preset="paper-fc-d36-gray", task="characters", steps=1, init=str(ckpt),
+                          autoencoder_seconds=1.0, out=str(tmp_path / "w"), state_dir=str(tmp_path / "s")),
+              progress=False)

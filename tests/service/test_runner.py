@@ -78,6 +78,16 @@ async def test_a_call_reports_its_thread_cpu_time_beside_its_wall_time() -> None
         _, waited = await r.run(time.sleep, 0.05)
         assert waited >= 0.05 and waited.cpu < 0.02
         _, worked = await r.run(lambda: sum(i * i for i in range(300_000)))
-        assert worked.cpu > 0.5 * worked
+        assert worked.cpu > 0.2 * worked                    # a loaded machine may take its core away a while
     finally:
         r.shutdown()
+
+
+def test_a_call_time_keeps_its_cpu_time_through_copies_and_pickles() -> None:
+    import copy
+    import pickle
+
+    from service.runner import CallTime
+    t = CallTime(0.5, 0.2)
+    for c in (copy.copy(t), copy.deepcopy(t), pickle.loads(pickle.dumps(t))):
+        assert c == 0.5 and c.cpu == 0.2
