@@ -54,7 +54,8 @@ def cpu_info() -> dict[str, Any]:
             "peak_gflops": round(cores * per_cycle * ghz, 1), "torch": torch.__version__}
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
+def median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Milliseconds fn() takes, the median of `repeats` calls after one warm-up call."""
     fn()                                                   # warm-up (allocations, lazy init)
     times = []
     for _ in range(repeats):
@@ -93,7 +94,7 @@ def bench_preset(name: str, n: int = 64, repeats: int = 5, meta_batch: int = 1) 
                            "grad_norm_term": model.cfg.loop.grad_norm_term}
     for op, fn in ops.items():
         reps = 1 if op == "meta_step" else repeats
-        ms = _time(fn, reps)
+        ms = median_ms(fn, reps)
         flops = _flops(fn)
         model.zero_grad(set_to_none=True)
         row[op] = {"ms": round(ms, 2), "gflop": round(flops / 1e9, 4),
@@ -148,10 +149,10 @@ def bench_checkpoint(folder: str | Path, repeats: int = 20) -> dict[str, Any]:
     row: dict[str, Any] = {"checkpoint": ck.name, "architecture": ck.card.get("architecture"),
                            "memory_floats": model.memory_floats, "read_steps": model.cfg.loop.read_steps,
                            "closed_form_grad": type(model.energy).energy_grad is not EnergyNet.energy_grad,
-                           "write_64_ms": round(_time(lambda: write(model, p, x), max(3, repeats // 4)), 3)}
+                           "write_64_ms": round(median_ms(lambda: write(model, p, x), max(3, repeats // 4)), 3)}
     for b in (64, 1):
         for name, kw in READ_VARIANTS.items():
-            row[f"read_{b}_{name}_ms"] = round(_time(lambda b=b, kw=kw: read(model, p, w, q[:b], **kw), repeats), 3)
+            row[f"read_{b}_{name}_ms"] = round(median_ms(lambda b=b, kw=kw: read(model, p, w, q[:b], **kw), repeats), 3)
     flops = _flops(lambda: read(model, p, w, q, **READ_VARIANTS["fast_last"]))
     row["read_64_gflop"] = round(flops / 1e9, 5)
     row["read_64_gflops_per_s"] = round(flops / 1e9 / (row["read_64_fast_last_ms"] / 1000), 2)

@@ -77,6 +77,9 @@ def make_sampler(task: str) -> Sampler:
 
 def build_model(cfg: TrainConfig) -> EBMM:
     if cfg.init:
+        if cfg.autoencoder_seconds > 0:
+            raise ValueError(f"autoencoder_seconds={cfg.autoencoder_seconds} with init={cfg.init!r}: a warm start "
+                             "from a checkpoint keeps its trunk; drop one of the two")
         if cfg.overrides:
             raise ValueError(f"init={cfg.init!r} with overrides {sorted(cfg.overrides)}: a warm start keeps "
                              "the checkpoint's architecture and loops; drop the overrides")
@@ -148,18 +151,12 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     opt = make_optimizer(model, cfg)
     state_dir = cfg.resolved_state_dir()
     info = {"step": 0, "seconds": 0.0, "config": _jsonable(asdict(cfg))}
-    if cfg.autoencoder_seconds > 0 and cfg.init:
-        raise ValueError(f"autoencoder_seconds={cfg.autoencoder_seconds} with init={cfg.init!r}: a warm start "
-                         "from a checkpoint keeps its trunk; drop one of the two")
     if cfg.autoencoder_seconds > 0 and not (state_dir / "state.safetensors").exists():
         from . import data
         from .warm_start import autoencode_trunk
         ws = autoencode_trunk(model, data.load(cfg.task, "train").images.to(device), seconds=cfg.autoencoder_seconds,
                               seed=cfg.seed)
-        info["warm_start"] = {"kind": "autoencoder", "steps": ws.steps, "seconds": round(ws.seconds, 1),
-                              "loss_first_10": round(sum(ws.losses[:10]) / len(ws.losses[:10]), 4),
-                              "loss_last_10": round(sum(ws.losses[-10:]) / len(ws.losses[-10:]), 4),
-                              "parameters": len(ws.changed)}
+        info["warm_start"] = ws.summary()
         _log(progress, f"warm start: {info['warm_start']}")
     if (state_dir / "state.safetensors").exists():
         current = info["config"]

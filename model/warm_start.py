@@ -26,6 +26,14 @@ class WarmStartLog:
     losses: list[float] = field(default_factory=list)      # mean BCE per pixel, one per step
     changed: list[str] = field(default_factory=list)       # parameter names the warm start trained
 
+    def summary(self) -> dict:
+        """What the resume state and the card keep of it."""
+        def mean(v: list[float]) -> float:
+            return round(sum(v) / len(v), 4) if v else float("nan")
+        return {"kind": "autoencoder", "steps": self.steps, "seconds": round(self.seconds, 1),
+                "loss_first_10": mean(self.losses[:10]), "loss_last_10": mean(self.losses[-10:]),
+                "parameters": len(self.changed)}
+
 
 def _embedding(model: EBMM, x: Tensor) -> Tensor:
     p = dict(model.energy.named_parameters())

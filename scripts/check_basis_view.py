@@ -8,28 +8,16 @@ same written memory, and writes the medians with the CPU they ran on.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 
 import torch
 
 import model.energy.subspace as subspace
-from model.bench import cpu_info
+from model.bench import cpu_info, median_ms
 from model.checkpoint import load_checkpoint
 from model.memory import read, write
 
 CHECKPOINTS = ("characters32", "photos32")
-
-
-def median_ms(fn, repeats: int = 200) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
 
 
 def main(out: str) -> None:
@@ -48,7 +36,7 @@ def main(out: str) -> None:
             for _ in range(3):                         # alternate, so that drift hits both alike
                 for mode, limit in (("view", 10**9), ("copy", 0)):
                     subspace._VIEW_ROWS = limit
-                    times[mode].append(median_ms(lambda m=model, p=p, w=w, q=q: read(m, p, w, q, energies="last")))
+                    times[mode].append(median_ms(lambda m=model, p=p, w=w, q=q: read(m, p, w, q, energies="last"), 200))
             subspace._VIEW_ROWS = default
             row = {"checkpoint": name, "queries": b, "view_ms": round(min(times["view"]), 3),
                    "copy_ms": round(min(times["copy"]), 3), "served": "view" if b <= default else "copy"}

@@ -22,6 +22,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 FOOTNOTE = ("req/s, p50 and p99 count answered requests; `refused`: the others (503 when the model pool is full, "
             "which these clients resend at once, ignoring Retry-After). "
@@ -176,13 +177,9 @@ async def _batch_counts(c: httpx.AsyncClient, model: str) -> tuple[float, float]
     r = await c.get("/metrics")
     if r.status_code != 200:
         return None
-    got = {}
-    for line in r.text.splitlines():
-        for part in ("sum", "count"):
-            head = f'ebmm_read_batch_requests_{part}{{model="{model}"}} '
-            if line.startswith(head):
-                got[part] = float(line[len(head):])
-    return (got.get("sum", 0.0), got.get("count", 0.0))
+    got = {s.name: s.value for f in text_string_to_metric_families(r.text) if f.name == "ebmm_read_batch_requests"
+           for s in f.samples if s.labels.get("model") == model}
+    return (got.get("ebmm_read_batch_requests_sum", 0.0), got.get("ebmm_read_batch_requests_count", 0.0))
 
 
 def _reads_per_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:

@@ -48,7 +48,7 @@ class ModelRunner:
             self._busy -= 1
         self._slots.release()
 
-    async def run(self, fn: Callable[..., T], *args: object, lane: str | None = None) -> tuple[T, float]:
+    async def run(self, fn: Callable[..., T], *args: object, lane: str | None = None) -> tuple[T, CallTime]:
         """fn(*args) on a worker thread (of `lane` if given) -> (its result, seconds it ran). Raises Busy
         when full."""
         pool = self._pool if lane is None else self._lanes[lane]
@@ -88,7 +88,7 @@ class CallTime(float):
         return (CallTime, (float(self), self.cpu))
 
 
-def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
+def _timed(fn: Callable[..., T], *args: object) -> tuple[T, CallTime]:
     t0, c0 = time.perf_counter(), time.thread_time()
     out = fn(*args)
     return out, CallTime(time.perf_counter() - t0, time.thread_time() - c0)

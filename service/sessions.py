@@ -84,9 +84,7 @@ async def _metered(state: AppState, op: str, m: LoadedModel, t: Timings, call: A
         state.metrics.in_flight.dec()
     state.metrics.model_seconds.labels(op, m.name).observe(seconds)
     t.add("model", seconds)
-    cpu = getattr(seconds, "cpu", None)           # the model thread's CPU time (service/runner.py: CallTime)
-    if cpu is not None:
-        t.add("model-cpu", cpu)
+    t.add("model-cpu", seconds.cpu)               # the model thread's CPU time (service/runner.py: CallTime)
     return out
 
 

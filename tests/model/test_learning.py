@@ -130,12 +130,11 @@ def test_an_autoencoder_warm_start_runs_once_before_the_first_meta_step_and_not_
     trunk = [n for n, _ in warm.named_parameters() if n.startswith("energy.res")]
     w, c = dict(warm.named_parameters()), dict(cold.named_parameters())
     assert trunk and all(not torch.allclose(w[n], c[n]) for n in trunk)
-    resumed = train(TrainConfig(**base, steps=2, autoencoder_seconds=1.0, out=str(tmp_path / "w"),
-                                state_dir=str(tmp_path / "sw")), progress=False)
+    train(TrainConfig(**base, steps=2, autoencoder_seconds=1.0, out=str(tmp_path / "w"),
+                      state_dir=str(tmp_path / "sw")), progress=False)
     assert calls == [1]                                           # the resumed run did not warm-start again
     assert json.loads((tmp_path / "sw" / "state.json").read_text())["warm_start"] == info
     assert json.loads((tmp_path / "sw" / "state.json").read_text())["step"] == 2
-    assert all(torch.isfinite(t).all() for t in resumed.parameters())
 
 
 def test_a_warm_start_from_a_checkpoint_refuses_the_autoencoder_too(tmp_path):
