@@ -24,6 +24,9 @@ class Memory:
     def __post_init__(self) -> None:
         self.params: Params = self.ckpt.model.params(detach=True)
         self.device = next(iter(self.params.values())).device
+        # once: every read checks a session's tensors against them, and naming the writable parameters
+        # walks the module tree
+        self._writable_shapes = {n: tuple(self.params[n].shape) for n in self.ckpt.model.writable}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -43,7 +46,7 @@ class Memory:
 
     @property
     def writable_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {n: tuple(self.params[n].shape) for n in self.ckpt.model.writable}
+        return dict(self._writable_shapes)
 
     @property
     def state_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The HTTP benchmarks quoted in the README, on a quiet machine: a local server (in-process store) per
-# setting, `ebmm bench-service` against it, results/bench_service_*.{json,md}. About 3 minutes.
+# setting, `ebmm bench-service` against it, results/bench_service_*.{json,md}. About 4 minutes.
 #   bash scripts/bench_service_suite.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,11 @@ B=.venv/bin/ebmm
 serve() {   # serve ENV...: start a server with these settings, wait until it answers
   env "$@" EBMM_POOL_QUEUE=64 $B serve --host 127.0.0.1 --port "$PORT" > /tmp/ebmm-bench-suite.log 2>&1 &
   SERVER=$!
-  for _ in $(seq 120); do curl -sf "$URL/healthz" > /dev/null && return; sleep 0.5; done
+  for _ in $(seq 120); do   # up, and its model processes with it (they start in the background)
+    curl -sf "$URL/readyz" 2> /dev/null | python3 -c 'import json, sys; p = json.load(sys.stdin)["model_processes"]
+sys.exit(0 if p is None or p["up"] == p["size"] else 1)' && return
+    sleep 0.5
+  done
   echo "server did not start" >&2; exit 1
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2> /dev/null || true; }
@@ -24,8 +28,14 @@ $B bench-service --url "$URL" --payload npy --client raw --patterns 1 --requests
 $B bench-service --url "$URL" --payload npy --client raw --patterns 64 --requests 300 --concurrency 1 --floor \
   --note "$QUIET" --out results/bench_service_npy_64_raw.json --md results/bench_service_npy_64_raw.md
 $B bench-service --url "$URL" --payload npy --client raw --patterns 1 --sessions 16 --skip-write --floor \
-  --requests 3000 --concurrency 1,16 --note "$QUIET; EBMM_BATCH_READS=true, EBMM_BATCH_CONCURRENCY=1 (default)" \
+  --requests 3000 --concurrency 1,16 --note "$QUIET; EBMM_BATCH_READS=true, EBMM_BATCH_CONCURRENCY=1, EBMM_MODEL_PROCESS=true (defaults)" \
   --out results/bench_service_batching_on.json --md results/bench_service_batching_on.md
+stop
+
+serve EBMM_BATCH_READS=true EBMM_MODEL_PROCESS=false
+$B bench-service --url "$URL" --payload npy --client raw --patterns 1 --sessions 16 --skip-write \
+  --requests 3000 --concurrency 16 --note "$QUIET; EBMM_BATCH_READS=true, EBMM_MODEL_PROCESS=false (batches in the server's process)" \
+  --out results/bench_service_batching_in_server.json --md results/bench_service_batching_in_server.md
 stop
 
 serve EBMM_BATCH_READS=true EBMM_BATCH_CONCURRENCY=2

@@ -10,17 +10,24 @@ full pool refuses the whole batch (503 with Retry-After) as it would refuse each
 weights do not fit the model fails alone, before the batch runs. Only reads of a few queries are batched
 (`SMALL_READ`): stacking copies each session's weights once per query, which pays for one-query reads
 and not for large ones.
+
+Where a batch runs: in a model process (service/model_process.py, `EBMM_MODEL_PROCESS`, on by default)
+while other retrieves are being handled, so that the read and the event loop do not take turns at one GIL;
+a lone read, and every read while no model process is up, in the server's own process.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .model_process import ModelCallFailed, ModelProcessError, ModelProcesses
 from .registry import LoadedModel
+from .runner import CallTime
 
 Item = tuple[dict[str, torch.Tensor], torch.Tensor]        # (written weights, queries)
 SMALL_READ = 8                                             # queries: larger reads go to the model directly
@@ -35,19 +42,53 @@ class _Group:
     timer: asyncio.TimerHandle | None = None
 
 
-def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str) -> list[Result]:
-    """One model call for several sessions' reads, then each query's familiarity with its own weights."""
-    return m.memory.read_many([w for w, _ in items], [x for _, x in items], steps, energies)
+def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str,
+               procs: ModelProcesses | None = None) -> tuple[list[Result], float | None]:
+    """One model call for several sessions' reads, then each query's familiarity with its own weights: in
+    an idle model process when there is one (service/model_process.py), else here. With it, the CPU
+    seconds the model process used (else None)."""
+    weights, queries = [w for w, _ in items], [x for _, x in items]
+    p = None if procs is None else procs.take()
+    if p is not None:
+        try:
+            outs, _, cpu = p.read_many(m.name, weights, queries, steps, energies)
+        except ModelCallFailed:                                # the read's own error: raised again below
+            procs.give_back(p)                                 # type: ignore[union-attr]
+        except ModelProcessError as e:
+            procs.broken(p, e)                                 # type: ignore[union-attr]
+        else:
+            procs.give_back(p)                                 # type: ignore[union-attr]
+            return outs, cpu
+    return m.memory.read_many(weights, queries, steps, energies), None
 
 
 class ReadBatcher:
     def __init__(self, run: Callable[..., Awaitable[tuple[Any, float]]], concurrent: int, window: float,
-                 max_queries: int, on_batch: Callable[[str, int], None] | None = None):
+                 max_queries: int, on_batch: Callable[[str, int], None] | None = None,
+                 procs: ModelProcesses | None = None, on_place: Callable[[str, str], None] | None = None):
         self.run, self.concurrent, self.window, self.max_queries = run, concurrent, window, max_queries
-        self.on_batch = on_batch
+        self.on_batch, self.procs, self.on_place = on_batch, procs, on_place
+        self.requests = 0                  # retrieves being handled (`handling`), batched or not
         self._groups: dict[tuple[str, int, str], _Group] = {}
         self._running: dict[tuple[str, int, str], int] = {}
         self._tasks: set[asyncio.Task] = set()
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        """Around a retrieve, from its arrival to its answer: how busy the event loop is."""
+        self.requests += 1
+        try:
+            yield
+        finally:
+            self.requests -= 1
+
+    def _where(self, group: _Group) -> ModelProcesses | None:
+        """The model processes for a batch while other retrieves are being handled (the event loop is busy
+        and would take the GIL from an in-process read), else None: a lone read runs here, without the
+        pipe's round trip and copies."""
+        if self.procs is None or (len(group.items) == 1 and self.requests <= 1):
+            return None
+        return self.procs
 
     async def read(self, m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor, steps: int,
                    energies: str) -> tuple[Result, float]:
@@ -80,7 +121,12 @@ class ReadBatcher:
         try:
             if self.on_batch is not None:
                 self.on_batch(m.name, len(group.items))
-            outs, seconds = await self.run(read_batch, m, group.items, key[1], key[2])
+            (outs, elsewhere), seconds = await self.run(read_batch, m, group.items, key[1], key[2],
+                                                     self._where(group))
+            if elsewhere is not None:                # the model process's CPU beside the lane thread's
+                seconds = CallTime(float(seconds), seconds.cpu + elsewhere)
+            if self.on_place is not None:
+                self.on_place(m.name, "server" if elsewhere is None else "process")
         except asyncio.CancelledError:
             for fut in group.futures:
                 fut.cancel()

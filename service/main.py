@@ -17,6 +17,7 @@ from . import docs, errors, logs, web
 from .config import Settings
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
+from .model_process import ModelProcesses
 from .registry import StartupError, load_models, pick_default, resolve_device
 from .routes import health, models, sessions
 from .batching import ReadBatcher
@@ -55,17 +56,24 @@ def _lifespan(settings: Settings, metrics: Metrics):
                              lanes={"batch": settings.batch_concurrency} if settings.batch_reads else None)
         app.state.ebmm = AppState(settings, loaded, pick_default(loaded, settings.default_model), store,
                                   runner, metrics)
+        procs = None
+        if settings.batch_reads and settings.model_process and any(m.memory.stacks_weights for m in loaded.values()):
+            procs = ModelProcesses(settings.batch_concurrency, settings.checkpoint_dir, device,
+                                   settings.torch_threads, {n: m.sha256 for n, m in loaded.items()})
         if settings.batch_reads:
             app.state.ebmm.batcher = ReadBatcher(
                 partial(runner.run, lane="batch"), settings.batch_concurrency, settings.batch_window_ms / 1000,
                 settings.batch_max_queries,
-                on_batch=lambda model, n: metrics.read_batch.labels(model).observe(n))
+                on_batch=lambda model, n: metrics.read_batch.labels(model).observe(n), procs=procs,
+                on_place=lambda model, place: metrics.read_batch_place.labels(model, place).inc())
         log.info("serving %s on %s with store %s (api keys %s)", ", ".join(loaded), device,
                  store.label, "on" if settings.auth_enabled else "off")
         try:
             yield
         finally:
             runner.shutdown()
+            if procs is not None:
+                procs.close()
             await store.close()
     return lifespan
 

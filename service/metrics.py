@@ -33,6 +33,9 @@ class Metrics:
         self.in_flight = Gauge("ebmm_pool_in_flight", "Model calls running or waiting", registry=r)
         self.read_batch = Histogram("ebmm_read_batch_requests", "Reads per batched model call", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.read_batch_place = Counter("ebmm_read_batches", "Batched model calls by where they ran: in a "
+                                        "model process, or in the server's own process", ["model", "place"],
+                                        registry=r)
 
 
 def route_label(scope: Scope, root_path: str | None = None) -> str:

@@ -194,9 +194,20 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
 
+class ModelProcessState(BaseModel):
+    """Batched reads' model processes (EBMM_MODEL_PROCESS): while fewer are up than started, batches run in
+    the server's own process; readiness does not wait for them."""
+    up: int = Field(description="Processes up and idle now (a running batch holds its own)", examples=[1])
+    size: int = Field(description="Processes the server runs (EBMM_BATCH_CONCURRENCY)", examples=[1])
+    failures: int = Field(description="Processes that died or failed and were replaced", examples=[0])
+
+
 class Readiness(BaseModel):
     ready: bool = Field(examples=[True])
     models: list[str] = Field(examples=[["characters32"]])
     store: str = Field(description="Store URL without credentials", examples=["redis://127.0.0.1:6379/0"])
     store_ok: bool = Field(examples=[True])
     detail: str | None = Field(None, examples=[None])
+    model_processes: ModelProcessState | None = Field(
+        None, description="None when batched reads run in the server's process only",
+        examples=[{"up": 1, "size": 1, "failures": 0}])

@@ -1,7 +1,6 @@
 """The write and retrieve paths: decode -> worker pool -> store / encode, each stage timed."""
 from __future__ import annotations
 
-import io
 import math
 import re
 import secrets
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from anyio import to_thread
 
+from . import npy
 from .batching import SMALL_READ
 from .bodies import RetrieveInput, WriteInput
 from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable, TooLarge
@@ -234,15 +234,13 @@ class NpyAnswer:
     @classmethod
     def of(cls, patterns: torch.Tensor, energies: torch.Tensor, fam: torch.Tensor, threshold: float | None,
            steps: int) -> NpyAnswer:
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(patterns.numpy().astype(np.float32)), allow_pickle=False)
         headers = {"X-EBMM-Shape": ",".join(map(str, patterns.shape)), "X-EBMM-Steps": str(steps),
                    "X-EBMM-Energies": ",".join(f"{e:.6g}" for e in energies.tolist()),
                    "X-EBMM-Familiarity": ",".join(f"{f:.6f}" for f in fam.tolist())}
         if threshold is not None:
             headers["X-EBMM-Match"] = ",".join("1" if f >= threshold else "0" for f in fam.tolist())
             headers["X-EBMM-Match-Threshold"] = f"{threshold:.6g}"
-        return cls(buf.getvalue(), headers)
+        return cls(npy.dump(patterns.numpy()), headers)
 
 
 def _build_results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
@@ -288,7 +286,15 @@ def _alternatives(patterns: torch.Tensor, fam: torch.Tensor, energies: torch.Ten
 
 
 async def retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveInput,
-                   t: Timings) -> RetrieveResponse:
+                   t: Timings) -> RetrieveResponse | NpyAnswer:
+    if state.batcher is None:
+        return await _retrieve(state, caller, session_id, inp, t)
+    with state.batcher.handling():
+        return await _retrieve(state, caller, session_id, inp, t)
+
+
+async def _retrieve(state: AppState, caller: str, session_id: str, inp: RetrieveInput,
+                    t: Timings) -> RetrieveResponse | NpyAnswer:
     s = state.settings
     _check_id(session_id)
     check_count(inp.queries, s.max_patterns)

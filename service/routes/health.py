@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..auth import Caller, State
 from ..errors import StoreUnavailable
-from ..schemas import Health, Readiness
+from ..schemas import Health, ModelProcessState, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -36,8 +36,11 @@ async def readyz(state: State, response: Response) -> Readiness:
     response.status_code = 200 if ready else 503
     if not ready:
         response.headers["Retry-After"] = str(StoreUnavailable.retry_after)
+    procs = None if state.batcher is None else state.batcher.procs
     return Readiness(ready=ready, models=list(state.models), store=state.store.label,
-                     store_ok=store_ok, detail=detail)
+                     store_ok=store_ok, detail=detail,
+                     model_processes=None if procs is None else ModelProcessState(
+                         up=procs.ready, size=procs.size, failures=procs.failures))
 
 
 @router.get("/metrics", summary="Prometheus metrics (needs a key when keys are on)",

@@ -27,7 +27,9 @@ KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
 
 @asynccontextmanager
 async def running(checkpoint_dir: Path, **overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
-    app = create_app(Settings(checkpoint_dir=checkpoint_dir, **overrides))
+    """The app on an in-process transport; batched reads in the server's own process unless a test asks for
+    model processes (each is a fresh interpreter: seconds of CPU a test would rarely use)."""
+    app = create_app(Settings(checkpoint_dir=checkpoint_dir, **{"model_process": False, **overrides}))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -81,11 +81,11 @@ async def test_batcher_runs_a_lone_read_at_once_and_collects_the_rest_while_busy
     calls: list[int] = []
     release = asyncio.Event()
 
-    async def run(fn: Any, m: Any, items: list, steps: int, energies: str) -> tuple[list, float]:
+    async def run(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any) -> tuple[tuple, float]:
         calls.append(len(items))
         if len(calls) == 1:
             await release.wait()                               # the first batch holds the model
-        return [(f"r{float(x[0])}", None) for _, x in items], 0.01
+        return ([(f"r{float(x[0])}", None) for _, x in items], None), 0.01
 
     b = ReadBatcher(run, concurrent=1, window=10.0, max_queries=100)
     first = asyncio.ensure_future(b.read(FakeModel, {}, torch.tensor([0.0]), 5, "all"))
@@ -103,7 +103,7 @@ async def test_batcher_runs_a_lone_read_at_once_and_collects_the_rest_while_busy
 async def test_batcher_window_bounds_the_wait_and_a_full_pool_refuses_the_batch() -> None:
     calls: list[int] = []
 
-    async def busy(fn: Any, m: Any, items: list, steps: int, energies: str) -> tuple[list, float]:
+    async def busy(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any) -> tuple[tuple, float]:
         calls.append(len(items))
         raise Busy("all slots are taken", headers={"Retry-After": "1"})
 

@@ -1,0 +1,254 @@
+"""Batched reads in model processes of their own, so that they do not share the event loop's GIL.
+
+A torch call gives the GIL up and takes it back around every op, and a batched read of a slot memory is a
+few hundred small ops, so in one process the batch thread and the event loop take turns at one GIL: under
+16 clients the two together used about one core of the two while the machine stood a third idle. A model
+process loads the same checkpoints (checked by their SHA-256) and runs `Memory.read_many` for the batch
+lane's thread, which waits on a pipe with the GIL released. The pipe costs a round trip and copies
+(results/explore/model-process-roundtrip.json), so a lone read stays in the server (service/batching.py:
+ReadBatcher._where); the side-by-side runs are results/bench_service_batching_{on,in_server}.md.
+
+Messages are a JSON header and raw float32 tensors (`pack`, `unpack`): no pickle crosses the pipe. The
+processes start in the background, and a process that dies or breaks the protocol is replaced in the
+background; until one is up the batch lane reads in the server's own process, so a read never fails
+because a model process is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger("uvicorn.error.ebmm")
+
+_LEN = struct.Struct("<I")
+STARTUP_SECONDS = 120.0          # loading every checkpoint and warming it up
+
+
+class ModelProcessError(RuntimeError):
+    """A model process stopped, could not start, or broke the protocol."""
+
+
+class ModelCallFailed(ModelProcessError):
+    """The model process answered that a call raised; the process itself is fine."""
+
+
+def pack(meta: dict[str, Any], tensors: list[Tensor]) -> bytes:
+    """meta (JSON-able) and float32 tensors -> one message: u32 header length, JSON header, raw data."""
+    arrays = [np.asarray(t.detach().cpu().numpy(), dtype=np.float32, order="C") for t in tensors]
+    head = json.dumps({"meta": meta, "shapes": [a.shape for a in arrays]}, separators=(",", ":")).encode()
+    return b"".join([_LEN.pack(len(head)), head, *(a.tobytes() for a in arrays)])
+
+
+def unpack(buf: bytes) -> tuple[dict[str, Any], list[Tensor]]:
+    """The inverse of `pack`; ModelProcessError on a message that does not add up."""
+    try:
+        (n,) = _LEN.unpack_from(buf, 0)
+        head = json.loads(buf[_LEN.size:_LEN.size + n])
+        at, out = _LEN.size + n, []
+        for shape in head["shapes"]:
+            count = int(np.prod(shape, dtype=np.int64))
+            t = torch.empty(shape)                      # torch's allocator: aligned as torch's kernels like
+            t.numpy().reshape(-1)[:] = np.frombuffer(buf, np.float32, count, at)
+            out.append(t)
+            at += 4 * count
+        if at != len(buf):
+            raise ValueError(f"{len(buf) - at} bytes left over")
+        return head["meta"], out
+    except (struct.error, ValueError, KeyError, TypeError) as e:
+        raise ModelProcessError(f"malformed model-process message: {e}") from e
+
+
+def _main(conn: Connection, folder: str, device: str, torch_threads: int) -> None:
+    """The model process: load the checkpoints, say which, then answer read_many requests until EOF."""
+    torch.set_num_threads(torch_threads)
+    logging.basicConfig(level=logging.WARNING, format="ebmm model process: %(message)s")
+    from .registry import load_models                  # imported here: the child imports what it needs
+    models = load_models(Path(folder), torch.device(device))
+    conn.send_bytes(pack({"models": {n: m.sha256 for n, m in models.items()}}, []))
+    while True:
+        try:
+            buf = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            meta, tensors = unpack(buf)
+            m = models[meta["model"]]
+            names, counts = meta["names"], meta["counts"]
+            weights = [dict(zip(names, tensors[i * len(names):(i + 1) * len(names)], strict=True))
+                       for i in range(len(counts))]
+            queries = tensors[len(names) * len(counts):]
+            outs = m.memory.read_many(weights, queries, meta["steps"], meta["energies"])
+            flat = [t for r, f in outs for t in (r.iterates, r.energies, f)]
+            reply = {"ok": True, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        except Exception as e:                          # noqa: BLE001 - the server reads in-process instead
+            flat, reply = [], {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        conn.send_bytes(pack(reply, flat))
+
+
+class ModelProcess:
+    """One model process and the pipe to it; one call at a time (the batch lane's thread holds it).
+    Construction launches it; `wait_ready` waits until it has loaded the checkpoints."""
+
+    def __init__(self, folder: Path, device: torch.device, torch_threads: int):
+        # a fresh interpreter (not fork: the parent runs threads and an event loop; not multiprocessing's
+        # spawn: that re-imports the parent's main module), one end of a socket pair as its pipe
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "service.model_process", str(theirs.fileno()), str(folder), str(device),
+                 str(torch_threads)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except OSError as e:
+            ours.close()
+            raise ModelProcessError(f"could not start a model process: {e}") from e
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+
+    def wait_ready(self, expected: dict[str, str], timeout: float = STARTUP_SECONDS) -> None:
+        """Until the process says which checkpoints it loaded (name -> SHA-256); ModelProcessError (and the
+        process closed) unless they are `expected`, the server's own."""
+        try:
+            meta, _ = self._recv(timeout)
+            if meta.get("models") != expected:
+                raise ModelProcessError(f"the model process loaded {meta.get('models')}, the server {expected}")
+        except ModelProcessError:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def _recv(self, timeout: float | None) -> tuple[dict[str, Any], list[Tensor]]:
+        try:
+            if timeout is not None and not self._conn.poll(timeout):
+                raise ModelProcessError(f"no answer from the model process in {timeout:.0f} s")
+            return unpack(self._conn.recv_bytes())
+        except (EOFError, OSError) as e:
+            raise ModelProcessError(f"the model process stopped ({type(e).__name__})") from e
+
+    def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
+                  energies: str) -> tuple[list[tuple[Any, Tensor]], float, float]:
+        """As Memory.read_many, in the model process: (results, its wall seconds, its CPU seconds)."""
+        from model.memory import ReadResult
+        names = sorted(weights[0])
+        msg = pack({"model": model, "names": names, "counts": [q.shape[0] for q in queries], "steps": steps,
+                    "energies": energies}, [w[n] for w in weights for n in names] + list(queries))
+        try:
+            self._conn.send_bytes(msg)
+        except OSError as e:
+            raise ModelProcessError(f"the model process stopped ({type(e).__name__})") from e
+        meta, flat = self._recv(None)
+        if not meta.get("ok"):
+            raise ModelCallFailed(f"the model process failed: {meta.get('error')}")
+        if len(flat) != 3 * len(queries):
+            raise ModelProcessError(f"the model process answered {len(flat)} tensors for {len(queries)} reads")
+        outs = [(ReadResult(flat[3 * i], flat[3 * i + 1]), flat[3 * i + 2]) for i in range(len(queries))]
+        return outs, float(meta["wall"]), float(meta["cpu"])
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close the pipe (the process ends at EOF); kill it if it has not ended within timeout seconds."""
+        try:
+            self._conn.close()
+        finally:
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+
+
+class ModelProcesses:
+    """The batch lane's model processes, one per lane thread, started in the background: until one is up
+    (a few seconds: a fresh interpreter imports torch and loads every checkpoint), and while a broken one is
+    replaced, `take` finds none and the lane reads in the server's process."""
+
+    def __init__(self, n: int, folder: Path, device: torch.device, torch_threads: int, expected: dict[str, str]):
+        self._args, self._expected = (folder, device, torch_threads), expected
+        self._idle: list[ModelProcess] = []
+        self._all: set[ModelProcess] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.size, self.failures = n, 0
+        for _ in range(n):
+            self._start()
+
+    @property
+    def ready(self) -> int:
+        """Processes up and idle now."""
+        with self._lock:
+            return len(self._idle)
+
+    def _start(self) -> None:
+        threading.Thread(target=self._launch, name="ebmm-model-start", daemon=True).start()
+
+    def _launch(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                p = ModelProcess(*self._args)
+            except ModelProcessError as e:
+                log.error("could not start a model process: %s", e)
+                return
+            self._all.add(p)
+        try:
+            p.wait_ready(self._expected)
+        except ModelProcessError as e:
+            with self._lock:
+                self._all.discard(p)
+            if not self._closed:
+                log.error("batched reads stay in the server's process: %s", e)
+            return
+        log.info("model process %s up", p.pid)
+        self.give_back(p)
+
+    def take(self) -> ModelProcess | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def give_back(self, p: ModelProcess) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(p)
+                return
+        p.close()
+
+    def broken(self, p: ModelProcess, why: Exception) -> None:
+        """Close p and start a replacement in the background."""
+        log.error("model process %s failed (%s); reading in the server's process until a replacement is up",
+                  p.pid, why)
+        with self._lock:
+            self.failures += 1
+            self._all.discard(p)
+        p.close()
+        self._start()
+
+    def close(self) -> None:
+        """Stop every process, those starting included."""
+        with self._lock:
+            self._closed, procs, self._idle = True, list(self._all), []
+            self._all.clear()
+        for p in procs:
+            p.close()
+
+
+if __name__ == "__main__":               # python -m service.model_process FD FOLDER DEVICE TORCH_THREADS
+    _main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,153 @@
+"""Model processes (service/model_process.py): batched reads in a process of their own answer exactly what
+the server's own process answers; a process that dies or loaded other checkpoints never fails a read."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_api import running
+from test_batching import _write_and_query
+
+from service.batching import ReadBatcher, _Group, read_batch
+from service.model_process import ModelCallFailed, ModelProcess, ModelProcessError, ModelProcesses, pack, unpack
+from service.registry import load_models
+
+pytestmark = pytest.mark.anyio
+
+
+def _wait(cond, seconds: float = 90.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_messages_round_trip_and_malformed_ones_are_refused() -> None:
+    ts = [torch.randn(3, 4), torch.zeros(0, 2), torch.arange(6.0).view(1, 2, 3), torch.tensor(2.5)]
+    meta, back = unpack(pack({"model": "m", "counts": [1, 2]}, ts))
+    assert meta == {"model": "m", "counts": [1, 2]}
+    assert [b.shape for b in back] == [t.shape for t in ts]
+    assert all(torch.equal(a, b) for a, b in zip(ts, back, strict=True))
+    good = pack({"x": 1}, [torch.ones(4)])
+    for bad in (good[:-1], good + b"\0\0\0\0", good[:3], b"\xff\xff\xff\x7f{}", b"\x02\0\0\0{]"):
+        with pytest.raises(ModelProcessError):
+            unpack(bad)
+
+
+def _sessions(m, n: int, seed: int = 0) -> tuple[list[dict], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    shape = m.input_shape
+    ws = [m.memory.write((torch.rand(8, *shape, generator=g) > 0.5).float()).weights for _ in range(n)]
+    qs = [(torch.rand(1 + i % 2, *shape, generator=g) > 0.5).float() for i in range(n)]
+    return ws, qs
+
+
+def test_a_model_process_reads_as_the_server_does_and_refuses_other_checkpoints(checkpoint_dir: Path) -> None:
+    models = load_models(checkpoint_dir, torch.device("cpu"))
+    expected = {n: m.sha256 for n, m in models.items()}
+    p = ModelProcess(checkpoint_dir, torch.device("cpu"), 1)
+    try:
+        p.wait_ready(expected)
+        for name in ("binary128", "shapes16"):
+            m = models[name]
+            ws, qs = _sessions(m, 5)
+            here = m.memory.read_many(ws, qs, 5, "all")
+            there, wall, cpu = p.read_many(name, ws, qs, 5, "all")
+            assert wall > 0 and cpu > 0
+            for (r1, f1), (r2, f2) in zip(here, there, strict=True):
+                assert torch.equal(r1.iterates, r2.iterates) and torch.equal(r1.energies, r2.energies)
+                assert torch.equal(f1, f2)
+        with pytest.raises(ModelCallFailed, match="failed: KeyError"):       # an unknown model: an error
+            p.read_many("nope", ws, qs, 5, "all")
+        there, _, _ = p.read_many("shapes16", ws, qs, 5, "last")           # ... and the process goes on
+        assert there[0][0].energies.shape[0] == 1
+    finally:
+        p.close()
+    assert not p.alive()
+    q = ModelProcess(checkpoint_dir, torch.device("cpu"), 1)
+    with pytest.raises(ModelProcessError, match="loaded"):
+        q.wait_ready({**expected, "binary128": "0" * 64})
+    assert not q.alive()
+
+
+def test_a_dead_model_process_costs_no_read_and_is_replaced(checkpoint_dir: Path) -> None:
+    models = load_models(checkpoint_dir, torch.device("cpu"))
+    m = models["binary128"]
+    procs = ModelProcesses(1, checkpoint_dir, torch.device("cpu"), 1, {n: x.sha256 for n, x in models.items()})
+    try:
+        assert procs.ready == 0                         # started in the background: no wait at start-up
+        ws, qs = _sessions(m, 3, seed=1)
+        items = list(zip(ws, qs, strict=True))
+        alone, cpu = read_batch(m, items, 5, "all", procs)    # before it is up: read here
+        assert cpu is None
+        _wait(lambda: procs.ready == 1)
+        first = procs.take()
+        pid = first.pid
+        procs.give_back(first)
+        outs, cpu = read_batch(m, items, 5, "all", procs)
+        assert cpu is not None and cpu > 0               # read in the model process
+        bad = [({**ws[0], "energy.memory": torch.zeros(2)}, qs[0])]      # a call that raises there and here
+        with pytest.raises(ValueError):
+            read_batch(m, bad, 5, "all", procs)
+        assert procs.ready == 1 and procs.failures == 0  # ... costs no process
+        first._proc.kill()
+        first._proc.wait(10)
+        again, cpu = read_batch(m, items, 5, "all", procs)    # dead: this read runs here instead
+        assert cpu is None and procs.failures == 1
+        for res in (outs, again):
+            for (r1, f1), (r2, f2) in zip(alone, res, strict=True):
+                assert torch.equal(r1.iterates, r2.iterates) and torch.equal(f1, f2)
+        _wait(lambda: procs.ready == 1)                  # a replacement comes up
+        p = procs.take()
+        assert p.pid != pid and p.alive()
+        procs.give_back(p)
+    finally:
+        procs.close()
+    assert procs.take() is None
+
+
+async def test_a_lone_read_stays_in_the_server_and_a_busy_one_goes_to_the_process() -> None:
+    b = ReadBatcher(None, concurrent=1, window=0.01, max_queries=10, procs="procs")  # type: ignore[arg-type]
+    one, two = _Group(items=[({}, torch.zeros(1))]), _Group(items=[({}, torch.zeros(1))] * 2)
+    with b.handling():
+        assert b._where(one) is None                    # alone: no round trip through the pipe
+        assert b._where(two) == "procs"
+        with b.handling():
+            assert b._where(one) == "procs"             # another retrieve is being handled meanwhile
+    assert b.requests == 0
+
+
+async def test_the_service_reads_through_model_processes_as_it_reads_without(checkpoint_dir: Path) -> None:
+    answers = {}
+    for use in (False, True):
+        async with running(checkpoint_dir, model_process=use, pool_size=1, pool_queue=64) as (client, state):
+            deadline = time.monotonic() + 90
+            while True:                                  # /readyz says when the process is up
+                ready = (await client.get("/readyz")).json()
+                if not use or ready["model_processes"]["up"] == 1:
+                    break
+                assert time.monotonic() < deadline, "no model process came up"
+                await asyncio.sleep(0.05)
+            assert ready["ready"]
+            assert ready["model_processes"] == ({"up": 1, "size": 1, "failures": 0} if use else None)
+            ids, bodies = await _write_and_query(client, 12)
+            rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve", json=b)
+                                        for sid, b in zip(ids, bodies, strict=True)))
+            assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+            answers[use] = [r.json()["results"] for r in rs]
+            metrics = (await client.get("/metrics")).text
+            placed = [line for line in metrics.splitlines() if line.startswith("ebmm_read_batches_total")
+                      and 'place="process"' in line]
+            if use:
+                assert placed and float(placed[0].split()[-1]) >= 1
+            else:
+                assert state.batcher.procs is None and not placed
+    for a, b in zip(answers[False], answers[True], strict=True):
+        assert [r["pattern"] for r in a] == [r["pattern"] for r in b]
+        assert np.allclose([r["energies"] for r in a], [r["energies"] for r in b], rtol=1e-5, atol=1e-5)
+        assert [r["familiarity"] for r in a] == [r["familiarity"] for r in b]

@@ -1,0 +1,54 @@
+"""The .npy reader and writer (service/npy.py) read what np.load reads, refuse what it refuses, and write
+what np.save writes."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from service import npy
+
+SHAPES = [(1, 1, 32, 32), (64, 3, 8, 8), (5,), (), (2, 0, 3), (3, 128)]
+DTYPES = [np.float32, np.float64, np.float16, np.uint8, np.bool_, np.int64, np.int32, ">f4", "<u2"]
+
+
+def _saved(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reads_every_plain_array_as_np_load_does_without_falling_back(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    for dt in DTYPES:
+        for order in ("C", "F"):
+            a = np.asarray(rng.random(shape) * 3, order=order).astype(dt, order=order)
+            raw = _saved(a)
+            fast = npy._fast(raw)
+            assert fast is not None, (dt, order)
+            ref = np.load(io.BytesIO(raw))
+            assert fast.dtype == ref.dtype and fast.shape == ref.shape and np.array_equal(fast, ref)
+            assert fast.flags.writeable and not np.shares_memory(fast, np.frombuffer(raw, np.uint8))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_writes_what_np_save_writes(shape: tuple[int, ...]) -> None:
+    a = np.asarray(np.random.default_rng(1).random(shape), dtype=np.float32)
+    assert npy.dump(a) == _saved(a)
+    assert npy.dump(a.astype(np.float64)) == _saved(a)              # float32 whatever it is given
+    assert npy.dump(np.asarray(a, order="F")) == _saved(a)           # ... and in C order
+
+
+def test_refuses_what_np_load_refuses() -> None:
+    raw = _saved(np.zeros((2, 3), np.float32))
+    objects = io.BytesIO()
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for bad in (raw[:-1], raw[:20], b"\x93NUMPY\x01\x00", b"not an array", objects.getvalue()):
+        with pytest.raises((ValueError, OSError, EOFError)):
+            np.load(io.BytesIO(bad), allow_pickle=False)
+        with pytest.raises((ValueError, OSError, EOFError)):
+            npy.load(bad)
+    version3 = _saved(np.array(["é"]))                              # other writers' headers: np.load's path
+    assert npy._fast(version3) is None and npy.load(version3)[0] == "é"
