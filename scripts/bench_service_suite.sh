@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The HTTP benchmarks quoted in the README, on a quiet machine: a local server (in-process store) per
-# setting, `ebmm bench-service` against it, results/bench_service_*.{json,md}. About 4 minutes.
+# setting, `ebmm bench-service` against it, results/bench_service_*.{json,md}. About 2 minutes. Every
+# batching setting side by side, in rounds: scripts/bench_batching_rounds.py.
 #   bash scripts/bench_service_suite.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,20 +29,8 @@ $B bench-service --url "$URL" --payload npy --client raw --patterns 1 --requests
 $B bench-service --url "$URL" --payload npy --client raw --patterns 64 --requests 300 --concurrency 1 --floor \
   --note "$QUIET" --out results/bench_service_npy_64_raw.json --md results/bench_service_npy_64_raw.md
 $B bench-service --url "$URL" --payload npy --client raw --patterns 1 --sessions 16 --skip-write --floor \
-  --requests 3000 --concurrency 1,16 --note "$QUIET; EBMM_BATCH_READS=true, EBMM_BATCH_CONCURRENCY=1, EBMM_MODEL_PROCESS=true (defaults)" \
+  --requests 3000 --concurrency 1,16 --note "$QUIET; EBMM_BATCH_READS=true, EBMM_MODEL_PROCESS=true, two model processes (defaults)" \
   --out results/bench_service_batching_on.json --md results/bench_service_batching_on.md
-stop
-
-serve EBMM_BATCH_READS=true EBMM_MODEL_PROCESS=false
-$B bench-service --url "$URL" --payload npy --client raw --patterns 1 --sessions 16 --skip-write \
-  --requests 3000 --concurrency 16 --note "$QUIET; EBMM_BATCH_READS=true, EBMM_MODEL_PROCESS=false (batches in the server's process)" \
-  --out results/bench_service_batching_in_server.json --md results/bench_service_batching_in_server.md
-stop
-
-serve EBMM_BATCH_READS=true EBMM_BATCH_CONCURRENCY=2
-$B bench-service --url "$URL" --payload npy --client raw --patterns 1 --sessions 16 --skip-write \
-  --requests 3000 --concurrency 16 --note "$QUIET; EBMM_BATCH_READS=true, EBMM_BATCH_CONCURRENCY=2 (two batch threads)" \
-  --out results/bench_service_batching_two_threads.json --md results/bench_service_batching_two_threads.md
 stop
 
 serve EBMM_BATCH_READS=false

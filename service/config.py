@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     pool_queue: int = Field(8, ge=0, le=1024)      # requests allowed to wait for a thread; more -> 503
     torch_threads: int = Field(1, ge=1, le=64)     # intra-op threads of each model call
     batch_reads: bool = True                       # plain reads of one model from several sessions: one call
-    batch_concurrency: int = Field(1, ge=1, le=64)       # threads of the batch lane, shared by every kind of batch
+    # batches running at once: threads of the batch lane, and as many model processes; shared by every kind
+    # of batch (results/bench_service_batching_rounds.md: two against one, with model processes and without)
+    batch_concurrency: int = Field(2, ge=1, le=64)
     batch_window_ms: float = Field(2.0, ge=0, le=1000)   # the longest a read waits for its batch to start
     batch_max_queries: int = Field(256, ge=1, le=65536)  # a batch starts once it holds this many queries
     model_process: bool = True                     # batched reads in a model process of their own

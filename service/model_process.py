@@ -6,7 +6,7 @@ few hundred small ops, so in one process the batch thread and the event loop tak
 process loads the same checkpoints (checked by their SHA-256) and runs `Memory.read_many` for the batch
 lane's thread, which waits on a pipe with the GIL released. The pipe costs a round trip and copies
 (results/explore/model-process-roundtrip.json), so a lone read stays in the server (service/batching.py:
-ReadBatcher._where); the side-by-side runs are results/bench_service_batching_{on,in_server}.md.
+ReadBatcher._where). Every setting side by side: results/bench_service_batching_rounds.md.
 
 Messages are a JSON header and raw float32 tensors (`pack`, `unpack`): no pickle crosses the pipe. The
 processes start in the background, and a process that dies or breaks the protocol is replaced in the
@@ -192,9 +192,14 @@ class ModelProcesses:
 
     @property
     def ready(self) -> int:
-        """Processes up and idle now."""
+        """Processes up and idle now; one found dead meanwhile is replaced (as `broken`)."""
         with self._lock:
-            return len(self._idle)
+            dead = [p for p in self._idle if not p.alive()]
+            self._idle = [p for p in self._idle if p not in dead]
+            up = len(self._idle)
+        for p in dead:
+            self.broken(p, ModelProcessError(f"exited with {p._proc.returncode} while idle"))
+        return up
 
     def _start(self) -> None:
         threading.Thread(target=self._launch, name="ebmm-model-start", daemon=True).start()
@@ -221,8 +226,13 @@ class ModelProcesses:
         self.give_back(p)
 
     def take(self) -> ModelProcess | None:
-        with self._lock:
-            return self._idle.pop() if self._idle else None
+        """An idle live process, or None. One found dead meanwhile is replaced (as `broken`)."""
+        while True:
+            with self._lock:
+                p = self._idle.pop() if self._idle else None
+            if p is None or p.alive():
+                return p
+            self.broken(p, ModelProcessError(f"exited with {p._proc.returncode} while idle"))
 
     def give_back(self, p: ModelProcess) -> None:
         with self._lock:

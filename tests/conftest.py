@@ -330,7 +330,9 @@ class ServerProcess:
 
         import httpx
         env = {k: v for k, v in os.environ.items() if not k.startswith("EBMM_")}
-        env.update({"EBMM_LOG_LEVEL": "warning", "EBMM_TORCH_THREADS": "1", **self.env})
+        # no model processes unless a test asks (each is a fresh interpreter loading every checkpoint)
+        env.update({"EBMM_LOG_LEVEL": "warning", "EBMM_TORCH_THREADS": "1", "EBMM_MODEL_PROCESS": "false",
+                    **self.env})
         cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)

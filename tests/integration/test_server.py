@@ -194,3 +194,54 @@ def test_bench_service_drives_a_real_server_and_leaves_nothing_behind(server: An
     assert "| retrieve | 2 |" in (tmp_path / "b.md").read_text()
     assert keys() == before
     r.close()
+
+
+def test_a_real_server_reads_through_its_model_processes_and_outlives_one(server_factory: Callable,
+                                                                          settings: dict[str, Any]) -> None:
+    """`ebmm serve` with model processes: concurrent retrieves of many sessions are answered as without
+    them and batched in a model process; a killed one costs no read and is replaced."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ready(url: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 120
+        while True:
+            procs = httpx.get(url + "/readyz", timeout=5).json()["model_processes"]
+            if procs is None or procs["up"] == procs["size"]:
+                return procs
+            assert time.monotonic() < deadline, procs
+            time.sleep(0.1)
+
+    bits = np.random.default_rng(5).random((12, 4, 128)) >= 0.5
+    answers = {}
+    for use in ("false", "true"):
+        srv = server_factory(**{**settings, "model_process": use})
+        procs = ready(srv.url)
+        assert procs == (None if use == "false" else {"up": 2, "size": 2, "failures": 0})
+        with httpx.Client(base_url=srv.url, headers=A, timeout=60) as c:
+            ids = [c.post("/v1/sessions", json={"model": "binary128", "patterns": {
+                "bits": ["".join("1" if v else "0" for v in row) for row in b]}}).json()["session_id"] for b in bits]
+
+            def read(i: int, c: httpx.Client = c, ids: list[str] = ids) -> Any:
+                q = "".join("1" if v else "0" for v in bits[i][0])
+                q = ("0" if q[0] == "1" else "1") + q[1:]
+                r = c.post(f"/v1/sessions/{ids[i]}/retrieve", json={"queries": {"bits": [q]}})
+                assert r.status_code == 200, r.text
+                return r.json()["results"][0]["pattern"]
+            with ThreadPoolExecutor(8) as pool:
+                answers[use] = [list(pool.map(read, range(len(ids)))) for _ in range(3)]
+            if use == "true":
+                metrics = c.get("/metrics").text
+                assert 'ebmm_read_batches_total{model="binary128",place="process"}' in metrics
+                found = os.popen(f"pgrep -P {srv.proc.pid} -f service.model_process").read()
+                children = [int(p) for p in found.split()]
+                assert len(children) == 2
+                os.kill(children[0], signal.SIGKILL)
+                with ThreadPoolExecutor(8) as pool:                 # answered while one is replaced
+                    again = list(pool.map(read, range(len(ids))))
+                assert again == answers["false"][0]
+                procs = ready(srv.url)
+                assert procs == {"up": 2, "size": 2, "failures": 1}     # found dead, replaced
+        srv.stop()
+    assert answers["true"] == answers["false"]

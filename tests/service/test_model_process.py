@@ -129,12 +129,13 @@ async def test_the_service_reads_through_model_processes_as_it_reads_without(che
             deadline = time.monotonic() + 90
             while True:                                  # /readyz says when the process is up
                 ready = (await client.get("/readyz")).json()
-                if not use or ready["model_processes"]["up"] == 1:
+                if not use or ready["model_processes"]["up"] == 2:
                     break
                 assert time.monotonic() < deadline, "no model process came up"
                 await asyncio.sleep(0.05)
             assert ready["ready"]
-            assert ready["model_processes"] == ({"up": 1, "size": 1, "failures": 0} if use else None)
+            # two by default (EBMM_BATCH_CONCURRENCY), one per batch running at once
+            assert ready["model_processes"] == ({"up": 2, "size": 2, "failures": 0} if use else None)
             ids, bodies = await _write_and_query(client, 12)
             rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve", json=b)
                                         for sid, b in zip(ids, bodies, strict=True)))
