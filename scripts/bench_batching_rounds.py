@@ -24,6 +24,7 @@ from service.bench import _machine
 
 SETTINGS = {   # name -> EBMM_* environment
     "two model processes (defaults)": {},
+    "two model processes, no access log": {"EBMM_ACCESS_LOG": "false"},
     "one model process": {"EBMM_BATCH_CONCURRENCY": "1"},
     "in the server, two batch threads": {"EBMM_MODEL_PROCESS": "false"},
     "in the server, one batch thread": {"EBMM_MODEL_PROCESS": "false", "EBMM_BATCH_CONCURRENCY": "1"},
@@ -67,7 +68,7 @@ def main() -> None:
             urls[name] = f"http://127.0.0.1:{port}"
             servers.append(subprocess.Popen(
                 [EBMM, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env={**base, "EBMM_POOL_QUEUE": "64", "EBMM_LOG_LEVEL": "warning", **env},
+                env={**base, "EBMM_POOL_QUEUE": "64", **env},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for url in urls.values():
             _up(url)

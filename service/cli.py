@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"ebmm service: http://{s.host}:{s.port}  (API docs: http://{s.host}:{s.port}/docs; "
           f"store {s.store_label}; api keys {'on' if s.auth_enabled else 'off'})", flush=True)
     uvicorn.run("service.main:create_app", factory=True, host=s.host, port=s.port, workers=s.workers,
-                log_level=s.log_level, timeout_graceful_shutdown=10)
+                log_level=s.log_level, access_log=s.access_log, timeout_graceful_shutdown=10)
     return 0
 
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     memory_max_sessions: int = Field(1000, ge=1, le=1_000_000)
     memory_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 36)
     log_level: str = "info"
+    # uvicorn's access log, a line per request (credentials redacted: service/logs.py); behind a proxy that
+    # logs requests itself it can go (what it costs: results/bench_service_batching_rounds.md)
+    access_log: bool = True
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -245,3 +245,11 @@ def test_a_real_server_reads_through_its_model_processes_and_outlives_one(server
                 assert procs == {"up": 2, "size": 2, "failures": 1}     # found dead, replaced
         srv.stop()
     assert answers["true"] == answers["false"]
+
+
+def test_the_access_log_can_be_turned_off(server_factory: Callable, checkpoint_dir: Path) -> None:
+    for on in (True, False):
+        srv = server_factory(checkpoint_dir=checkpoint_dir, log_level="info", access_log=str(on).lower())
+        assert httpx.get(srv.url + "/v1/models", timeout=10).status_code == 200
+        srv.stop()
+        assert ('"GET /v1/models HTTP/1.1" 200' in srv.log.read_text()) == on
