@@ -49,7 +49,7 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def workload(info: dict[str, Any], n: int, seed: int = 0, payload: str = "png"
+def workload(info: dict[str, Any], n: int, seed: int = 0, payload: str = "png", answer: str = "float32"
              ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Request kwargs for one write and one retrieve (bottom half of every query occluded; with PNG a mask
     says so, with .npy bodies, which take no mask, the read restores it unaided)."""
@@ -65,7 +65,8 @@ def workload(info: dict[str, Any], n: int, seed: int = 0, payload: str = "png"
             q[..., shape[0] // 2:] = 0.0                                # second half of every string
         npy = {"content-type": "application/x-npy"}
         return ({"content": _npy(x), "headers": npy, "params": {"model": info["name"]}},
-                {"content": _npy(q), "headers": {**npy, "accept": "application/x-npy"}})
+                {"content": _npy(q), "headers": {**npy, "accept": "application/x-npy"
+                                                 + ("" if answer == "float32" else f"; dtype={answer}")}})
     if len(shape) == 1:
         bits = ["".join(str(int(v)) for v in row) for row in x]
         queries = [b[: len(b) // 2] + "0" * (len(b) - len(b) // 2) for b in bits]
@@ -195,7 +196,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         models = (await c.get("/v1/models")).raise_for_status().json()["models"]
         name = args.model or next(m["name"] for m in models if m["default"])
         info = next(m for m in models if m["name"] == name)
-        write, read = workload(info, args.patterns, payload=args.payload)
+        write, read = workload(info, args.patterns, payload=args.payload,
+                               answer=getattr(args, "answer_dtype", "float32"))
         created = [(await c.post("/v1/sessions", **write)).raise_for_status().json()["session_id"]
                    for _ in range(args.sessions)]
         targets = [f"/v1/sessions/{sid}/retrieve" for sid in created]   # retrieves cycle over the sessions
@@ -222,14 +224,16 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         for s in created:                                         # leave nothing behind
             await c.delete(f"/v1/sessions/{s}")
     return {"model": {k: info[k] for k in ("name", "kind", "input_shape", "architecture", "memory_floats")},
-            "patterns_per_request": args.patterns, "payload": args.payload, "client": args.client,
+            "patterns_per_request": args.patterns, "payload": args.payload,
+            "answer_dtype": getattr(args, "answer_dtype", "float32"), "client": args.client,
             "sessions": args.sessions, "runs": runs}
 
 
 def _markdown(res: dict[str, Any]) -> str:
     m = res["model"]
     setup = (f"Model: {m['name']} ({m['architecture']}, {m['kind']}, {m['input_shape']}), "
-             f"{res['patterns_per_request']} patterns per request, {res.get('payload', 'png')} bodies, "
+             f"{res['patterns_per_request']} patterns per request, {res.get('payload', 'png')} bodies"
+             f"{' with ' + res['answer_dtype'] + ' .npy answers' if res.get('payload') == 'npy' else ''}, "
              f"{res.get('client', 'httpx')} clients, "
              f"retrieves over {res.get('sessions', 1)} session(s). {res['note']}")
     lines = [f"# Service benchmark ({res['date']})", "", f"Command: `{res['command']}`", "", setup, "",

@@ -66,7 +66,7 @@ class RetrieveInput:
     queries: RawBatch
     mask: RawBatch | None
     options: RetrieveOptions
-    npy_answer: bool = False          # the client asked for Accept: application/x-npy
+    npy_answer: str | None = None     # the dtype of the .npy answer Accept asked for (None: JSON)
 
 
 def _validate(cls: type[BaseModel], data: Any) -> Any:
@@ -221,9 +221,23 @@ async def read_write(request: Request, max_patterns: int) -> WriteInput:
     return WriteInput(fields.get("model"), files)
 
 
-def wants_npy(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return any(part.split(";")[0].strip().lower() in NPY_TYPES for part in accept.split(","))
+NPY_ANSWER_DTYPES = ("float32", "uint8")
+
+
+def wants_npy(request: Request) -> str | None:
+    """The dtype of a .npy answer the Accept header asks for (`application/x-npy`, float32; with
+    `; dtype=uint8`, patterns x 255 rounded: a quarter of the bytes), or None for JSON."""
+    for part in request.headers.get("accept", "").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if media.lower() not in NPY_TYPES:
+            continue
+        opts = dict(p.split("=", 1) if "=" in p else (p, "") for p in params)
+        dtype = opts.get("dtype", "float32").strip('"').lower()
+        if dtype not in NPY_ANSWER_DTYPES:
+            raise BadInput(f"accept: dtype={dtype!r} for an application/x-npy answer; expected one of "
+                           f"{', '.join(NPY_ANSWER_DTYPES)}", "accept", part.strip())
+        return dtype
+    return None
 
 
 async def read_retrieve(request: Request, max_patterns: int) -> RetrieveInput:

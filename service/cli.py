@@ -66,6 +66,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--requests", type=int, default=10, help="requests per operation and concurrency")
     b.add_argument("--payload", choices=("png", "npy"), default="png",
                    help="png: multipart PNG files and JSON answers; npy: .npy bodies and answers")
+    b.add_argument("--answer-dtype", choices=("float32", "uint8"), default="float32",
+                   help="with --payload npy: the dtype retrieves ask their .npy answer in (Accept: ...; dtype=)")
     b.add_argument("--concurrency", default="1,4", help="comma-separated client counts")
     b.add_argument("--client", choices=("httpx", "raw"), default="httpx",
                    help="httpx: asyncio clients (any payload); raw: one keep-alive http.client connection per "

@@ -3,7 +3,7 @@ parser (ast.literal_eval) and np.save than in copying its 4 KiB.
 
 `load` reads the header numpy itself writes (format 1.0 or 2.0, a plain number dtype, C or Fortran order)
 with one regular expression and hands anything else to np.load with pickles refused, so what it accepts
-and refuses is np.load's. `dump` writes a valid format-1.0 file of a float32 array.
+and refuses is np.load's. `dump` writes a valid format-1.0 file of a float32 array, or uint8 x 255.
 """
 from __future__ import annotations
 
@@ -47,11 +47,18 @@ def load(raw: bytes) -> np.ndarray:
     return a if a is not None else np.load(io.BytesIO(raw), allow_pickle=False)
 
 
-def dump(a: np.ndarray) -> bytes:
-    """a as a .npy file (format 1.0), float32 in C order."""
-    a = np.asarray(a, dtype=np.float32, order="C")       # not ascontiguousarray: that makes 0-d arrays 1-d
+def dump(a: np.ndarray, dtype: str = "float32") -> bytes:
+    """a as a .npy file (format 1.0) in C order: float32, or with dtype="uint8" values in [0, 1] as round(255 a)."""
+    if dtype == "uint8":
+        a = np.asarray(np.clip(np.rint(np.asarray(a, dtype=np.float32) * 255), 0, 255), dtype=np.uint8, order="C")
+        descr = "|u1"
+    elif dtype == "float32":
+        a = np.asarray(a, dtype=np.float32, order="C")      # not ascontiguousarray: that makes 0-d arrays 1-d
+        descr = "<f4"
+    else:
+        raise ValueError(f"dtype {dtype!r}: expected float32 or uint8")
     shape = tuple(int(s) for s in a.shape)
-    head = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}, }}"
+    head = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
     pad = -(10 + len(head) + 1) % ALIGN
     header = (head + " " * pad + "\n").encode("latin1")
     return b"".join((MAGIC, b"\x01\x00", _SIZES[1].pack(len(header)), header, a.tobytes()))

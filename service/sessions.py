@@ -226,21 +226,21 @@ def _results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajec
 
 @dataclass
 class NpyAnswer:
-    """A retrieve answered as .npy: float32 (N, *S) restored patterns, or (K+1, N, *S) with trajectory;
-    per-query numbers in headers."""
+    """A retrieve answered as .npy: float32 (N, *S) restored patterns, or (K+1, N, *S) with trajectory (uint8
+    x 255 when asked); per-query numbers in headers."""
     body: bytes
     headers: dict[str, str]
 
     @classmethod
     def of(cls, patterns: torch.Tensor, energies: torch.Tensor, fam: torch.Tensor, threshold: float | None,
-           steps: int) -> NpyAnswer:
+           steps: int, dtype: str = "float32") -> NpyAnswer:
         headers = {"X-EBMM-Shape": ",".join(map(str, patterns.shape)), "X-EBMM-Steps": str(steps),
                    "X-EBMM-Energies": ",".join(f"{e:.6g}" for e in energies.tolist()),
                    "X-EBMM-Familiarity": ",".join(f"{f:.6f}" for f in fam.tolist())}
         if threshold is not None:
             headers["X-EBMM-Match"] = ",".join("1" if f >= threshold else "0" for f in fam.tolist())
             headers["X-EBMM-Match-Threshold"] = f"{threshold:.6g}"
-        return cls(npy.dump(patterns.numpy()), headers)
+        return cls(npy.dump(patterns.numpy(), dtype), headers)
 
 
 def _build_results(iterates: torch.Tensor, energies: torch.Tensor, output: str, trajectory: bool,
@@ -330,7 +330,7 @@ async def _retrieve(state: AppState, caller: str, session_id: str, inp: Retrieve
         with t.stage("encode"):                  # np.save: on the loop when small, else off it
             out = res.iterates if o.trajectory else res.iterates[-1]
             return await codec(state, out.numel() // VECTORISED, NpyAnswer.of, out, res.energies[-1], fam,
-                               threshold, steps)
+                               threshold, steps, inp.npy_answer)
     with t.stage("encode"):
         values = (res.iterates.numel() if o.trajectory else res.iterates[-1].numel()) + (
             0 if cands is None else cands.patterns.numel()) + (0 if drawn is None else drawn[0].numel())

@@ -38,7 +38,8 @@ NPY_BODY = ("One .npy array (numpy.save, no pickles) holding the whole batch alo
             "fields go in the query string (?model=... for a write; ?steps=...&trajectory=true for a "
             "retrieve). No masks with this body. Send `Accept: application/x-npy` on a retrieve to get the "
             "restored patterns back as one float32 .npy array ((K+1, N, ...) with trajectory=true) and the "
-            "energies, familiarities and matches in X-EBMM-* headers.")
+            "energies, familiarities and matches in X-EBMM-* headers; `Accept: application/x-npy; dtype=uint8` "
+            "returns them as uint8, 255 x the value rounded (a quarter of the bytes).")
 WRITE_FORM = {"files": _binary_field("Image files (PNG, JPEG, BMP, GIF, WebP), all the same size"),
               "model": {"type": "string", "description": "Model name (default: characters model)",
                         "example": "characters32"}}

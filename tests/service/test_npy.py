@@ -39,6 +39,10 @@ def test_writes_what_np_save_writes(shape: tuple[int, ...]) -> None:
     assert npy.dump(a) == _saved(a)
     assert npy.dump(a.astype(np.float64)) == _saved(a)              # float32 whatever it is given
     assert npy.dump(np.asarray(a, order="F")) == _saved(a)           # ... and in C order
+    u8 = np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
+    assert npy.dump(a, "uint8") == _saved(u8)
+    assert npy.dump(np.asarray(a * 2 - 0.5), "uint8") == _saved(np.clip(np.rint((a * 2 - 0.5) * 255), 0, 255)
+                                                             .astype(np.uint8))  # out of [0, 1]: clipped
 
 
 def test_refuses_what_np_load_refuses() -> None:
@@ -50,5 +54,5 @@ def test_refuses_what_np_load_refuses() -> None:
             np.load(io.BytesIO(bad), allow_pickle=False)
         with pytest.raises((ValueError, OSError, EOFError)):
             npy.load(bad)
-    version3 = _saved(np.array(["é"]))                              # other writers' headers: np.load's path
-    assert npy._fast(version3) is None and npy.load(version3)[0] == "é"
+    text = _saved(np.array(["é"]))                                  # dtypes other than numbers: np.load's path
+    assert npy._fast(text) is None and npy.load(text)[0] == "é"

@@ -46,6 +46,12 @@ async def test_npy_write_and_retrieve_match_the_json_answer(checkpoint_dir: Path
         t = await c.post(f"/v1/sessions/{sid}/retrieve?trajectory=true&steps=3", content=npy(q),
                          headers={**NPY, "accept": "application/x-npy"})
         assert np.load(io.BytesIO(t.content)).shape == (4, 6, 1, 16, 16)
+        small = await c.post(f"/v1/sessions/{sid}/retrieve?steps=5", content=npy(q),
+                             headers={**NPY, "accept": "application/x-npy; dtype=uint8"})
+        u8 = np.load(io.BytesIO(small.content), allow_pickle=False)      # a quarter of the bytes
+        assert u8.dtype == np.uint8 and u8.shape == out.shape and len(small.content) < len(r.content) / 3
+        assert np.array_equal(u8, np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
+        assert small.headers["x-ebmm-energies"] == r.headers["x-ebmm-energies"]
         plain = await c.post(f"/v1/sessions/{sid}/retrieve", content=npy(q), headers=NPY)   # JSON answer
         assert plain.status_code == 200 and len(plain.json()["results"]) == 6
 
@@ -63,6 +69,9 @@ async def test_bad_npy_bodies_are_named_422s(checkpoint_dir: Path) -> None:
         r = await c.post(f"/v1/sessions/{sid}/retrieve?top_k=2", content=npy(shapes(1)),
                          headers={**NPY, "accept": "application/x-npy"})
         problem(r, 422, "accept")
+        for bad in ("application/x-npy; dtype=float16", "application/json, application/x-npy;dtype=int8"):
+            r = await c.post(f"/v1/sessions/{sid}/retrieve", content=npy(shapes(1)), headers={**NPY, "accept": bad})
+            assert "dtype" in problem(r, 422, "accept")["detail"]
         problem(await c.post(f"/v1/sessions/{sid}/retrieve?steps=0", content=npy(shapes(1)), headers=NPY), 422)
 
 
