@@ -35,6 +35,7 @@ log = logging.getLogger("uvicorn.error.ebmm")
 
 _LEN = struct.Struct("<I")
 STARTUP_SECONDS = 120.0          # loading every checkpoint and warming it up
+CALL_SECONDS = 60.0              # a batched read takes milliseconds; a process silent this long is broken
 
 
 class ModelProcessError(RuntimeError):
@@ -155,7 +156,7 @@ class ModelProcess:
             self._conn.send_bytes(msg)
         except OSError as e:
             raise ModelProcessError(f"the model process stopped ({type(e).__name__})") from e
-        meta, flat = self._recv(None)
+        meta, flat = self._recv(CALL_SECONDS)
         if not meta.get("ok"):
             raise ModelCallFailed(f"the model process failed: {meta.get('error')}")
         if len(flat) != 3 * len(queries):

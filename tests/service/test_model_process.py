@@ -152,3 +152,29 @@ async def test_the_service_reads_through_model_processes_as_it_reads_without(che
         assert [r["pattern"] for r in a] == [r["pattern"] for r in b]
         assert np.allclose([r["energies"] for r in a], [r["energies"] for r in b], rtol=1e-5, atol=1e-5)
         assert [r["familiarity"] for r in a] == [r["familiarity"] for r in b]
+
+
+def test_a_stalled_model_process_is_given_up_and_the_read_runs_here(checkpoint_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    import service.model_process as mp
+    monkeypatch.setattr(mp, "CALL_SECONDS", 1.0)
+    models = load_models(checkpoint_dir, torch.device("cpu"))
+    m = models["binary128"]
+    procs = ModelProcesses(1, checkpoint_dir, torch.device("cpu"), 1, {n: x.sha256 for n, x in models.items()})
+    try:
+        _wait(lambda: procs.ready == 1)
+        p = procs.take()
+        procs.give_back(p)
+        os.kill(p.pid, signal.SIGSTOP)                   # alive, but it will never answer
+        items = list(zip(*_sessions(m, 2, seed=2), strict=True))
+        t0 = time.monotonic()
+        outs, cpu = read_batch(m, items, 5, "all", procs)
+        assert cpu is None and procs.failures == 1 and time.monotonic() - t0 < 30
+        assert not p.alive()                            # killed, not left stopped
+        here = m.memory.read_many([w for w, _ in items], [q for _, q in items], 5, "all")
+        assert all(torch.equal(a[0].iterates, b[0].iterates) for a, b in zip(outs, here, strict=True))
+    finally:
+        procs.close()
