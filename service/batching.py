@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .model_process import ModelCallFailed, ModelProcessError, ModelProcesses
+from .model_process import ModelCallFailed, ModelProcesses
 from .registry import LoadedModel
 from .runner import CallTime
 
@@ -54,10 +54,10 @@ def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str,
             outs, _, cpu = p.read_many(m.name, weights, queries, steps, energies)
         except ModelCallFailed:                                # the read's own error: raised again below
             procs.give_back(p)                                 # type: ignore[union-attr]
-        except ModelProcessError as e:
+        except Exception as e:                                 # noqa: BLE001 - never lose the process or the read
             procs.broken(p, e)                                 # type: ignore[union-attr]
         else:
-            procs.give_back(p)                                 # type: ignore[union-attr]
+            procs.give_back(p, served=True)                    # type: ignore[union-attr]
             return outs, cpu
     return m.memory.read_many(weights, queries, steps, energies), None
 

@@ -231,8 +231,14 @@ def wants_npy(request: Request) -> str | None:
         media, *params = (p.strip() for p in part.split(";"))
         if media.lower() not in NPY_TYPES:
             continue
-        opts = dict(p.split("=", 1) if "=" in p else (p, "") for p in params)
-        dtype = opts.get("dtype", "float32").strip('"').lower()
+        opts = {k.strip().lower(): v.strip().strip('"').lower()
+                for k, v in (p.split("=", 1) if "=" in p else (p, "") for p in params)}
+        try:
+            if float(opts.get("q", "1")) <= 0:                     # q=0: "not this one"
+                continue
+        except ValueError:
+            pass
+        dtype = opts.get("dtype", "float32")
         if dtype not in NPY_ANSWER_DTYPES:
             raise BadInput(f"accept: dtype={dtype!r} for an application/x-npy answer; expected one of "
                            f"{', '.join(NPY_ANSWER_DTYPES)}", "accept", part.strip())

@@ -71,9 +71,9 @@ def _lifespan(settings: Settings, metrics: Metrics):
         try:
             yield
         finally:
-            runner.shutdown()
-            if procs is not None:
+            if procs is not None:            # first: their pipes' EOF frees a lane thread waiting on one
                 procs.close()
+            runner.shutdown()
             await store.close()
     return lifespan
 

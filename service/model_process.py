@@ -1,22 +1,23 @@
 """Batched reads in model processes of their own, so that they do not share the event loop's GIL.
 
 A torch call gives the GIL up and takes it back around every op, and a batched read of a slot memory is a
-few hundred small ops, so in one process the batch thread and the event loop take turns at one GIL: under
-16 clients the two together used about one core of the two while the machine stood a third idle. A model
+few hundred small ops, so in one process the batch thread and the event loop take turns at one GIL. A model
 process loads the same checkpoints (checked by their SHA-256) and runs `Memory.read_many` for the batch
 lane's thread, which waits on a pipe with the GIL released. The pipe costs a round trip and copies
 (results/explore/model-process-roundtrip.json), so a lone read stays in the server (service/batching.py:
 ReadBatcher._where). Every setting side by side: results/bench_service_batching_rounds.md.
 
 Messages are a JSON header and raw float32 tensors (`pack`, `unpack`): no pickle crosses the pipe. The
-processes start in the background, and a process that dies or breaks the protocol is replaced in the
-background; until one is up the batch lane reads in the server's own process, so a read never fails
-because a model process is missing.
+processes start in the background, and a process that dies, breaks the protocol or stays silent for
+CALL_SECONDS is killed and replaced in the background (after a wait that grows while replacements keep
+failing); until one is up the batch lane reads in the server's own process, so a read never fails because
+a model process is missing.
 """
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import struct
 import subprocess
@@ -40,6 +41,10 @@ CALL_SECONDS = 60.0              # a batched read takes milliseconds; a process 
 
 class ModelProcessError(RuntimeError):
     """A model process stopped, could not start, or broke the protocol."""
+
+
+class CheckpointMismatch(ModelProcessError):
+    """The model process loaded other checkpoints than the server: starting another cannot help."""
 
 
 class ModelCallFailed(ModelProcessError):
@@ -68,17 +73,21 @@ def unpack(buf: bytes) -> tuple[dict[str, Any], list[Tensor]]:
         if at != len(buf):
             raise ValueError(f"{len(buf) - at} bytes left over")
         return head["meta"], out
-    except (struct.error, ValueError, KeyError, TypeError) as e:
+    except (struct.error, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as e:
         raise ModelProcessError(f"malformed model-process message: {e}") from e
 
 
 def _main(conn: Connection, folder: str, device: str, torch_threads: int) -> None:
     """The model process: load the checkpoints, say which, then answer read_many requests until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C stops the server, which closes the pipe
     torch.set_num_threads(torch_threads)
     logging.basicConfig(level=logging.WARNING, format="ebmm model process: %(message)s")
     from .registry import load_models                  # imported here: the child imports what it needs
     models = load_models(Path(folder), torch.device(device))
-    conn.send_bytes(pack({"models": {n: m.sha256 for n, m in models.items()}}, []))
+    try:
+        conn.send_bytes(pack({"models": {n: m.sha256 for n, m in models.items()}}, []))
+    except OSError:                                    # the server went away while this one loaded
+        return
     while True:
         try:
             buf = conn.recv_bytes()
@@ -97,7 +106,10 @@ def _main(conn: Connection, folder: str, device: str, torch_threads: int) -> Non
             reply = {"ok": True, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
         except Exception as e:                          # noqa: BLE001 - the server reads in-process instead
             flat, reply = [], {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        conn.send_bytes(pack(reply, flat))
+        try:
+            conn.send_bytes(pack(reply, flat))
+        except OSError:
+            return
 
 
 class ModelProcess:
@@ -125,7 +137,7 @@ class ModelProcess:
         try:
             meta, _ = self._recv(timeout)
             if meta.get("models") != expected:
-                raise ModelProcessError(f"the model process loaded {meta.get('models')}, the server {expected}")
+                raise CheckpointMismatch(f"the model process loaded {meta.get('models')}, the server {expected}")
         except ModelProcessError:
             self.close()
             raise
@@ -149,14 +161,22 @@ class ModelProcess:
                   energies: str) -> tuple[list[tuple[Any, Tensor]], float, float]:
         """As Memory.read_many, in the model process: (results, its wall seconds, its CPU seconds)."""
         from model.memory import ReadResult
-        names = sorted(weights[0])
+        from model.serving import STATE
+        names = sorted(n for n in weights[0] if not n.startswith(STATE))     # a read needs no append state
         msg = pack({"model": model, "names": names, "counts": [q.shape[0] for q in queries], "steps": steps,
                     "energies": energies}, [w[n] for w in weights for n in names] + list(queries))
+        # a watchdog: a process silent for CALL_SECONDS is killed, which ends a send blocked on a full pipe
+        # as well as the wait for its answer
+        watchdog = threading.Timer(CALL_SECONDS, self._proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             self._conn.send_bytes(msg)
+            meta, flat = self._recv(CALL_SECONDS)
         except OSError as e:
             raise ModelProcessError(f"the model process stopped ({type(e).__name__})") from e
-        meta, flat = self._recv(CALL_SECONDS)
+        finally:
+            watchdog.cancel()
         if not meta.get("ok"):
             raise ModelCallFailed(f"the model process failed: {meta.get('error')}")
         if len(flat) != 3 * len(queries):
@@ -188,6 +208,8 @@ class ModelProcesses:
         self._lock = threading.Lock()
         self._closed = False
         self.size, self.failures = n, 0
+        self._streak = 0                   # failures since the last good call: the restarts' backoff
+        self._given_up = False             # a process loaded other checkpoints: restarting cannot help
         for _ in range(n):
             self._start()
 
@@ -202,26 +224,47 @@ class ModelProcesses:
             self.broken(p, ModelProcessError(f"exited with {p._proc.returncode} while idle"))
         return up
 
-    def _start(self) -> None:
-        threading.Thread(target=self._launch, name="ebmm-model-start", daemon=True).start()
+    def _start(self, delay: float = 0.0) -> None:
+        threading.Thread(target=self._launch, args=(delay,), name="ebmm-model-start", daemon=True).start()
 
-    def _launch(self) -> None:
+    def _failed(self) -> float:
+        """Count a failure; the seconds to wait before the next start: 0, then 1, 2, 4 ... 60 while they
+        keep failing (a process that dies on every batch would otherwise reload every checkpoint each time)."""
+        with self._lock:
+            self.failures += 1
+            self._streak += 1
+            return 0.0 if self._streak <= 1 else min(60.0, 2.0 ** (self._streak - 2))
+
+    def _launch(self, delay: float = 0.0) -> None:
+        if delay:
+            time.sleep(delay)
         with self._lock:
             if self._closed:
                 return
-            try:
-                p = ModelProcess(*self._args)
-            except ModelProcessError as e:
-                log.error("could not start a model process: %s", e)
+            if self._closed or self._given_up:
                 return
-            self._all.add(p)
+            try:
+                p: ModelProcess | None = ModelProcess(*self._args)
+                why: Exception | None = None
+            except ModelProcessError as e:
+                p, why = None, e
+            else:
+                self._all.add(p)
+        if p is None:
+            log.error("could not start a model process: %s", why)
+            self._start(self._failed())
+            return
         try:
             p.wait_ready(self._expected)
         except ModelProcessError as e:
             with self._lock:
                 self._all.discard(p)
+                self._given_up = isinstance(e, CheckpointMismatch)
             if not self._closed:
                 log.error("batched reads stay in the server's process: %s", e)
+                delay = self._failed()
+                if not self._given_up:
+                    self._start(delay)
             return
         log.info("model process %s up", p.pid)
         self.give_back(p)
@@ -235,8 +278,11 @@ class ModelProcesses:
                 return p
             self.broken(p, ModelProcessError(f"exited with {p._proc.returncode} while idle"))
 
-    def give_back(self, p: ModelProcess) -> None:
+    def give_back(self, p: ModelProcess, served: bool = False) -> None:
+        """p idle again; served: it has just answered a call, which ends a streak of failures."""
         with self._lock:
+            if served:
+                self._streak = 0
             if not self._closed:
                 self._idle.append(p)
                 return
@@ -247,10 +293,9 @@ class ModelProcesses:
         log.error("model process %s failed (%s); reading in the server's process until a replacement is up",
                   p.pid, why)
         with self._lock:
-            self.failures += 1
             self._all.discard(p)
         p.close()
-        self._start()
+        self._start(self._failed())
 
     def close(self) -> None:
         """Stop every process, those starting included."""

@@ -14,8 +14,10 @@ import struct
 import numpy as np
 
 MAGIC = b"\x93NUMPY"
-_HEADER = re.compile(r"\{'descr': '([<>|=]?[biuf][1248])', 'fortran_order': (True|False), "
-                     r"'shape': \(((?:\d+, )*\d*|(?:\d+, )*\d+,?)\), \} *\n")
+_DIM = r"(?:0|[1-9]\d{0,17})"                  # as numpy writes them: no leading zeros, below 2**63
+_HEADER = re.compile(r"\{'descr': '([<>|=]?(?:b1|[iu][1248]|f[248]))', 'fortran_order': (True|False), "
+                     rf"'shape': \(((?:{_DIM}, )*(?:{_DIM},?)?)\), \}} *\n")
+MAX_HEADER = 10_000                              # numpy's own limit (max_header_size)
 _SIZES = {1: struct.Struct("<H"), 2: struct.Struct("<I")}
 ALIGN = 64                                     # numpy pads the header so that the data starts aligned
 
@@ -28,6 +30,8 @@ def _fast(raw: bytes) -> np.ndarray | None:
     if len(raw) < start:
         return None
     (n,) = size.unpack_from(raw, 8)
+    if n > MAX_HEADER:
+        return None
     m = _HEADER.fullmatch(raw[start:start + n].decode("latin1"))
     if m is None:
         return None
@@ -36,15 +40,34 @@ def _fast(raw: bytes) -> np.ndarray | None:
     count = int(np.prod(shape, dtype=np.int64))
     at = start + n
     if len(raw) - at < count * dtype.itemsize:
-        return None                                # too short: np.load says so in its own words
+        raise ValueError(f"the header says {shape} {dtype} ({count * dtype.itemsize} bytes), the file holds "
+                         f"{len(raw) - at} bytes of data")
     a = np.frombuffer(raw, dtype, count, at).copy()   # a writable array of its own, as np.load gives
     return a.reshape(shape, order="F" if m.group(2) == "True" else "C")
 
 
 def load(raw: bytes) -> np.ndarray:
-    """A .npy file's array; ValueError, OSError or EOFError as np.load(allow_pickle=False) raises them."""
+    """A .npy file's array. What np.load(allow_pickle=False) refuses raises ValueError (its own, or its
+    other errors as ValueError), and so does a header that promises more data than the file holds, before
+    anything is allocated for it."""
     a = _fast(raw)
-    return a if a is not None else np.load(io.BytesIO(raw), allow_pickle=False)
+    if a is not None:
+        return a
+    try:
+        f = io.BytesIO(raw)
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, _, dtype = read[version](f) if version in read else ((), False, np.dtype(object))
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if not dtype.hasobject and len(raw) - f.tell() < need:
+            raise ValueError(f"the header says {shape} {dtype} ({need} bytes), the file holds "
+                             f"{len(raw) - f.tell()} bytes of data")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise
+    except Exception as e:                       # noqa: BLE001 - np.load's parser leaks others (TokenError, ...)
+        raise ValueError(f"{type(e).__name__}: {e}") from e
 
 
 def dump(a: np.ndarray, dtype: str = "float32") -> bytes:

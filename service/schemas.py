@@ -199,7 +199,9 @@ class ModelProcessState(BaseModel):
     the server's own process; readiness does not wait for them."""
     up: int = Field(description="Processes up and idle now (a running batch holds its own)", examples=[1])
     size: int = Field(description="Processes the server runs (EBMM_BATCH_CONCURRENCY)", examples=[1])
-    failures: int = Field(description="Processes that died or failed and were replaced", examples=[0])
+    failures: int = Field(description="Processes that died, went silent (60 s) or failed to start; each is "
+                          "started again, after a wait that grows while they keep failing, except after one "
+                          "loaded other checkpoints than the server", examples=[0])
 
 
 class Readiness(BaseModel):

@@ -169,12 +169,44 @@ def test_a_stalled_model_process_is_given_up_and_the_read_runs_here(checkpoint_d
         p = procs.take()
         procs.give_back(p)
         os.kill(p.pid, signal.SIGSTOP)                   # alive, but it will never answer
-        items = list(zip(*_sessions(m, 2, seed=2), strict=True))
+        items = list(zip(*_sessions(m, 16, seed=2), strict=True))   # more than a pipe holds unread
         t0 = time.monotonic()
         outs, cpu = read_batch(m, items, 5, "all", procs)
         assert cpu is None and procs.failures == 1 and time.monotonic() - t0 < 30
         assert not p.alive()                            # killed, not left stopped
         here = m.memory.read_many([w for w, _ in items], [q for _, q in items], 5, "all")
         assert all(torch.equal(a[0].iterates, b[0].iterates) for a, b in zip(outs, here, strict=True))
+    finally:
+        procs.close()
+
+
+def test_sessions_with_and_without_append_state_read_together_there(checkpoint_dir: Path) -> None:
+    """Sessions written before the append state existed carry none; a batch may mix both."""
+    models = load_models(checkpoint_dir, torch.device("cpu"))
+    m = models["binary128"]
+    procs = ModelProcesses(1, checkpoint_dir, torch.device("cpu"), 1, {n: x.sha256 for n, x in models.items()})
+    try:
+        _wait(lambda: procs.ready == 1)
+        ws, qs = _sessions(m, 4, seed=3)
+        assert any(n.startswith("append.") for n in ws[0])
+        ws[1] = {n: t for n, t in ws[1].items() if not n.startswith("append.")}
+        items = list(zip(ws, qs, strict=True))
+        outs, cpu = read_batch(m, items, 5, "all", procs)
+        assert cpu is not None and procs.failures == 0 and procs.ready == 1   # read there, process kept
+        here = m.memory.read_many(ws, qs, 5, "all")
+        assert all(torch.equal(a[0].iterates, b[0].iterates) and torch.equal(a[1], b[1])
+                   for a, b in zip(outs, here, strict=True))
+    finally:
+        procs.close()
+
+
+def test_a_process_with_other_checkpoints_is_not_started_again(checkpoint_dir: Path) -> None:
+    models = load_models(checkpoint_dir, torch.device("cpu"))
+    expected = {**{n: x.sha256 for n, x in models.items()}, "binary128": "0" * 64}
+    procs = ModelProcesses(1, checkpoint_dir, torch.device("cpu"), 1, expected)
+    try:
+        _wait(lambda: procs.failures == 1)
+        time.sleep(1.5)                                  # no second start, no second failure
+        assert procs.failures == 1 and procs.ready == 0 and procs.take() is None and not procs._all
     finally:
         procs.close()

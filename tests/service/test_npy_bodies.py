@@ -47,11 +47,14 @@ async def test_npy_write_and_retrieve_match_the_json_answer(checkpoint_dir: Path
                          headers={**NPY, "accept": "application/x-npy"})
         assert np.load(io.BytesIO(t.content)).shape == (4, 6, 1, 16, 16)
         small = await c.post(f"/v1/sessions/{sid}/retrieve?steps=5", content=npy(q),
-                             headers={**NPY, "accept": "application/x-npy; dtype=uint8"})
+                             headers={**NPY, "accept": "application/x-npy; DType = UINT8"})
         u8 = np.load(io.BytesIO(small.content), allow_pickle=False)      # a quarter of the bytes
         assert u8.dtype == np.uint8 and u8.shape == out.shape and len(small.content) < len(r.content) / 3
         assert np.array_equal(u8, np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
         assert small.headers["x-ebmm-energies"] == r.headers["x-ebmm-energies"]
+        refused = await c.post(f"/v1/sessions/{sid}/retrieve", content=npy(q),
+                               headers={**NPY, "accept": "application/x-npy;q=0, application/json"})
+        assert refused.headers["content-type"].startswith("application/json")
         plain = await c.post(f"/v1/sessions/{sid}/retrieve", content=npy(q), headers=NPY)   # JSON answer
         assert plain.status_code == 200 and len(plain.json()["results"]) == 6
 
