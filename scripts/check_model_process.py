@@ -34,8 +34,8 @@ def main(out: str) -> None:
         qs = [(torch.rand(1, *shape, generator=g) > 0.5).float() for _ in range(16)]
 
         def ping() -> None:
-            p._conn.send_bytes(b"?")                  # malformed: answered at once with an error
-            p._conn.recv_bytes()
+            p.send(b"?")                              # malformed: answered at once with an error
+            p.recv()
         rows = []
         for b in (1, 2, 4, 16):
             times: dict[str, list[float]] = {"server": [], "model_process": []}

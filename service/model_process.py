@@ -129,7 +129,7 @@ class ModelProcess:
             raise ModelProcessError(f"could not start a model process: {e}") from e
         finally:
             theirs.close()
-        self._conn = Connection(ours.detach())
+        self._sock = ours          # framed as multiprocessing's Connection frames (the child's end is one)
 
     def wait_ready(self, expected: dict[str, str], timeout: float = STARTUP_SECONDS) -> None:
         """Until the process says which checkpoints it loaded (name -> SHA-256); ModelProcessError (and the
@@ -149,13 +149,44 @@ class ModelProcess:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
-    def _recv(self, timeout: float | None) -> tuple[dict[str, Any], list[Tensor]]:
+    def _exactly(self, n: int) -> bytearray:
+        buf, got = bytearray(n), 0
+        view = memoryview(buf)
+        while got < n:
+            k = self._sock.recv_into(view[got:])
+            if k == 0:
+                raise EOFError
+            got += k
+        return buf
+
+    def send(self, buf: bytes, timeout: float | None = None) -> None:
+        """One message, as Connection.send_bytes frames it (big-endian length, then the bytes); a send that
+        cannot finish within timeout seconds (nothing reads the other end) is ModelProcessError."""
+        timeout = CALL_SECONDS if timeout is None else timeout
         try:
-            if timeout is not None and not self._conn.poll(timeout):
-                raise ModelProcessError(f"no answer from the model process in {timeout:.0f} s")
-            return unpack(self._conn.recv_bytes())
+            self._sock.settimeout(timeout)
+            self._sock.sendall(struct.pack("!i", len(buf)) if len(buf) < 2**31 - 1
+                               else struct.pack("!iQ", -1, len(buf)))
+            self._sock.sendall(buf)
+        except OSError as e:
+            raise ModelProcessError(f"the model process stopped or stalled ({type(e).__name__})") from e
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """One message; ModelProcessError when none arrives within timeout seconds or the process stopped."""
+        timeout = CALL_SECONDS if timeout is None else timeout
+        try:
+            self._sock.settimeout(timeout)
+            (n,) = struct.unpack("!i", self._exactly(4))
+            if n == -1:
+                (n,) = struct.unpack("!Q", self._exactly(8))
+            return bytes(self._exactly(n))
+        except TimeoutError as e:
+            raise ModelProcessError(f"no answer from the model process in {timeout:.0f} s") from e
         except (EOFError, OSError) as e:
             raise ModelProcessError(f"the model process stopped ({type(e).__name__})") from e
+
+    def _recv(self, timeout: float | None) -> tuple[dict[str, Any], list[Tensor]]:
+        return unpack(self.recv(timeout))
 
     def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
                   energies: str) -> tuple[list[tuple[Any, Tensor]], float, float]:
@@ -165,18 +196,8 @@ class ModelProcess:
         names = sorted(n for n in weights[0] if not n.startswith(STATE))     # a read needs no append state
         msg = pack({"model": model, "names": names, "counts": [q.shape[0] for q in queries], "steps": steps,
                     "energies": energies}, [w[n] for w in weights for n in names] + list(queries))
-        # a watchdog: a process silent for CALL_SECONDS is killed, which ends a send blocked on a full pipe
-        # as well as the wait for its answer
-        watchdog = threading.Timer(CALL_SECONDS, self._proc.kill)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            self._conn.send_bytes(msg)
-            meta, flat = self._recv(CALL_SECONDS)
-        except OSError as e:
-            raise ModelProcessError(f"the model process stopped ({type(e).__name__})") from e
-        finally:
-            watchdog.cancel()
+        self.send(msg)                     # both bounded by CALL_SECONDS: a stalled process is given up
+        meta, flat = self._recv(None)
         if not meta.get("ok"):
             raise ModelCallFailed(f"the model process failed: {meta.get('error')}")
         if len(flat) != 3 * len(queries):
@@ -187,7 +208,7 @@ class ModelProcess:
     def close(self, timeout: float = 2.0) -> None:
         """Close the pipe (the process ends at EOF); kill it if it has not ended within timeout seconds."""
         try:
-            self._conn.close()
+            self._sock.close()
         finally:
             try:
                 self._proc.wait(timeout)
