@@ -61,7 +61,7 @@ class Memory:
         """ValueError unless tensors are this model's written slice, with or without its append state
         (sessions written before the state existed have none, and append by further write steps)."""
         got = {n: tuple(t.shape) for n, t in tensors.items()}
-        expected = self.writable_shapes
+        expected = self._writable_shapes
         if self.ckpt.model.energy.append_state_grows:      # one row per stored pattern: any number of rows
             got = {n: (1, *s[1:]) if n.startswith(STATE) and len(s) >= 1 else s for n, s in got.items()}
         if got != expected and got != {**expected, **self.state_shapes}:

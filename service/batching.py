@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .model_process import ModelCallFailed, ModelProcesses
+from .model_process import ModelProcesses
 from .registry import LoadedModel
 from .runner import CallTime
 
@@ -48,17 +48,9 @@ def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str,
     an idle model process when there is one (service/model_process.py), else here. With it, the CPU
     seconds the model process used (else None)."""
     weights, queries = [w for w, _ in items], [x for _, x in items]
-    p = None if procs is None else procs.take()
-    if p is not None:
-        try:
-            outs, _, cpu = p.read_many(m.name, weights, queries, steps, energies)
-        except ModelCallFailed:                                # the read's own error: raised again below
-            procs.give_back(p)                                 # type: ignore[union-attr]
-        except Exception as e:                                 # noqa: BLE001 - never lose the process or the read
-            procs.broken(p, e)                                 # type: ignore[union-attr]
-        else:
-            procs.give_back(p, served=True)                    # type: ignore[union-attr]
-            return outs, cpu
+    there = None if procs is None else procs.read_many(m.name, weights, queries, steps, energies)
+    if there is not None:
+        return there
     return m.memory.read_many(weights, queries, steps, energies), None
 
 

@@ -93,7 +93,7 @@ def _main(conn: Connection, folder: str, device: str, torch_threads: int) -> Non
             buf = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        t0, c0 = time.perf_counter(), time.process_time()
+        c0 = time.process_time()
         try:
             meta, tensors = unpack(buf)
             m = models[meta["model"]]
@@ -103,7 +103,7 @@ def _main(conn: Connection, folder: str, device: str, torch_threads: int) -> Non
             queries = tensors[len(names) * len(counts):]
             outs = m.memory.read_many(weights, queries, meta["steps"], meta["energies"])
             flat = [t for r, f in outs for t in (r.iterates, r.energies, f)]
-            reply = {"ok": True, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+            reply = {"ok": True, "cpu": time.process_time() - c0}
         except Exception as e:                          # noqa: BLE001 - the server reads in-process instead
             flat, reply = [], {"ok": False, "error": f"{type(e).__name__}: {e}"}
         try:
@@ -189,8 +189,8 @@ class ModelProcess:
         return unpack(self.recv(timeout))
 
     def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
-                  energies: str) -> tuple[list[tuple[Any, Tensor]], float, float]:
-        """As Memory.read_many, in the model process: (results, its wall seconds, its CPU seconds)."""
+                  energies: str) -> tuple[list[tuple[Any, Tensor]], float]:
+        """As Memory.read_many, in the model process: (results, the CPU seconds it used)."""
         from model.memory import ReadResult
         from model.serving import STATE
         names = sorted(n for n in weights[0] if not n.startswith(STATE))     # a read needs no append state
@@ -203,7 +203,7 @@ class ModelProcess:
         if len(flat) != 3 * len(queries):
             raise ModelProcessError(f"the model process answered {len(flat)} tensors for {len(queries)} reads")
         outs = [(ReadResult(flat[3 * i], flat[3 * i + 1]), flat[3 * i + 2]) for i in range(len(queries))]
-        return outs, float(meta["wall"]), float(meta["cpu"])
+        return outs, float(meta["cpu"])
 
     def close(self, timeout: float = 2.0) -> None:
         """Close the pipe (the process ends at EOF); kill it if it has not ended within timeout seconds."""
@@ -220,12 +220,13 @@ class ModelProcess:
 class ModelProcesses:
     """The batch lane's model processes, one per lane thread, started in the background: until one is up
     (a few seconds: a fresh interpreter imports torch and loads every checkpoint), and while a broken one is
-    replaced, `take` finds none and the lane reads in the server's process."""
+    replaced, `read_many` finds none and the lane reads in the server's process."""
 
     def __init__(self, n: int, folder: Path, device: torch.device, torch_threads: int, expected: dict[str, str]):
         self._args, self._expected = (folder, device, torch_threads), expected
-        self._idle: list[ModelProcess] = []
-        self._all: set[ModelProcess] = set()
+        self._idle: list[ModelProcess] = []        # up and waiting for a batch
+        self._all: set[ModelProcess] = set()         # every process not yet given up: starting, idle or busy
+        self._up: set[ModelProcess] = set()          # ... of which those that loaded the checkpoints
         self._lock = threading.Lock()
         self._closed = False
         self.size, self.failures = n, 0
@@ -234,16 +235,33 @@ class ModelProcesses:
         for _ in range(n):
             self._start()
 
-    @property
-    def ready(self) -> int:
-        """Processes up and idle now; one found dead meanwhile is replaced (as `broken`)."""
+    def up(self) -> int:
+        """Processes up now, idle or reading; idle ones found dead meanwhile are replaced first."""
         with self._lock:
             dead = [p for p in self._idle if not p.alive()]
             self._idle = [p for p in self._idle if p not in dead]
-            up = len(self._idle)
         for p in dead:
             self.broken(p, ModelProcessError(f"exited with {p._proc.returncode} while idle"))
-        return up
+        with self._lock:
+            return len(self._up)
+
+    def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
+                  energies: str) -> tuple[list[tuple[Any, Tensor]], float] | None:
+        """ModelProcess.read_many in an idle process, or None when none is up or the call failed (a failed
+        process is replaced; a call that raised there raises here too, in the caller's own read)."""
+        p = self.take()
+        if p is None:
+            return None
+        try:
+            out = p.read_many(model, weights, queries, steps, energies)
+        except ModelCallFailed:
+            self.give_back(p)
+            return None
+        except Exception as e:                        # noqa: BLE001 - never lose the process or the read
+            self.broken(p, e)
+            return None
+        self.give_back(p, served=True)
+        return out
 
     def _start(self, delay: float = 0.0) -> None:
         threading.Thread(target=self._launch, args=(delay,), name="ebmm-model-start", daemon=True).start()
@@ -260,8 +278,6 @@ class ModelProcesses:
         if delay:
             time.sleep(delay)
         with self._lock:
-            if self._closed:
-                return
             if self._closed or self._given_up:
                 return
             try:
@@ -288,6 +304,8 @@ class ModelProcesses:
                     self._start(delay)
             return
         log.info("model process %s up", p.pid)
+        with self._lock:
+            self._up.add(p)
         self.give_back(p)
 
     def take(self) -> ModelProcess | None:
@@ -315,6 +333,7 @@ class ModelProcesses:
                   p.pid, why)
         with self._lock:
             self._all.discard(p)
+            self._up.discard(p)
         p.close()
         self._start(self._failed())
 
@@ -323,6 +342,7 @@ class ModelProcesses:
         with self._lock:
             self._closed, procs, self._idle = True, list(self._all), []
             self._all.clear()
+            self._up.clear()
         for p in procs:
             p.close()
 

@@ -20,6 +20,7 @@ _HEADER = re.compile(r"\{'descr': '([<>|=]?(?:b1|[iu][1248]|f[248]))', 'fortran_
 MAX_HEADER = 10_000                              # numpy's own limit (max_header_size)
 _SIZES = {1: struct.Struct("<H"), 2: struct.Struct("<I")}
 ALIGN = 64                                     # numpy pads the header so that the data starts aligned
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def _fast(raw: bytes) -> np.ndarray | None:
@@ -55,13 +56,13 @@ def load(raw: bytes) -> np.ndarray:
         return a
     try:
         f = io.BytesIO(raw)
-        version = np.lib.format.read_magic(f)
-        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-        shape, _, dtype = read[version](f) if version in read else ((), False, np.dtype(object))
-        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if not dtype.hasobject and len(raw) - f.tell() < need:
-            raise ValueError(f"the header says {shape} {dtype} ({need} bytes), the file holds "
-                             f"{len(raw) - f.tell()} bytes of data")
+        read_header = _HEADER_READERS.get(np.lib.format.read_magic(f))
+        if read_header is not None:                # format 3.0 and unknown ones: np.load's own checks
+            shape, _, dtype = read_header(f)
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if not dtype.hasobject and len(raw) - f.tell() < need:
+                raise ValueError(f"the header says {shape} {dtype} ({need} bytes), the file holds "
+                                 f"{len(raw) - f.tell()} bytes of data")
         f.seek(0)
         return np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError):

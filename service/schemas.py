@@ -197,8 +197,8 @@ class Health(BaseModel):
 class ModelProcessState(BaseModel):
     """Batched reads' model processes (EBMM_MODEL_PROCESS): while fewer are up than started, batches run in
     the server's own process; readiness does not wait for them."""
-    up: int = Field(description="Processes up and idle now (a running batch holds its own)", examples=[1])
-    size: int = Field(description="Processes the server runs (EBMM_BATCH_CONCURRENCY)", examples=[1])
+    up: int = Field(description="Processes up now (idle or reading a batch)", examples=[2])
+    size: int = Field(description="Processes the server runs (EBMM_BATCH_CONCURRENCY)", examples=[2])
     failures: int = Field(description="Processes that died, went silent (60 s) or failed to start; each is "
                           "started again, after a wait that grows while they keep failing, except after one "
                           "loaded other checkpoints than the server", examples=[0])
@@ -212,4 +212,4 @@ class Readiness(BaseModel):
     detail: str | None = Field(None, examples=[None])
     model_processes: ModelProcessState | None = Field(
         None, description="None when batched reads run in the server's process only",
-        examples=[{"up": 1, "size": 1, "failures": 0}])
+        examples=[{"up": 2, "size": 2, "failures": 0}])

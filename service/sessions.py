@@ -327,7 +327,7 @@ async def _retrieve(state: AppState, caller: str, session_id: str, inp: Retrieve
         if o.top_k or o.samples:
             raise BadInput("accept: an application/x-npy answer holds the restored patterns only; ask for "
                            "top_k or samples with a JSON answer", "accept", "application/x-npy")
-        with t.stage("encode"):                  # np.save: on the loop when small, else off it
+        with t.stage("encode"):                  # npy.dump: on the loop when small, else off it
             out = res.iterates if o.trajectory else res.iterates[-1]
             return await codec(state, out.numel() // VECTORISED, NpyAnswer.of, out, res.energies[-1], fam,
                                threshold, steps, inp.npy_answer)

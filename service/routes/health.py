@@ -40,7 +40,7 @@ async def readyz(state: State, response: Response) -> Readiness:
     return Readiness(ready=ready, models=list(state.models), store=state.store.label,
                      store_ok=store_ok, detail=detail,
                      model_processes=None if procs is None else ModelProcessState(
-                         up=procs.ready, size=procs.size, failures=procs.failures))
+                         up=procs.up(), size=procs.size, failures=procs.failures))
 
 
 @router.get("/metrics", summary="Prometheus metrics (needs a key when keys are on)",

@@ -57,14 +57,14 @@ def test_a_model_process_reads_as_the_server_does_and_refuses_other_checkpoints(
             m = models[name]
             ws, qs = _sessions(m, 5)
             here = m.memory.read_many(ws, qs, 5, "all")
-            there, wall, cpu = p.read_many(name, ws, qs, 5, "all")
-            assert wall > 0 and cpu > 0
+            there, cpu = p.read_many(name, ws, qs, 5, "all")
+            assert cpu > 0
             for (r1, f1), (r2, f2) in zip(here, there, strict=True):
                 assert torch.equal(r1.iterates, r2.iterates) and torch.equal(r1.energies, r2.energies)
                 assert torch.equal(f1, f2)
         with pytest.raises(ModelCallFailed, match="failed: KeyError"):       # an unknown model: an error
             p.read_many("nope", ws, qs, 5, "all")
-        there, _, _ = p.read_many("shapes16", ws, qs, 5, "last")           # ... and the process goes on
+        there, _ = p.read_many("shapes16", ws, qs, 5, "last")           # ... and the process goes on
         assert there[0][0].energies.shape[0] == 1
     finally:
         p.close()
@@ -80,12 +80,12 @@ def test_a_dead_model_process_costs_no_read_and_is_replaced(checkpoint_dir: Path
     m = models["binary128"]
     procs = ModelProcesses(1, checkpoint_dir, torch.device("cpu"), 1, {n: x.sha256 for n, x in models.items()})
     try:
-        assert procs.ready == 0                         # started in the background: no wait at start-up
+        assert procs.up() == 0                         # started in the background: no wait at start-up
         ws, qs = _sessions(m, 3, seed=1)
         items = list(zip(ws, qs, strict=True))
         alone, cpu = read_batch(m, items, 5, "all", procs)    # before it is up: read here
         assert cpu is None
-        _wait(lambda: procs.ready == 1)
+        _wait(lambda: procs.up() == 1)
         first = procs.take()
         pid = first.pid
         procs.give_back(first)
@@ -94,7 +94,7 @@ def test_a_dead_model_process_costs_no_read_and_is_replaced(checkpoint_dir: Path
         bad = [({**ws[0], "energy.memory": torch.zeros(2)}, qs[0])]      # a call that raises there and here
         with pytest.raises(ValueError):
             read_batch(m, bad, 5, "all", procs)
-        assert procs.ready == 1 and procs.failures == 0  # ... costs no process
+        assert procs.up() == 1 and procs.failures == 0  # ... costs no process
         first._proc.kill()
         first._proc.wait(10)
         again, cpu = read_batch(m, items, 5, "all", procs)    # dead: this read runs here instead
@@ -102,7 +102,7 @@ def test_a_dead_model_process_costs_no_read_and_is_replaced(checkpoint_dir: Path
         for res in (outs, again):
             for (r1, f1), (r2, f2) in zip(alone, res, strict=True):
                 assert torch.equal(r1.iterates, r2.iterates) and torch.equal(f1, f2)
-        _wait(lambda: procs.ready == 1)                  # a replacement comes up
+        _wait(lambda: procs.up() == 1)                  # a replacement comes up
         p = procs.take()
         assert p.pid != pid and p.alive()
         procs.give_back(p)
@@ -165,7 +165,7 @@ def test_a_stalled_model_process_is_given_up_and_the_read_runs_here(checkpoint_d
     m = models["binary128"]
     procs = ModelProcesses(1, checkpoint_dir, torch.device("cpu"), 1, {n: x.sha256 for n, x in models.items()})
     try:
-        _wait(lambda: procs.ready == 1)
+        _wait(lambda: procs.up() == 1)
         p = procs.take()
         procs.give_back(p)
         os.kill(p.pid, signal.SIGSTOP)                   # alive, but it will never answer
@@ -186,13 +186,13 @@ def test_sessions_with_and_without_append_state_read_together_there(checkpoint_d
     m = models["binary128"]
     procs = ModelProcesses(1, checkpoint_dir, torch.device("cpu"), 1, {n: x.sha256 for n, x in models.items()})
     try:
-        _wait(lambda: procs.ready == 1)
+        _wait(lambda: procs.up() == 1)
         ws, qs = _sessions(m, 4, seed=3)
         assert any(n.startswith("append.") for n in ws[0])
         ws[1] = {n: t for n, t in ws[1].items() if not n.startswith("append.")}
         items = list(zip(ws, qs, strict=True))
         outs, cpu = read_batch(m, items, 5, "all", procs)
-        assert cpu is not None and procs.failures == 0 and procs.ready == 1   # read there, process kept
+        assert cpu is not None and procs.failures == 0 and procs.up() == 1   # read there, process kept
         here = m.memory.read_many(ws, qs, 5, "all")
         assert all(torch.equal(a[0].iterates, b[0].iterates) and torch.equal(a[1], b[1])
                    for a, b in zip(outs, here, strict=True))
@@ -207,6 +207,6 @@ def test_a_process_with_other_checkpoints_is_not_started_again(checkpoint_dir: P
     try:
         _wait(lambda: procs.failures == 1)
         time.sleep(1.5)                                  # no second start, no second failure
-        assert procs.failures == 1 and procs.ready == 0 and procs.take() is None and not procs._all
+        assert procs.failures == 1 and procs.up() == 0 and procs.take() is None and not procs._all
     finally:
         procs.close()
