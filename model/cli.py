@@ -62,7 +62,9 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, out=args.out, state_dir=args.state_dir or "",
         init=args.init or "", overrides=overrides, device=str(resolve_device(args.device)),
         read_queries=args.read_queries, train_read_steps=args.train_read_steps, stages=args.stages or "",
-        segment_seconds=args.segment_seconds, autoencoder_seconds=args.autoencoder_seconds)
+        segment_seconds=args.segment_seconds, autoencoder_seconds=args.autoencoder_seconds,
+        distill=args.distill or "", distill_weight=args.distill_weight, distill_steps=args.distill_steps,
+        distill_states=args.distill_states)
     train(cfg)
     return 0
 
@@ -95,6 +97,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--autoencoder-seconds", type=float, default=0.0,
                    help="warm start: train the deep energy's trunk as an autoencoder on the training images this "
                         "long before the first meta-step (a fresh run only)")
+    p.add_argument("--distill", metavar="CHECKPOINT",
+                   help="a teacher memory (checkpoint folder): from each of its first read states, one read "
+                        "step of the model should land on its recall (a term added to the meta-loss)")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="the distillation term's weight")
+    p.add_argument("--distill-steps", type=int, default=0,
+                   help="meta-steps with the distillation term (0 = all); later steps fine-tune on the meta-loss")
+    p.add_argument("--distill-states", type=int, default=3, help="teacher read states per query (from the query)")
     p.add_argument("--stages", help="curriculum 'STEP:N:DISTORTION;...' (e.g. '0:16:block:8;400:64:block:16')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset field, loop field or architecture argument")
@@ -155,7 +164,8 @@ def _familiarity(args: argparse.Namespace) -> int:
     t = ck.card.get("training", {})
     task = t.get("task", "binary")
     spec = args.distortion or t.get("distortion", "flip:16").split(",")[0]
-    cal = calibrate(ck.model, task, spec, args.patterns, args.calibration_episodes, rate=args.calibration_rate)
+    cal = calibrate(ck.model, task, spec, args.patterns, args.calibration_episodes, rate=args.calibration_rate,
+                    sources=args.calibration_sources)
     ev = evaluate_familiarity(ck.model, task, spec, cal["threshold"], cal["window"], args.patterns, args.episodes)
     out = {"checkpoint": ck.name, "checkpoint_sha256": ck.sha256, "calibration": cal, "held_out": ev,
            "command": "ebmm " + " ".join(sys.argv[1:])}
@@ -180,6 +190,9 @@ def _add_familiarity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-episodes", type=int, default=20, help="training-split episodes")
     p.add_argument("--calibration-rate", type=float, default=0.005, help="share of never-stored training "
                    "queries left above the threshold (half the 1%% aim by default, a margin for held-out data)")
+    p.add_argument("--calibration-sources", type=int, default=None,
+                   help="photos: draw each training episode from this many source photos (default: as many as "
+                        "the held-out split has; 0: the whole split)")
     p.add_argument("--episodes", type=int, default=50, help="held-out episodes")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the results here")

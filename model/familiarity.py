@@ -122,29 +122,67 @@ def scores(model: EBMM, stored: Tensor, other: Tensor, distortion: str, window: 
 
 
 def _episodes(task: str, split: str, n: int, episodes: int, shape: tuple[int, ...],
-              g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Pairs of disjoint sets: (M, N, *S) to store and (M, N, *S) never stored."""
+              g: torch.Generator, sources: int = 0) -> tuple[Tensor, Tensor]:
+    """Pairs of disjoint sets: (M, N, *S) to store and (M, N, *S) never stored. sources > 0: each episode's
+    images come from that many source photos of the split (crops of one photo overlap, so the fewer the
+    photos, the more never-stored crops lie near a stored one)."""
     if task == "binary":
         x = (torch.rand(episodes, 2 * n, *shape, generator=g) < 0.5).float()
     else:
         from . import data
-        x = data.sample_episodes(data.load(task, split), 2 * n, episodes, g)
+        ds = data.load(task, split)
+        if sources:
+            x = torch.stack([ds.images[idx] for idx in _crowded_indices(ds, 2 * n, episodes, sources, g)])
+        else:
+            x = data.sample_episodes(ds, 2 * n, episodes, g)
     return x[:, :n], x[:, n:]
 
 
+def source_count(task: str, split: str = "test") -> int:
+    """How many source photos a split's images are cropped from (0 for data without that notion)."""
+    if task == "binary":
+        return 0
+    from . import data
+    return len(data.load(task, split).info.get("photos", []))
+
+
+def _crowded_indices(ds: Any, size: int, episodes: int, sources: int, g: torch.Generator) -> list[Tensor]:
+    """Per episode, `size` distinct images drawn from `sources` random source photos (a split stores each
+    photo's crops as one contiguous run of len / photos images)."""
+    photos = len(ds.info.get("photos", []))
+    if photos == 0 or len(ds) % photos:
+        raise ValueError(f"sources={sources}: {ds.name} {ds.split} does not list its source photos")
+    per = len(ds) // photos
+    sources = min(sources, photos)
+    if sources * per < size:
+        raise ValueError(f"sources={sources}: {sources * per} images, fewer than the {size} an episode needs")
+    out = []
+    for _ in range(episodes):
+        chosen = torch.randperm(photos, generator=g)[:sources]
+        pool = (chosen[:, None] * per + torch.arange(per)[None]).flatten()
+        out.append(pool[torch.randperm(pool.numel(), generator=g)[:size]])
+    return out
+
+
 def calibrate(model: EBMM, task: str, distortion: str, patterns: int = 64, episodes: int = 20,
-              seed: int = 0, rate: float = CALIBRATION_RATE) -> dict[str, Any]:
+              seed: int = 0, rate: float = CALIBRATION_RATE, sources: int | None = None) -> dict[str, Any]:
     """Threshold from the training split: the (1 - CALIBRATION_RATE) quantile of never-stored clean
-    queries' familiarity (0.5% of them above it), so that on held-out data at most about 1% are."""
+    queries' familiarity (0.5% of them above it), so that on held-out data at most about 1% are.
+
+    sources: draw each training episode from this many source photos; by default as many as the held-out
+    split has (`source_count`), so that never-stored crops lie as near stored ones as they will there (0:
+    from the whole split; data without source photos ignores it)."""
     g = torch.Generator().manual_seed(seed)
     window = default_window(model, distortion)
     shape = tuple(model.cfg.input_shape)
-    s = scores(model, *_episodes(task, "train", patterns, episodes, shape, g), distortion, window, g)
+    sources = source_count(task) if sources is None else (sources if source_count(task, "train") else 0)
+    s = scores(model, *_episodes(task, "train", patterns, episodes, shape, g, sources), distortion, window, g)
     return {"threshold": threshold_for(s["new_clean"], rate), "window": window,
             "false_match_rate_target": FALSE_MATCH_RATE,
             "calibration_quantile": 1 - rate,
             "calibrated_on": {"task": task, "split": "train", "patterns": patterns, "episodes": episodes,
-                              "distortion": distortion, "seed": seed}}
+                              "distortion": distortion, "seed": seed,
+                              **({"source_photos_per_episode": sources} if sources else {})}}
 
 
 def threshold_for(new: Tensor, rate: float) -> float:

@@ -97,3 +97,26 @@ def test_false_matches_say_how_near_they_lie_to_a_stored_pattern():
     assert out["nearest_stored_error"] == {"median": 3.0, "max": 4.0}
     assert out["every_never_stored_nearest_error"]["median"] == 27.0
     assert _false_matches(s, threshold=1.5)["nearest_stored_error"] is None
+
+
+def test_crowded_calibration_episodes_come_from_the_chosen_number_of_source_photos():
+    """Photos: calibration episodes are drawn from as many source photos as the held-out split has, so that
+    never-stored crops lie as near stored ones (crops of the same photo) as they will there."""
+    import pytest
+
+    from model.data.common import Dataset
+    from model.familiarity import _crowded_indices
+    per, photos = 50, 10                                          # crops of photo i: rows [50 i, 50 (i + 1))
+    ds = Dataset("photos", "train", torch.zeros(per * photos, 3, 4, 4), None,
+                 {"photos": [f"p{i}.png" for i in range(photos)]})
+    g = torch.Generator().manual_seed(0)
+    episodes = _crowded_indices(ds, 80, 20, 2, g)
+    assert len(episodes) == 20
+    for idx in episodes:
+        assert idx.numel() == 80 and idx.unique().numel() == 80               # distinct images
+        assert (idx // per).unique().numel() == 2                              # from two photos only
+    assert len({tuple(sorted((idx // per).unique().tolist())) for idx in episodes}) > 1   # not always the same
+    with pytest.raises(ValueError, match="fewer than the 120 an episode needs"):
+        _crowded_indices(ds, 120, 1, 2, g)
+    with pytest.raises(ValueError, match="does not list its source photos"):
+        _crowded_indices(Dataset("x", "train", torch.zeros(10, 1), None), 4, 1, 2, g)
