@@ -23,7 +23,7 @@ from . import distortions
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, get_preset
 from .memory import EBMM
-from .meta import meta_loss
+from .meta import Distill, meta_loss
 
 Sampler = Callable[[int, int, torch.Generator], Tensor]   # (episodes, N, gen) -> (M, N, *S)
 
@@ -56,6 +56,12 @@ class TrainConfig:
                                           # 0 = run to `steps`. A long run is several segments, each resumed
     autoencoder_seconds: float = 0.0      # warm start: train the trunk as an autoencoder's encoder on the
                                           # training images this long before step 0 (model/warm_start.py)
+    distill: str = ""                     # a teacher checkpoint folder: its read trajectories supervise the
+                                          # model's read steps (model/meta.py: Distill) for the first steps
+    distill_weight: float = 1.0           # the distillation term's weight in the meta-loss
+    distill_steps: int = 0                # meta-steps with the term on (0 = every step); the rest fine-tune
+                                          # on the meta-loss alone
+    distill_states: int = 3               # teacher read states per query that supervise a model read step
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir or Path.home() / ".cache" / "ebmm" / "runs" / Path(self.out).name)
@@ -171,6 +177,13 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     bar = _bar(progress, cfg.steps, info["step"])
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     stages = parse_stages(cfg.stages)
+    teacher = None
+    if cfg.distill:
+        tm = load_checkpoint(cfg.distill).model
+        if tuple(tm.cfg.input_shape) != tuple(model.cfg.input_shape):
+            raise ValueError(f"distill={cfg.distill!r}: the teacher reads {tuple(tm.cfg.input_shape)}, "
+                             f"the model {tuple(model.cfg.input_shape)}")
+        teacher = Distill(tm.to(device), cfg.distill_weight, cfg.distill_states)
     segment_start = time.perf_counter()
     while info["step"] < cfg.steps:
         t0 = time.perf_counter()
@@ -182,7 +195,8 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
         x = sample(cfg.meta_batch, n, gen)                                   # (M, N, *S)
         q = distort(x.flatten(0, 1), gen).x.view_as(x)
         x, q = x.to(device), q.to(device)
-        ml = meta_loss(model, x, q, cfg.stepwise, cfg.read_queries or None, cfg.train_read_steps or None)
+        d = teacher if teacher is not None and (not cfg.distill_steps or info["step"] < cfg.distill_steps) else None
+        ml = meta_loss(model, x, q, cfg.stepwise, cfg.read_queries or None, cfg.train_read_steps or None, d)
         opt.zero_grad(set_to_none=True)
         ml.loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
@@ -193,7 +207,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
         info["seconds"] += dt
         row = {"step": info["step"], "n": n, "loss": float(ml.loss.detach()), "final_error": ml.final_error,
                "query_error": ml.query_error, "grad_norm": gnorm, "seconds": round(info["seconds"], 2),
-               "episodes_per_s": cfg.meta_batch / dt}
+               "episodes_per_s": cfg.meta_batch / dt, **({"distill_error": ml.distill_error} if d else {})}
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if bar is not None:
@@ -262,6 +276,8 @@ def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -
         "preset": model.cfg.name, "task": cfg.task, "distortion": cfg.distortion,
         "patterns": list(cfg.patterns), "meta_batch": cfg.meta_batch, "stages": cfg.stages,
         "read_queries": cfg.read_queries, "train_read_steps": cfg.train_read_steps, "steps": info["step"],
+        **({"distill": {"teacher": cfg.distill, "weight": cfg.distill_weight, "steps": cfg.distill_steps,
+                        "states": cfg.distill_states}} if cfg.distill else {}),
         "cpu_seconds": round(info["seconds"] * (cfg.threads or torch.get_num_threads()), 1),
         "wall_seconds": round(info["seconds"], 1), "threads": cfg.threads or torch.get_num_threads(),
         "optimizer": {"name": "AdamW", "lr": cfg.lr, "loop_lr": cfg.loop_lr,

@@ -11,6 +11,8 @@ Arms (each from the same initialisation and seed, one thread, `ebmm train`'s loo
   curriculum      ... and a curriculum: N = 16 (block 8) -> 32 (block 12) -> 64 (block 16)
   autoencoder     ... and a warm start: the trunk trained as an autoencoder's encoder for --warm-seconds of
                   the arm's budget first (model/warm_start.py), meta-training the rest
+  distill         ... and distillation from the shipped slot memory at this budget (--teacher) for the first
+                  --distill-steps meta-steps (model/meta.py: Distill), the meta-loss alone after
 Every arm is evaluated at the target: 64 patterns, a 16x16 random-bit block, the served K, Hamming.
 Also timed: one meta-step with and without the static-feature write (identical maths), same episode.
 
@@ -34,6 +36,8 @@ ARMS = {
     "curriculum": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16"),
     "autoencoder": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16",
                         warm=True),
+    "distill": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16",
+                    warm=True, teacher=True),
 }
 
 
@@ -86,11 +90,13 @@ def main() -> int:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--warm-seconds", type=float, default=120.0, help="the autoencoder arm's warm start")
+    ap.add_argument("--teacher", default="checkpoints/characters32-8k", help="the distill arm's teacher")
+    ap.add_argument("--distill-steps", type=int, default=1500, help="the distill arm's steps with the term on")
     ap.add_argument("--tag", default="", help="a suffix for the arms' names: the same arm run again "
                                               "(on another host, say) as a row of its own")
     ap.add_argument("--out", default="results/training/recipe-ablation")
     args = ap.parse_args()
-    if "autoencoder" in args.arms.split(",") and not 0 < args.warm_seconds < args.seconds:
+    if {"autoencoder", "distill"} & set(args.arms.split(",")) and not 0 < args.warm_seconds < args.seconds:
         ap.error(f"--warm-seconds {args.warm_seconds}: must be above 0 and below --seconds {args.seconds}")
     torch.set_num_threads(1)
     from model.bench import cpu_info
@@ -114,6 +120,8 @@ def main() -> int:
             continue
         extra = dict(ARMS[arm])
         warm = args.warm_seconds if extra.pop("warm", False) else 0.0
+        if extra.pop("teacher", False):
+            extra.update(distill=args.teacher, distill_steps=args.distill_steps)
         cfg = TrainConfig(**{**base, **extra, "overrides": {**base["overrides"], **extra.get("overrides", {})}},
                           out=str(Path.home() / ".cache/ebmm/ablation" / name / "ckpt"),
                           state_dir=str(Path.home() / ".cache/ebmm/ablation" / name / "state"),
@@ -131,9 +139,12 @@ def main() -> int:
             t.requires_grad_(False)
         res = evaluate(model, Protocol("characters", 64, "block:16", episodes=args.episodes, seed=0))
         last = rows[-100:]
+        if summary_path.exists():            # another arm may have finished meanwhile (arms run side by side)
+            summary["arms"] = {**json.loads(summary_path.read_text())["arms"], **summary["arms"]}
         summary["arms"][name] = {
             "settings": {k: v for k, v in dataclasses.asdict(cfg).items()
-                         if k in ("read_queries", "train_read_steps", "stages", "overrides")},
+                         if k in ("read_queries", "train_read_steps", "stages", "overrides", "distill",
+                                  "distill_weight", "distill_steps", "distill_states")},
             "command": command, "cpu": cpu_info()["cpu"],
             "meta_steps": rows[-1]["step"], "train_seconds": rows[-1]["seconds"],
             "warm_start": json.loads((Path(cfg.state_dir) / "state.json").read_text()).get("warm_start"),

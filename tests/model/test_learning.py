@@ -144,3 +144,80 @@ def test_a_warm_start_from_a_checkpoint_refuses_the_autoencoder_too(tmp_path):
         train(TrainConfig(preset="paper-fc-d36-gray", task="characters", steps=1, init=str(ckpt),
                           autoencoder_seconds=1.0, out=str(tmp_path / "w"), state_dir=str(tmp_path / "s")),
               progress=False)
+
+
+def _characters(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    from model import data, distortions
+    g = torch.Generator().manual_seed(seed)
+    x = data.sample_episodes(data.load("characters", "train"), n, 1, g)[0]
+    return x, distortions.parse("block:8")(x, g).x
+
+
+def test_distillation_pulls_a_read_step_towards_the_teachers_recall_and_leaves_the_teacher_alone():
+    """`--distill`: from the teacher's read states, one read step of the model should land on the teacher's
+    recall; the term carries gradients to the model's weights (it falls when trained alone) and none to
+    the teacher, which stays fixed."""
+    from pathlib import Path
+
+    from model.checkpoint import load_checkpoint
+    from model.config import get_preset
+    from model.memory import EBMM, write
+    from model.meta import Distill, distill_term
+    teacher = load_checkpoint(Path(__file__).resolve().parents[2] / "checkpoints" / "characters32-8k").model
+    before = {n: t.clone() for n, t in teacher.state_dict().items()}
+    d = Distill(teacher, weight=1.0, states=2)
+    x, q = _characters(8)
+    states, recall = d.trajectory(x, q)
+    assert states.shape == (2, *q.shape) and torch.equal(states[0], q)          # from the query on
+    assert (recall - x).pow(2).sum() < 0.5 * (q - x).pow(2).sum()               # the teacher recalls
+    torch.manual_seed(0)
+    model = EBMM(get_preset("paper-fc-d36-gray").replace(grad_norm_term=False)).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    terms = []
+    for _ in range(15):
+        p = model.params()
+        term = distill_term(model, p, write(model, p, x, create_graph=True).weights, d, x, q)
+        opt.zero_grad()
+        term.backward()
+        opt.step()
+        terms.append(float(term.detach()))
+    assert terms[-1] < 0.7 * terms[0], terms
+    assert all(torch.equal(t, before[n]) for n, t in teacher.state_dict().items())
+    with pytest.raises(ValueError, match="both must be positive"):
+        Distill(teacher, weight=0.0)
+
+
+def test_the_distillation_term_is_on_for_its_steps_only_and_a_run_with_it_resumes_exactly(tmp_path):
+    import json
+    from pathlib import Path
+    teacher = str(Path(__file__).resolve().parents[2] / "checkpoints" / "characters32-8k")
+    base = dict(preset="paper-fc-d36-gray", task="characters", distortion="block:8", patterns=(8,),
+                meta_batch=1, lr=1e-4, seed=7, threads=1, checkpoint_every=100, read_queries=4,
+                train_read_steps=1, overrides={"grad_norm_term": False}, distill=teacher, distill_steps=2,
+                distill_states=2)
+    straight = train(TrainConfig(**base, steps=3, out=str(tmp_path / "a"), state_dir=str(tmp_path / "sa")),
+                     progress=False)
+    rows = [json.loads(r) for r in (tmp_path / "sa" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("distill_error", 0) > 0 for r in rows] == [True, True, False]
+    assert all(r["loss"] > r["final_error"] for r in rows[:2])         # the term is part of the loss
+    card = json.loads((tmp_path / "a" / "card.json").read_text())
+    assert card["training"]["distill"] == {"teacher": teacher, "weight": 1.0, "steps": 2, "states": 2}
+    train(TrainConfig(**base, steps=2, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb")), progress=False)
+    resumed = train(TrainConfig(**base, steps=3, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb")),
+                    progress=False)
+    for (n, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.equal(a, b), f"{n} differs after resume"
+    one = {}
+    for name, distill in (("with", teacher), ("without", "")):     # the same first step, with and without
+        one[name] = train(TrainConfig(**{**base, "distill": distill}, steps=1, out=str(tmp_path / name),
+                                      state_dir=str(tmp_path / ("s" + name))), progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(one["with"].parameters(), one["without"].parameters(),
+                                                      strict=True))
+
+
+def test_a_teacher_of_another_shape_is_refused(tmp_path):
+    from pathlib import Path
+    teacher = str(Path(__file__).resolve().parents[2] / "checkpoints" / "binary128")
+    with pytest.raises(ValueError, match="the teacher reads"):
+        train(TrainConfig(preset="paper-fc-d36-gray", task="characters", steps=1, distill=teacher,
+                          out=str(tmp_path / "w"), state_dir=str(tmp_path / "s")), progress=False)
