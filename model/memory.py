@@ -82,8 +82,11 @@ class EBMM(nn.Module):
         """All parameters by name; detached copies for serving, the live ones for meta-training."""
         return {n: (t.detach() if detach else t) for n, t in self.named_parameters()}
 
-    def energy_fn(self, p: Params, x: Tensor) -> Tensor:
-        """E(x; p) for x (B, *input_shape) -> (B,), with `p` named as in `params()`."""
+    def energy_fn(self, p: Params, x: Tensor, known: Tensor | None = None) -> Tensor:
+        """E(x; p) for x (B, *input_shape) -> (B,), with `p` named as in `params()`. known (B, D): a masked
+        read's known pixels, for energies that use them (`EnergyNet.reads_known_pixels`), else ignored."""
+        if known is not None and self.energy.reads_known_pixels:
+            return self.energy.energy(self._energy_params(p), x, known=known)
         return self.energy.energy(self._energy_params(p), x)
 
     def write_energy_fn(self, p: Params, x: Tensor, assign: Tensor | None = None) -> Tensor:
@@ -213,20 +216,22 @@ class ReadResult:
     energies: Tensor    # (K+1, B): the energy at each iterate (no graph: a diagnostic)
 
 
-def _fast_grad(model: EBMM, q: Params, create_graph: bool
+def _fast_grad(model: EBMM, q: Params, create_graph: bool, known: Tensor | None = None
                ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
     """The energy's closed-form grad_x (EnergyNet.energy_grad) and its energy, bound to the read's
     parameters and one cache, when the read needs no graph to them (serving, evaluation) and the family
-    has one; else None (autograd)."""
+    has one; else None (autograd). known: the masked read's known pixels (B, D), in the cache."""
     if create_graph or type(model.energy).energy_grad is EnergyNet.energy_grad:
         return None
-    ep, cache = {n: t.detach() for n, t in model._energy_params(q).items()}, {}
+    ep = {n: t.detach() for n, t in model._energy_params(q).items()}
+    cache: dict = {} if known is None or not model.energy.reads_known_pixels else {"known": known}
     return (lambda x: model.energy.energy_grad(ep, x, cache)), (lambda x: model.energy.energy_cached(ep, x, cache))
 
 
 def _autograd_steps(model: EBMM, q: Params, queries: Tensor, keep: Tensor | None, gamma: Tensor, psi: Tensor,
                     create_graph: bool, temperature: float, generator: torch.Generator | None) -> list[Tensor]:
     steps = gamma.shape[0]
+    known = None if keep is None else keep.flatten(1)
     x0 = queries
     x, v = queries, torch.zeros_like(queries)
     iterates = [x]
@@ -237,7 +242,7 @@ def _autograd_steps(model: EBMM, q: Params, queries: Tensor, keep: Tensor | None
                 xh = xh.detach()
             if not xh.requires_grad:
                 xh = xh.requires_grad_(True)
-            (g,) = torch.autograd.grad(model.energy_fn(q, xh).sum(), xh, create_graph=create_graph)
+            (g,) = torch.autograd.grad(model.energy_fn(q, xh, known).sum(), xh, create_graph=create_graph)
             v = psi[k] * v - gamma[k] * g
             t_k = temperature * (1 - k / max(steps - 1, 1))             # annealed to 0 at the last step
             if t_k > 0:
@@ -296,9 +301,10 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
         raise ValueError(f"energies={energies!r}: expected 'all' or 'last'")
     steps = model.cfg.loop.read_steps if steps is None else steps
     q = {**p, **weights}
-    fast_fns = _fast_grad(model, q, create_graph) if fast else None
-    gamma, psi = step_sizes(p, steps)
     keep = None if mask is None else mask.to(queries.dtype)
+    known = None if keep is None else keep.flatten(1)
+    fast_fns = _fast_grad(model, q, create_graph, known) if fast else None
+    gamma, psi = step_sizes(p, steps)
     if fast_fns is not None:
         iterates = _fast_steps(fast_fns[0], queries, keep, gamma.tolist(), psi.tolist(), temperature, generator)
     else:
@@ -306,10 +312,12 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     traj = torch.stack(iterates)                                    # (K+1, B, *S)
     with torch.no_grad():                   # diagnostics: the energy of the returned iterates
         seen = (traj if energies == "all" else traj[-1:]).detach()
-        fn = (lambda t: model.energy_fn(q, t)) if fast_fns is None else fast_fns[1]
-        if stacked:                         # one memory per query: each iterate is a batch of its own
+        if stacked or (known is not None and model.energy.reads_known_pixels):
+            # one memory (or one mask) per query: each iterate is a batch of its own
+            fn = (lambda t: model.energy_fn(q, t, known)) if fast_fns is None else fast_fns[1]
             energies_t = torch.stack([fn(t) for t in seen])
         else:
+            fn = (lambda t: model.energy_fn(q, t)) if fast_fns is None else fast_fns[1]
             energies_t = fn(seen.flatten(0, 1)).view(seen.shape[:2])    # (K+1 or 1, B)
     return ReadResult(traj, energies_t)
 

@@ -117,6 +117,13 @@ class EnergyNet(nn.Module):
         return None
 
     @property
+    def reads_known_pixels(self) -> bool:
+        """True where `energy` takes `known=` (B, D) {0, 1}, the pixels a masked read keeps (the read's mask),
+        and uses it: a read then tells the energy which pixels are unknown instead of leaving it to guess.
+        The fast path passes it in the read's cache as "known"."""
+        return False
+
+    @property
     def stacks_weights(self) -> bool:
         """True where `energy_grad` and `energy` also take writable tensors with a leading batch dimension,
         one written memory per query (reads of several sessions batched in one call: memory.read_stacked)."""

@@ -473,11 +473,20 @@ class SubspaceSpanEnergy(EnergyNet):
         outside = self._span_split(m)[1] if self.bit_fit_steps else None
         return b, gram, ridge, m, outside
 
-    def recall(self, p: Params, s: Tensor, span: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
-        """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D)."""
+    @property
+    def reads_known_pixels(self) -> bool:
+        return True
+
+    def recall(self, p: Params, s: Tensor, span: tuple[Tensor, ...] | None = None,
+               known: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D).
+        known (B, D) {0, 1}: a masked read's known pixels; the fit then leaves out exactly the others (no
+        window is searched for) and the recall fills them."""
         qt = s - self.centre
         b, gram, ridge, m, outside = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
+        if known is not None:
+            return self._known_recall(qt, (b, gram, ridge, m, outside), eye, known.to(s.dtype)), known.to(s.dtype)
         a_mat = gram + ridge * eye                  # one system for every query in the first fit
         qb = qt @ b                                                                # (B, r)
         rhs = qb
@@ -499,6 +508,29 @@ class SubspaceSpanEnergy(EnergyNet):
         if outside is not None and outside.shape[1] > 0:     # equations left to solve (fewer than r patterns)
             return self._bit_fit(qt, rec + self.centre, win, outside), keep
         return rec + self.centre, keep
+
+    def _known_recall(self, qt: Tensor, span: tuple[Tensor, ...], eye: Tensor, known: Tensor) -> Tensor:
+        """`recall` of centred signed images qt (B, D) fitted on their known pixels only: the ridge least-squares
+        code in the span (the unknown pixels' rows of b left out: b^T K b = M U K U^T M), then for binary
+        images the bit fit over the unknown pixels (queries with as many unknown pixels solved together)."""
+        b, gram, ridge, m, outside = span
+        u = self.basis
+        free = 1 - known
+        g_free = torch.cat([(u[None] * f[:, None, :]) @ u.T for f in free.split(8)])   # (B, r, r): U F U^T
+        a = gram + ridge * eye - m @ g_free @ m
+        rhs = ((qt * known) @ u.T) @ m                                                 # b^T K qt
+        rec = spd_solve(a, rhs.unsqueeze(-1)).squeeze(-1) @ b.T + self.centre          # (B, D)
+        if outside is None or outside.shape[1] == 0:
+            return rec
+        counts = free.sum(1).round().long()
+        out = rec.clone()
+        for n in counts.unique().tolist():
+            rows = (counts == n).nonzero().squeeze(1)
+            if n == 0:
+                continue
+            win = (free[rows] > 0.5).nonzero()[:, 1].view(rows.numel(), n)            # (b, n) unknown pixels
+            out[rows] = self._bit_fit(qt[rows], rec[rows], win, outside)
+        return out
 
     def _bit_fit(self, qt: Tensor, rec: Tensor, win: Tensor, out: Tensor) -> Tensor:
         """For binary images: the window's pixels as the box-constrained ([-1, 1]) solution of the span's
@@ -526,9 +558,9 @@ class SubspaceSpanEnergy(EnergyNet):
         return rec.scatter(1, win, z.squeeze(1))
 
     def energy(self, p: Params, x: Tensor, span: tuple[Tensor, ...] | None = None,
-               recalled: tuple[Tensor, Tensor] | None = None) -> Tensor:
+               recalled: tuple[Tensor, Tensor] | None = None, known: Tensor | None = None) -> Tensor:
         """span: `span(p)`, when the caller has it (a serving read computes it once); recalled: `recall` of
-        these very images, when the caller has it."""
+        these very images, when the caller has it; known: a masked read's known pixels (see `recall`)."""
         s = _signed(x).flatten(1)                                                  # (B, D)
         f = (s - self.centre) @ self.basis.T                                       # (B, r)
         # the Hebb term over the upper triangle, each entry once: its gradient in the writable triangle is
@@ -538,7 +570,7 @@ class SubspaceSpanEnergy(EnergyNet):
         # the recall is held fixed within a step of either loop (like the slot memories' attention, which is
         # one-hot): a read step pulls the damaged window to it and leaves the visible pixels, which chose it,
         # alone; a write step is the Hebb rule alone, so that appending is writing more (see `recall`)
-        r, keep = (self.recall({**p, "memory_triu": p["memory_triu"].detach()}, s.detach(), span)
+        r, keep = (self.recall({**p, "memory_triu": p["memory_triu"].detach()}, s.detach(), span, known)
                    if recalled is None else recalled)
         e = e + 0.5 * F.softplus(p["pull_raw"] * _GAIN) * ((1 - keep) * (s - r).pow(2)).sum(-1)
         e = e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
@@ -567,13 +599,13 @@ class SubspaceSpanEnergy(EnergyNet):
         memo = cache.get("recall_memo")
         if memo is not None and memo[0].shape == s.shape and torch.equal(memo[0], s):
             return memo[1], memo[2]
-        r, keep = self.recall(p, s, cache["span"])
+        r, keep = self.recall(p, s, cache["span"], cache.get("known"))
         cache["recall_memo"] = (s, r, keep)
         return r, keep
 
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
         if "span" not in cache:
-            return self.energy(p, x)
+            return self.energy(p, x, known=cache.get("known"))
         return self.energy(p, x, cache["span"], self._recall_memo(p, _signed(x).flatten(1), cache))
 
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
