@@ -92,6 +92,12 @@ class Memory:
         except ValueError:
             return 0
 
+    @property
+    def reads_known_pixels(self) -> bool:
+        """Whether a masked read tells the energy which pixels are unknown (its recall then fills exactly
+        them, and is the one to score familiarity by); else a masked read only keeps the known pixels."""
+        return self.ckpt.model.energy.reads_known_pixels
+
     def familiarity(self, weights: Params, queries: Tensor, recall: Tensor, known: Tensor | None = None) -> Tensor:
         """(B,) in [0, 1]: whether the queries were stored, from what the memory recalled from them or
         from the memory itself (model/familiarity.py: query_familiarity)."""

@@ -264,11 +264,14 @@ def _read_with_familiarity(m: LoadedModel, weights: dict[str, torch.Tensor], x: 
                            mask: torch.Tensor | None, steps: int, top_k: int | None, samples: int | None,
                            temperature: float, energies: str = "all") -> tuple[Any, torch.Tensor, Any, Any]:
     """The read and each query's familiarity (a masked read keeps the known pixels, so familiarity
-    compares them with an unmasked read's recall instead: one more read); top-k candidates and
-    samples when asked. energies="last": only the result's energy (an npy answer carries no more)."""
+    compares them with an unmasked read's recall instead: one more read; energies told the mask score
+    the masked read's own recall); top-k candidates and samples when asked. energies="last": only the
+    result's energy (an npy answer carries no more)."""
     res = m.memory.read(weights, x, mask, steps, energies=energies)
     if mask is None:
         fam = m.memory.familiarity(weights, x, res.iterates[-1])
+    elif m.memory.reads_known_pixels:
+        fam = m.memory.familiarity(weights, x, res.iterates[-1], known=mask.bool())
     else:
         free = m.memory.read(weights, x, None, steps, energies="last").iterates[-1]
         fam = m.memory.familiarity(weights, x, free, known=mask.bool())

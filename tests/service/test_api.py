@@ -556,3 +556,29 @@ async def test_candidates_of_a_span_memory_carry_no_match_the_card_threshold_doe
             r = await c.post(f"/v1/sessions/{w.json()['session_id']}/retrieve",
                              json={"queries": {"arrays": patterns[:1]}, "top_k": 2, "match_threshold": 0.5})
             assert all(isinstance(k["match"], bool) for k in r.json()["results"][0]["candidates"])
+
+
+@pytest.mark.skipif(not (SHIPPED / "characters32-span16k" / "card.json").exists(), reason="no shipped checkpoints")
+async def test_a_masked_retrieve_on_a_span_memory_fills_a_one_colour_block_and_knows_its_patterns() -> None:
+    """A block of zeros hides from the span memory's own search for the damaged window; with the mask it is
+    told where the unknown pixels are, restores them, and scores familiarity on that recall."""
+    from model import data
+    g = torch.Generator().manual_seed(3)
+    x = data.sample_episodes(data.load("characters", "test"), 16, 1, g)[0].numpy()      # (16, 1, 32, 32)
+    q, mask = x.copy(), np.ones_like(x)
+    q[:, :, 8:24, 4:20] = 0.0
+    mask[:, :, 8:24, 4:20] = 0.0
+    async with running(SHIPPED) as (c, _):
+        w = await c.post("/v1/sessions", json={"model": "characters32-span16k",
+                                               "patterns": {"arrays": x[:, 0].tolist()}})
+        assert w.status_code == 201, w.text
+        url = f"/v1/sessions/{w.json()['session_id']}/retrieve"
+        out = {}
+        for kind, extra in (("masked", {"mask": {"arrays": mask[:, 0].tolist()}}), ("unmasked", {})):
+            r = await c.post(url, json={"queries": {"arrays": q[:, 0].tolist()}, "output": "array", **extra})
+            assert r.status_code == 200, r.text
+            out[kind] = r.json()["results"]
+    restored = lambda res: np.array([r["pattern"] for r in res]).reshape(16, 32, 32) > 0.5   # noqa: E731
+    wrong = {k: (restored(v) != (x[:, 0] > 0.5)).sum((1, 2)) for k, v in out.items()}
+    assert wrong["masked"].mean() < 1.0 and wrong["unmasked"].mean() > 20, wrong
+    assert sum(r["match"] for r in out["masked"]) >= 14, [r["familiarity"] for r in out["masked"]]
