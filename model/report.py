@@ -256,6 +256,9 @@ def recipe_ablation(folder: Path, out: Path) -> list[str]:
     for arm, a in s["arms"].items():
         ws = a.get("warm_start")
         label = arm if not ws else f"{arm} ({ws['seconds']:.0f} s of the budget: {ws['steps']} autoencoder steps)"
+        d = a.get("settings", {}).get("distill")
+        if d:
+            label += f", distilled from {Path(d).name} for {a['settings'].get('distill_steps') or 'every'} steps"
         if a.get("cpu"):
             label += f", on {a['cpu']}"
         lines.append(f"| {label} | {a['seconds_per_meta_step']} | {a['meta_steps']} | "
