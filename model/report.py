@@ -261,6 +261,9 @@ def recipe_ablation(folder: Path, out: Path) -> list[str]:
             label += f", distilled from {Path(d).name} for {a['settings'].get('distill_steps') or 'every'} steps"
         if a.get("cpu"):
             label += f", on {a['cpu']}"
+        for e in a.get("earlier", []):
+            label += (f"; after {e['train_seconds'] / 60:.0f} minutes of meta-training ({e['meta_steps']} steps) "
+                      f"it erred {e['held_out_hamming']}")
         lines.append(f"| {label} | {a['seconds_per_meta_step']} | {a['meta_steps']} | "
                      f"{a['train_error_last_100_steps']} ({a['train_query_error_last_100_steps']}) | "
                      f"{a['held_out_hamming']} ({a['held_out_query_hamming']}) |")

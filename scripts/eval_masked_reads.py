@@ -63,7 +63,8 @@ def main() -> int:
             x = data.sample_episodes(test, args.patterns, args.episodes, g)              # (M, N, *S)
             dist = distortions.parse(f"block:16:{fill}")(x.flatten(0, 1), g)
             q, known = dist.x.view_as(x), (~dist.mask).view_as(x)
-            err = lambda y: per_pattern_error(y, x, metric, 3).mean(1)                # noqa: E731  (M,)
+            def err(y: torch.Tensor, x: torch.Tensor = x, metric: str = metric) -> torch.Tensor:
+                return per_pattern_error(y, x, metric, 3).mean(1)                      # (M,)
             base = {"task": task, "fill": fill, "metric": metric,
                     "query": summarise(err(q))["error_mean"]}
             for name, ck in models.items():
@@ -93,13 +94,15 @@ def main() -> int:
             full = torch.stack([paste_nearest(x[i].flatten(1), q[i].flatten(1), known[i].flatten(1).float(),
                                               binary).view_as(x[i]) for i in range(x.shape[0])])
             out["rows"].append({**base, "memory": "nearest_full_known", "architecture": "baseline",
-                                "memory_floats": args.patterns * x[0, 0].numel(), "masked": summarise(err(full))})
+                                "memory_floats": args.patterns * x[0, 0].numel(),
+                                "masked": summarise(err(full))})
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     lines = [f"# Masked reads ({args.patterns} patterns, one 16x16 block per query, {args.episodes} held-out "
              "episodes)", "", f"Command: `{out['command']}`", "", f"Machine: {out['cpu']}", "",
-             "| task | block fill | memory (floats) | with the mask | without it | query |", "|---|---|---|---|---|---|"]
+             "| task | block fill | memory (floats) | with the mask | without it | query |",
+             "|---|---|---|---|---|---|"]
     for r in out["rows"]:
         un = "" if r.get("unmasked") is None else f"{r['unmasked']['error_mean']:.2f}"
         lines.append(f"| {r['task']} ({r['metric']}) | {r['fill']} | {r['memory']} ({r['memory_floats']:,}) | "

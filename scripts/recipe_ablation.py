@@ -16,7 +16,8 @@ Arms (each from the same initialisation and seed, one thread, `ebmm train`'s loo
 Every arm is evaluated at the target: 64 patterns, a 16x16 random-bit block, the served K, Hamming.
 Also timed: one meta-step with and without the static-feature write (identical maths), same episode.
 
-Resume state lives under ~/.cache/ebmm/ablation/ARM; an arm that finished is not trained again.
+Resume state lives under ~/.cache/ebmm/ablation/ARM; an arm that finished is not trained again, unless
+--extend trains it on to a larger --seconds (another segment of the same run).
 """
 from __future__ import annotations
 
@@ -92,6 +93,9 @@ def main() -> int:
     ap.add_argument("--warm-seconds", type=float, default=120.0, help="the autoencoder arm's warm start")
     ap.add_argument("--teacher", default="checkpoints/characters32-8k", help="the distill arm's teacher")
     ap.add_argument("--distill-steps", type=int, default=1500, help="the distill arm's steps with the term on")
+    ap.add_argument("--extend", action="store_true",
+                    help="train arms already in the summary on to --seconds (resuming their state), evaluate "
+                         "them again, and keep their earlier rows under `earlier`")
     ap.add_argument("--tag", default="", help="a suffix for the arms' names: the same arm run again "
                                               "(on another host, say) as a row of its own")
     ap.add_argument("--out", default="results/training/recipe-ablation")
@@ -116,19 +120,24 @@ def main() -> int:
                 overrides={"grad_norm_term": False})
     for arm in args.arms.split(","):
         name = f"{arm}-{args.tag}" if args.tag else arm
-        if name in summary["arms"]:
-            continue
         extra = dict(ARMS[arm])
         warm = args.warm_seconds if extra.pop("warm", False) else 0.0
+        budget = args.seconds - warm                       # meta-training seconds, over every segment
+        done = summary["arms"].get(name)
+        if done is not None and not (args.extend and done["train_seconds"] < budget):
+            continue
         if extra.pop("teacher", False):
             extra.update(distill=args.teacher, distill_steps=args.distill_steps)
+        log = Path.home() / ".cache/ebmm/ablation" / name / "state" / "metrics.jsonl"
+        last = json.loads(log.read_text().splitlines()[-1]) if log.exists() else None
+        if done is not None and last is None:
+            raise SystemExit(f"--extend {name}: its resume state ({log.parent}) is gone; it cannot be extended")
+        trained = last["seconds"] if last else 0.0
         cfg = TrainConfig(**{**base, **extra, "overrides": {**base["overrides"], **extra.get("overrides", {})}},
                           out=str(Path.home() / ".cache/ebmm/ablation" / name / "ckpt"),
-                          state_dir=str(Path.home() / ".cache/ebmm/ablation" / name / "state"),
-                          segment_seconds=args.seconds - warm, autoencoder_seconds=warm)
-        log = Path(cfg.state_dir) / "metrics.jsonl"
-        last = json.loads(log.read_text().splitlines()[-1]) if log.exists() else None
-        if last is not None and last["seconds"] >= args.seconds - warm:   # trained its budget: evaluate only
+                          state_dir=str(log.parent), segment_seconds=max(budget - trained, 1e-9),
+                          autoencoder_seconds=warm)
+        if last is not None and trained >= budget:          # trained its budget: evaluate only
             cfg = dataclasses.replace(cfg, steps=last["step"])
         model = train(cfg, command=command, progress=False).eval()
         rows = [json.loads(r) for r in (Path(cfg.state_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -141,6 +150,7 @@ def main() -> int:
         last = rows[-100:]
         if summary_path.exists():            # another arm may have finished meanwhile (arms run side by side)
             summary["arms"] = {**json.loads(summary_path.read_text())["arms"], **summary["arms"]}
+        earlier = [] if done is None else [*done.get("earlier", []), {k: v for k, v in done.items() if k != "earlier"}]
         summary["arms"][name] = {
             "settings": {k: v for k, v in dataclasses.asdict(cfg).items()
                          if k in ("read_queries", "train_read_steps", "stages", "overrides", "distill",
@@ -152,7 +162,8 @@ def main() -> int:
             "train_error_last_100_steps": round(sum(r["final_error"] for r in last) / len(last), 2),
             "train_query_error_last_100_steps": round(sum(r["query_error"] for r in last) / len(last), 2),
             "held_out_hamming": round(res["error_mean"], 2),
-            "held_out_query_hamming": round(res["query_error_mean"], 2)}
+            "held_out_query_hamming": round(res["query_error_mean"], 2),
+            **({"earlier": earlier} if earlier else {})}
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
         print(name, summary["arms"][name], flush=True)
     if "static_features_timing" not in summary:

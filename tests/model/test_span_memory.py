@@ -272,7 +272,8 @@ def test_the_bit_fit_residual_is_near_zero_for_stored_bits_and_lowers_the_famili
     torch.testing.assert_close(query_familiarity(m, p, w, x, x, window=6), torch.ones(45), atol=1e-3, rtol=0)
 
 
-def _fill_constant(x: torch.Tensor, regions: list[tuple[slice, slice]], value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_constant(x: torch.Tensor, regions: list[tuple[slice, slice]],
+                   value: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x with one region per image set to `value` (a block of one colour), and the known-pixel mask."""
     q, known = x.clone(), torch.ones_like(x, dtype=torch.bool)
     for i, (rows, cols) in enumerate(regions):
