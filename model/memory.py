@@ -231,7 +231,7 @@ def _fast_grad(model: EBMM, q: Params, create_graph: bool, known: Tensor | None 
 def _autograd_steps(model: EBMM, q: Params, queries: Tensor, keep: Tensor | None, gamma: Tensor, psi: Tensor,
                     create_graph: bool, temperature: float, generator: torch.Generator | None) -> list[Tensor]:
     steps = gamma.shape[0]
-    known = None if keep is None else keep.flatten(1)
+    known = None if keep is None else keep.expand_as(queries).flatten(1)       # a mask for all: per query
     x0 = queries
     x, v = queries, torch.zeros_like(queries)
     iterates = [x]
@@ -302,7 +302,7 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     steps = model.cfg.loop.read_steps if steps is None else steps
     q = {**p, **weights}
     keep = None if mask is None else mask.to(queries.dtype)
-    known = None if keep is None else keep.flatten(1)
+    known = None if keep is None else keep.expand_as(queries).flatten(1)       # a mask for all: per query
     fast_fns = _fast_grad(model, q, create_graph, known) if fast else None
     gamma, psi = step_sizes(p, steps)
     if fast_fns is not None:

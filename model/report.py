@@ -244,14 +244,15 @@ def recipe_ablation(folder: Path, out: Path) -> list[str]:
     s = json.loads(path.read_text())
     lines = ["## The CPU meta-training recipe: what each ingredient buys at equal wall clock", "",
              f"Made by `{s['command']}`: `{s['preset']}` trained {s['seconds_per_arm'] / 60:.0f} minutes per arm "
-             "(one thread, the same initialisation and seed), each arm adding one ingredient to the one above; "
+             "(one thread, the same initialisation and seed; later arms, named by a tag, say their own minutes), "
+             "each arm adding one ingredient to the one above; "
              f"held-out: {s['evaluation']['episodes']} test episodes of {s['evaluation']['patterns']} characters, "
              f"{s['evaluation']['distortion']}, the served read, Hamming. Arms that name a CPU ran later, on that "
              "host, each with its own command in summary.json; the others ran together, with other work on the "
              "machine during parts of them: compare meta-steps only between rows of one host.", "",
-             "| arm | s per meta-step | meta-steps | training error, last 100 steps (query) "
+             "| arm | minutes | s per meta-step | meta-steps | training error, last 100 steps (query) "
              "| held-out Hamming (query) |",
-             "|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, a in s["arms"].items():
         ws = a.get("warm_start")
@@ -264,7 +265,9 @@ def recipe_ablation(folder: Path, out: Path) -> list[str]:
         for e in a.get("earlier", []):
             label += (f"; after {e['train_seconds'] / 60:.0f} minutes of meta-training ({e['meta_steps']} steps) "
                       f"it erred {e['held_out_hamming']}")
-        lines.append(f"| {label} | {a['seconds_per_meta_step']} | {a['meta_steps']} | "
+        minutes = (a["train_seconds"] + (ws or {}).get("seconds", 0)) / 60 if "train_seconds" in a else \
+            s["seconds_per_arm"] / 60
+        lines.append(f"| {label} | {minutes:.0f} | {a['seconds_per_meta_step']} | {a['meta_steps']} | "
                      f"{a['train_error_last_100_steps']} ({a['train_query_error_last_100_steps']}) | "
                      f"{a['held_out_hamming']} ({a['held_out_query_hamming']}) |")
         f = folder / f"{arm}.csv"

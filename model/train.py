@@ -276,7 +276,8 @@ def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -
         "preset": model.cfg.name, "task": cfg.task, "distortion": cfg.distortion,
         "patterns": list(cfg.patterns), "meta_batch": cfg.meta_batch, "stages": cfg.stages,
         "read_queries": cfg.read_queries, "train_read_steps": cfg.train_read_steps, "steps": info["step"],
-        **({"distill": {"teacher": cfg.distill, "weight": cfg.distill_weight, "steps": cfg.distill_steps,
+        **({"distill": {"teacher": cfg.distill, "teacher_sha256": _weights_sha256(cfg.distill),
+                        "weight": cfg.distill_weight, "steps": cfg.distill_steps,
                         "states": cfg.distill_states}} if cfg.distill else {}),
         "cpu_seconds": round(info["seconds"] * (cfg.threads or torch.get_num_threads()), 1),
         "wall_seconds": round(info["seconds"], 1), "threads": cfg.threads or torch.get_num_threads(),
@@ -284,6 +285,12 @@ def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -
                       "weight_decay": cfg.weight_decay, "clip": cfg.clip},
         "seed": cfg.seed, "init": cfg.init, "command": command, "host": os.uname().machine,
     }, **extra)
+
+
+def _weights_sha256(folder: str) -> str | None:
+    """The sha256 of a checkpoint's weights as its card records it (a teacher replaced later shows)."""
+    card = Path(folder) / "card.json"
+    return json.loads(card.read_text()).get("weights_sha256") if card.exists() else None
 
 
 def _jsonable(d: dict) -> dict:

@@ -112,7 +112,8 @@ def main() -> int:
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"arms": {}}
     summary.setdefault("command", command)                # the first run's; each arm keeps its own too
-    summary.update(preset=args.preset, seconds_per_arm=args.seconds,
+    summary.setdefault("seconds_per_arm", args.seconds)     # the first run's; each arm keeps its own budget
+    summary.update(preset=args.preset,
                    evaluation=dict(task="characters", split="test", patterns=64, distortion="block:16",
                                    episodes=args.episodes, seed=0, metric="hamming", read_steps="the model's (5)"))
     base = dict(preset=args.preset, task="characters", distortion="block:16", patterns=(64,), meta_batch=1,
@@ -124,21 +125,20 @@ def main() -> int:
         warm = args.warm_seconds if extra.pop("warm", False) else 0.0
         budget = args.seconds - warm                       # meta-training seconds, over every segment
         done = summary["arms"].get(name)
-        if done is not None and not (args.extend and done["train_seconds"] < budget):
+        if done is not None and not (args.extend and budget > done.get("budget_seconds", done["train_seconds"] + 1)):
             continue
         if extra.pop("teacher", False):
             extra.update(distill=args.teacher, distill_steps=args.distill_steps)
-        log = Path.home() / ".cache/ebmm/ablation" / name / "state" / "metrics.jsonl"
-        last = json.loads(log.read_text().splitlines()[-1]) if log.exists() else None
-        if done is not None and last is None:
-            raise SystemExit(f"--extend {name}: its resume state ({log.parent}) is gone; it cannot be extended")
-        trained = last["seconds"] if last else 0.0
+        state = Path.home() / ".cache/ebmm/ablation" / name / "state"
+        saved = json.loads((state / "state.json").read_text()) if (state / "state.json").exists() else None
+        if done is not None and saved is None:
+            raise SystemExit(f"--extend {name}: its resume state ({state}) is gone; it cannot be extended")
+        trained = saved["seconds"] if saved else 0.0        # what the resumed state holds (the log may run ahead)
         cfg = TrainConfig(**{**base, **extra, "overrides": {**base["overrides"], **extra.get("overrides", {})}},
                           out=str(Path.home() / ".cache/ebmm/ablation" / name / "ckpt"),
-                          state_dir=str(log.parent), segment_seconds=max(budget - trained, 1e-9),
-                          autoencoder_seconds=warm)
-        if last is not None and trained >= budget:          # trained its budget: evaluate only
-            cfg = dataclasses.replace(cfg, steps=last["step"])
+                          state_dir=str(state), segment_seconds=budget - trained, autoencoder_seconds=warm)
+        if saved is not None and trained >= budget:         # trained its budget: evaluate only
+            cfg = dataclasses.replace(cfg, steps=saved["step"], segment_seconds=0.0)
         model = train(cfg, command=command, progress=False).eval()
         rows = [json.loads(r) for r in (Path(cfg.state_dir) / "metrics.jsonl").read_text().splitlines()]
         (out / f"{name}.csv").write_text("step,seconds,n,loss,final_error,query_error\n" + "".join(
@@ -148,15 +148,13 @@ def main() -> int:
             t.requires_grad_(False)
         res = evaluate(model, Protocol("characters", 64, "block:16", episodes=args.episodes, seed=0))
         last = rows[-100:]
-        if summary_path.exists():            # another arm may have finished meanwhile (arms run side by side)
-            summary["arms"] = {**json.loads(summary_path.read_text())["arms"], **summary["arms"]}
         earlier = [] if done is None else [*done.get("earlier", []), {k: v for k, v in done.items() if k != "earlier"}]
-        summary["arms"][name] = {
+        row = {
             "settings": {k: v for k, v in dataclasses.asdict(cfg).items()
                          if k in ("read_queries", "train_read_steps", "stages", "overrides", "distill",
                                   "distill_weight", "distill_steps", "distill_states")},
             "command": command, "cpu": cpu_info()["cpu"],
-            "meta_steps": rows[-1]["step"], "train_seconds": rows[-1]["seconds"],
+            "meta_steps": rows[-1]["step"], "train_seconds": rows[-1]["seconds"], "budget_seconds": budget,
             "warm_start": json.loads((Path(cfg.state_dir) / "state.json").read_text()).get("warm_start"),
             "seconds_per_meta_step": round(rows[-1]["seconds"] / rows[-1]["step"], 3),
             "train_error_last_100_steps": round(sum(r["final_error"] for r in last) / len(last), 2),
@@ -164,14 +162,29 @@ def main() -> int:
             "held_out_hamming": round(res["error_mean"], 2),
             "held_out_query_hamming": round(res["query_error_mean"], 2),
             **({"earlier": earlier} if earlier else {})}
-        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
-        print(name, summary["arms"][name], flush=True)
+        summary = _update(summary_path, summary, arms={name: row})
+        print(name, row, flush=True)
     if "static_features_timing" not in summary:
-        summary["static_features_timing"] = [time_static_features(args.preset),
-                                             time_static_features("paper-conv-d8-gray", repeats=2)]
-        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        summary = _update(summary_path, summary, static_features_timing=[
+            time_static_features(args.preset), time_static_features("paper-conv-d8-gray", repeats=2)])
     print(json.dumps(summary["static_features_timing"], indent=1))
     return 0
+
+
+def _update(path: Path, summary: dict, arms: dict | None = None, **fields) -> dict:
+    """Write this run's new rows into the summary as it is on disk now (arms run side by side in other
+    processes write theirs too): under a lock, the disk's rows win except the ones given, and the file is
+    replaced whole."""
+    import fcntl
+    import os
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = json.loads(path.read_text()) if path.exists() else {"arms": {}}
+        merged = {**summary, **disk, **fields, "arms": {**summary["arms"], **disk["arms"], **(arms or {})}}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=1) + "\n")
+        os.replace(tmp, path)
+    return merged
 
 
 if __name__ == "__main__":

@@ -486,7 +486,8 @@ class SubspaceSpanEnergy(EnergyNet):
         b, gram, ridge, m, outside = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
         if known is not None:
-            return self._known_recall(qt, (b, gram, ridge, m, outside), eye, known.to(s.dtype)), known.to(s.dtype)
+            known = (known >= 0.5).to(s.dtype)
+            return self._known_recall(qt, (b, gram, ridge, m, outside), eye, known), known
         a_mat = gram + ridge * eye                  # one system for every query in the first fit
         qb = qt @ b                                                                # (B, r)
         rhs = qb
@@ -515,20 +516,22 @@ class SubspaceSpanEnergy(EnergyNet):
         images the bit fit over the unknown pixels (queries with as many unknown pixels solved together)."""
         b, gram, ridge, m, outside = span
         u = self.basis
-        free = 1 - known
+        unknown = known < 0.5
+        known = (~unknown).to(qt.dtype)
+        free = unknown.to(qt.dtype)
         g_free = torch.cat([(u[None] * f[:, None, :]) @ u.T for f in free.split(8)])   # (B, r, r): U F U^T
         a = gram + ridge * eye - m @ g_free @ m
         rhs = ((qt * known) @ u.T) @ m                                                 # b^T K qt
         rec = spd_solve(a, rhs.unsqueeze(-1)).squeeze(-1) @ b.T + self.centre          # (B, D)
         if outside is None or outside.shape[1] == 0:
             return rec
-        counts = free.sum(1).round().long()
+        counts = unknown.sum(1)
         out = rec.clone()
         for n in counts.unique().tolist():
             rows = (counts == n).nonzero().squeeze(1)
             if n == 0:
                 continue
-            win = (free[rows] > 0.5).nonzero()[:, 1].view(rows.numel(), n)            # (b, n) unknown pixels
+            win = unknown[rows].nonzero()[:, 1].view(rows.numel(), n)                 # (b, n) unknown pixels
             out[rows] = self._bit_fit(qt[rows], rec[rows], win, outside)
         return out
 
@@ -595,12 +598,15 @@ class SubspaceSpanEnergy(EnergyNet):
 
     def _recall_memo(self, p: Params, s: Tensor, cache: dict) -> tuple[Tensor, Tensor]:
         """`recall` of s, reused when a read asks again for the same images (the gradient and the energy of
-        the query itself: with the bit fit, the recall is most of a read's cost)."""
+        the query itself: with the bit fit, the recall is most of a read's cost). A masked read's recall
+        depends on the known pixels alone, which the read holds fixed: it is computed once per read."""
+        known = cache.get("known")
+        key = s if known is None or known.shape != s.shape else s * (known >= 0.5)
         memo = cache.get("recall_memo")
-        if memo is not None and memo[0].shape == s.shape and torch.equal(memo[0], s):
+        if memo is not None and memo[0].shape == key.shape and torch.equal(memo[0], key):
             return memo[1], memo[2]
-        r, keep = self.recall(p, s, cache["span"], cache.get("known"))
-        cache["recall_memo"] = (s, r, keep)
+        r, keep = self.recall(p, s, cache["span"], known)
+        cache["recall_memo"] = (key, r, keep)
         return r, keep
 
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:

@@ -58,10 +58,10 @@ def test_the_recipe_ablation_section_lists_every_arm_with_its_cost_and_error_and
                                   "earlier": [{**arm, "train_seconds": 1680.0, "held_out_hamming": 82.95}]}}}))
     (folder / "full.csv").write_text("step,seconds,n,loss,final_error,query_error\n1,3.1,64,1,100,128\n")
     text = "\n".join(recipe_ablation(folder, tmp_path))
-    assert "| full | 3.1 | 100 | 90.5 (128.0) | 101.25 (128.3) |" in text
-    assert "| k2 | 0.5 | 100 | 90.5 (128.0) | 77.0 (128.3) |" in text
+    assert "| full | 10 | 3.1 | 100 | 90.5 (128.0) | 101.25 (128.3) |" in text
+    assert "| k2 | 10 | 0.5 | 100 | 90.5 (128.0) | 77.0 (128.3) |" in text
     # a distilled arm says its teacher; an arm trained on in another segment says what it erred before
     assert ("| distill-long, distilled from characters32-8k for 1500 steps; after 28 minutes of meta-training "
-            "(100 steps) it erred 82.95 | 3.1 |") in text
+            "(100 steps) it erred 82.95 | 10 | 3.1 |") in text
     assert (tmp_path / "recipe_ablation.png").stat().st_size > 0
     assert recipe_ablation(tmp_path / "missing", tmp_path) == []

@@ -201,7 +201,9 @@ def test_the_distillation_term_is_on_for_its_steps_only_and_a_run_with_it_resume
     assert [r.get("distill_error", 0) > 0 for r in rows] == [True, True, False]
     assert all(r["loss"] > r["final_error"] for r in rows[:2])         # the term is part of the loss
     card = json.loads((tmp_path / "a" / "card.json").read_text())
-    assert card["training"]["distill"] == {"teacher": teacher, "weight": 1.0, "steps": 2, "states": 2}
+    sha = json.loads((Path(teacher) / "card.json").read_text())["weights_sha256"]
+    assert card["training"]["distill"] == {"teacher": teacher, "teacher_sha256": sha, "weight": 1.0, "steps": 2,
+                                           "states": 2}
     train(TrainConfig(**base, steps=2, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb")), progress=False)
     resumed = train(TrainConfig(**base, steps=3, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb")),
                     progress=False)

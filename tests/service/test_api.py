@@ -564,7 +564,8 @@ async def test_a_masked_retrieve_on_a_span_memory_fills_a_one_colour_block_and_k
     told where the unknown pixels are, restores them, and scores familiarity on that recall."""
     from model import data
     g = torch.Generator().manual_seed(3)
-    x = data.sample_episodes(data.load("characters", "test"), 16, 1, g)[0].numpy()      # (16, 1, 32, 32)
+    both = data.sample_episodes(data.load("characters", "test"), 32, 1, g)[0].numpy()   # (32, 1, 32, 32)
+    x, new = both[:16], both[16:]                                                        # stored, never stored
     q, mask = x.copy(), np.ones_like(x)
     q[:, :, 8:24, 4:20] = 0.0
     mask[:, :, 8:24, 4:20] = 0.0
@@ -578,6 +579,12 @@ async def test_a_masked_retrieve_on_a_span_memory_fills_a_one_colour_block_and_k
             r = await c.post(url, json={"queries": {"arrays": q[:, 0].tolist()}, "output": "array", **extra})
             assert r.status_code == 200, r.text
             out[kind] = r.json()["results"]
+        fresh = new.copy()
+        fresh[:, :, 8:24, 4:20] = 0.0
+        r = await c.post(url, json={"queries": {"arrays": fresh[:, 0].tolist()},
+                                    "mask": {"arrays": mask[:, 0].tolist()}})
+        assert r.status_code == 200, r.text
+        assert sum(res["match"] for res in r.json()["results"]) <= 2, r.json()["results"]
     restored = lambda res: np.array([r["pattern"] for r in res]).reshape(16, 32, 32) > 0.5   # noqa: E731
     wrong = {k: (restored(v) != (x[:, 0] > 0.5)).sum((1, 2)) for k, v in out.items()}
     assert wrong["masked"].mean() < 1.0 and wrong["unmasked"].mean() > 20, wrong
