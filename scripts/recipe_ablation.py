@@ -177,7 +177,9 @@ def _update(path: Path, summary: dict, arms: dict | None = None, **fields) -> di
     replaced whole."""
     import fcntl
     import os
-    with open(path.with_suffix(".lock"), "w") as lock:
+    lock_path = Path.home() / ".cache/ebmm/ablation/summary.lock"          # outside the repo
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         disk = json.loads(path.read_text()) if path.exists() else {"arms": {}}
         merged = {**summary, **disk, **fields, "arms": {**summary["arms"], **disk["arms"], **(arms or {})}}
