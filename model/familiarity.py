@@ -175,7 +175,10 @@ def calibrate(model: EBMM, task: str, distortion: str, patterns: int = 64, episo
     g = torch.Generator().manual_seed(seed)
     window = default_window(model, distortion)
     shape = tuple(model.cfg.input_shape)
-    sources = source_count(task) if sources is None else (sources if source_count(task, "train") else 0)
+    if not source_count(task, "train"):              # no source photos to crowd episodes by
+        sources = 0
+    elif sources is None:
+        sources = source_count(task, "test")
     s = scores(model, *_episodes(task, "train", patterns, episodes, shape, g, sources), distortion, window, g)
     return {"threshold": threshold_for(s["new_clean"], rate), "window": window,
             "false_match_rate_target": FALSE_MATCH_RATE,

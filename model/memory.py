@@ -216,6 +216,12 @@ class ReadResult:
     energies: Tensor    # (K+1, B): the energy at each iterate (no graph: a diagnostic)
 
 
+def _known_pixels(keep: Tensor | None, queries: Tensor) -> Tensor | None:
+    """A read's mask as the energy sees it (`EnergyNet.reads_known_pixels`): (B, D) in {0, 1}, one row per
+    query (a mask of batch size 1 is every query's), a pixel known where the mask is at least 0.5."""
+    return None if keep is None else (keep.expand_as(queries).flatten(1) >= 0.5).to(queries.dtype)
+
+
 def _fast_grad(model: EBMM, q: Params, create_graph: bool, known: Tensor | None = None
                ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
     """The energy's closed-form grad_x (EnergyNet.energy_grad) and its energy, bound to the read's
@@ -231,7 +237,7 @@ def _fast_grad(model: EBMM, q: Params, create_graph: bool, known: Tensor | None 
 def _autograd_steps(model: EBMM, q: Params, queries: Tensor, keep: Tensor | None, gamma: Tensor, psi: Tensor,
                     create_graph: bool, temperature: float, generator: torch.Generator | None) -> list[Tensor]:
     steps = gamma.shape[0]
-    known = None if keep is None else keep.expand_as(queries).flatten(1)       # a mask for all: per query
+    known = _known_pixels(keep, queries)
     x0 = queries
     x, v = queries, torch.zeros_like(queries)
     iterates = [x]
@@ -302,7 +308,7 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     steps = model.cfg.loop.read_steps if steps is None else steps
     q = {**p, **weights}
     keep = None if mask is None else mask.to(queries.dtype)
-    known = None if keep is None else keep.expand_as(queries).flatten(1)       # a mask for all: per query
+    known = _known_pixels(keep, queries)
     fast_fns = _fast_grad(model, q, create_graph, known) if fast else None
     gamma, psi = step_sizes(p, steps)
     if fast_fns is not None:
@@ -312,12 +318,11 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     traj = torch.stack(iterates)                                    # (K+1, B, *S)
     with torch.no_grad():                   # diagnostics: the energy of the returned iterates
         seen = (traj if energies == "all" else traj[-1:]).detach()
+        fn = (lambda t: model.energy_fn(q, t, known)) if fast_fns is None else fast_fns[1]
         if stacked or (known is not None and model.energy.reads_known_pixels):
             # one memory (or one mask) per query: each iterate is a batch of its own
-            fn = (lambda t: model.energy_fn(q, t, known)) if fast_fns is None else fast_fns[1]
             energies_t = torch.stack([fn(t) for t in seen])
         else:
-            fn = (lambda t: model.energy_fn(q, t)) if fast_fns is None else fast_fns[1]
             energies_t = fn(seen.flatten(0, 1)).view(seen.shape[:2])    # (K+1 or 1, B)
     return ReadResult(traj, energies_t)
 

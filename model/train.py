@@ -177,13 +177,15 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     bar = _bar(progress, cfg.steps, info["step"])
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     stages = parse_stages(cfg.stages)
-    teacher = None
+    teacher, distill_card = None, None
     if cfg.distill:
-        tm = load_checkpoint(cfg.distill).model
-        if tuple(tm.cfg.input_shape) != tuple(model.cfg.input_shape):
-            raise ValueError(f"distill={cfg.distill!r}: the teacher reads {tuple(tm.cfg.input_shape)}, "
+        tc = load_checkpoint(cfg.distill)
+        if tuple(tc.model.cfg.input_shape) != tuple(model.cfg.input_shape):
+            raise ValueError(f"distill={cfg.distill!r}: the teacher reads {tuple(tc.model.cfg.input_shape)}, "
                              f"the model {tuple(model.cfg.input_shape)}")
-        teacher = Distill(tm.to(device), cfg.distill_weight, cfg.distill_states)
+        teacher = Distill(tc.model.to(device), cfg.distill_weight, cfg.distill_states)
+        distill_card = {"teacher": cfg.distill, "teacher_sha256": tc.sha256, "weight": cfg.distill_weight,
+                        "steps": cfg.distill_steps, "states": cfg.distill_states}
     segment_start = time.perf_counter()
     while info["step"] < cfg.steps:
         t0 = time.perf_counter()
@@ -216,7 +218,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
                             q=f"{ml.query_error:.3g}", eps=f"{row['episodes_per_s']:.1f}")
         segment_done = bool(cfg.segment_seconds) and time.perf_counter() - segment_start >= cfg.segment_seconds
         if info["step"] % cfg.checkpoint_every == 0 or info["step"] == cfg.steps or segment_done:
-            _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint)
+            _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint, distill_card)
         if segment_done and info["step"] < cfg.steps:
             _log(progress, f"segment of {cfg.segment_seconds:g} s done at step {info['step']}; "
                            "the same command resumes it")
@@ -224,7 +226,7 @@ def train(cfg: TrainConfig, command: str | None = None, progress: bool = True,
     if bar is not None:
         bar.close()
     if not (Path(cfg.out) / "card.json").exists():       # resumed a finished run into an empty folder
-        _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint)
+        _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint, distill_card)
     return model
 
 
@@ -269,28 +271,20 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(r + "\n" for r in rows))
 
 
-def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint) -> None:
+def _checkpoint(model, opt, gen, cfg, info, state_dir, command, on_checkpoint, distill_card=None) -> None:
     save_state(state_dir, model, opt, gen, info)
     extra = on_checkpoint(model, info) if on_checkpoint else {}
     save_checkpoint(model, cfg.out, name=Path(cfg.out).name, training={
         "preset": model.cfg.name, "task": cfg.task, "distortion": cfg.distortion,
         "patterns": list(cfg.patterns), "meta_batch": cfg.meta_batch, "stages": cfg.stages,
         "read_queries": cfg.read_queries, "train_read_steps": cfg.train_read_steps, "steps": info["step"],
-        **({"distill": {"teacher": cfg.distill, "teacher_sha256": _weights_sha256(cfg.distill),
-                        "weight": cfg.distill_weight, "steps": cfg.distill_steps,
-                        "states": cfg.distill_states}} if cfg.distill else {}),
+        **({"distill": distill_card} if distill_card else {}),
         "cpu_seconds": round(info["seconds"] * (cfg.threads or torch.get_num_threads()), 1),
         "wall_seconds": round(info["seconds"], 1), "threads": cfg.threads or torch.get_num_threads(),
         "optimizer": {"name": "AdamW", "lr": cfg.lr, "loop_lr": cfg.loop_lr,
                       "weight_decay": cfg.weight_decay, "clip": cfg.clip},
         "seed": cfg.seed, "init": cfg.init, "command": command, "host": os.uname().machine,
     }, **extra)
-
-
-def _weights_sha256(folder: str) -> str | None:
-    """The sha256 of a checkpoint's weights as its card records it (a teacher replaced later shows)."""
-    card = Path(folder) / "card.json"
-    return json.loads(card.read_text()).get("weights_sha256") if card.exists() else None
 
 
 def _jsonable(d: dict) -> dict:

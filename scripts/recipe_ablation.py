@@ -29,15 +29,16 @@ from pathlib import Path
 
 import torch
 
+CURRICULUM = "0:16:block:8;300:32:block:12;700:64:block:16"
 ARMS = {
     "full": dict(overrides={"grad_norm_term": True}),
     "alpha-off": dict(),
     "16-queries": dict(read_queries=16),
     "k2": dict(read_queries=16, train_read_steps=2),
-    "curriculum": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16"),
-    "autoencoder": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16",
+    "curriculum": dict(read_queries=16, train_read_steps=2, stages=CURRICULUM),
+    "autoencoder": dict(read_queries=16, train_read_steps=2, stages=CURRICULUM,
                         warm=True),
-    "distill": dict(read_queries=16, train_read_steps=2, stages="0:16:block:8;300:32:block:12;700:64:block:16",
+    "distill": dict(read_queries=16, train_read_steps=2, stages=CURRICULUM,
                     warm=True, teacher=True),
 }
 

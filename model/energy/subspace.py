@@ -516,9 +516,8 @@ class SubspaceSpanEnergy(EnergyNet):
         images the bit fit over the unknown pixels (queries with as many unknown pixels solved together)."""
         b, gram, ridge, m, outside = span
         u = self.basis
-        unknown = known < 0.5
-        known = (~unknown).to(qt.dtype)
-        free = unknown.to(qt.dtype)
+        unknown = known == 0
+        free = 1 - known
         g_free = torch.cat([(u[None] * f[:, None, :]) @ u.T for f in free.split(8)])   # (B, r, r): U F U^T
         a = gram + ridge * eye - m @ g_free @ m
         rhs = ((qt * known) @ u.T) @ m                                                 # b^T K qt
@@ -528,9 +527,9 @@ class SubspaceSpanEnergy(EnergyNet):
         counts = unknown.sum(1)
         out = rec.clone()
         for n in counts.unique().tolist():
-            rows = (counts == n).nonzero().squeeze(1)
             if n == 0:
                 continue
+            rows = (counts == n).nonzero().squeeze(1)
             win = unknown[rows].nonzero()[:, 1].view(rows.numel(), n)                 # (b, n) unknown pixels
             out[rows] = self._bit_fit(qt[rows], rec[rows], win, outside)
         return out
@@ -600,8 +599,8 @@ class SubspaceSpanEnergy(EnergyNet):
         """`recall` of s, reused when a read asks again for the same images (the gradient and the energy of
         the query itself: with the bit fit, the recall is most of a read's cost). A masked read's recall
         depends on the known pixels alone, which the read holds fixed: it is computed once per read."""
-        known = cache.get("known")
-        key = s if known is None or known.shape != s.shape else s * (known >= 0.5)
+        known = cache.get("known")                          # (B, D) {0, 1}, from `read`
+        key = s if known is None else s * known
         memo = cache.get("recall_memo")
         if memo is not None and memo[0].shape == key.shape and torch.equal(memo[0], key):
             return memo[1], memo[2]
