@@ -13,6 +13,14 @@ from .base import EnergyNet, Params, _linear, _signed, lin, symmetric_from_triu
 # binary strings: gated RNN (appendix, "binary strings")
 # --------------------------------------------------------------------------------------------------
 
+def _memory_part(p: Params, s: Tensor) -> Tensor:
+    """W_m s + b_m for (B, D) rows, with one writable (W_m, b_m) or one per row ((B, mem, D), (B, mem))."""
+    w, b = p["memory_w"], p["memory_b"]
+    if w.dim() == 2:
+        return torch.addmm(b, s, w.T)
+    return torch.baddbmm(b.unsqueeze(1), s.unsqueeze(1), w.transpose(1, 2)).squeeze(1)
+
+
 class GatedRNNEnergy(EnergyNet):
     """z = [x, h]; c = tanh([memory(x), static(z)]); u = sigmoid(gate(z)); h <- u c + (1-u) h."""
 
@@ -27,9 +35,13 @@ class GatedRNNEnergy(EnergyNet):
         _linear(self, "out", hidden, 1, gain=1.0)
         self._init_scale(scale)
 
+    @property
+    def stacks_weights(self) -> bool:
+        return True
+
     def energy(self, p: Params, x: Tensor) -> Tensor:
         s = _signed(x)                                         # (B, D)
-        m = lin(p, "memory", s)                                # (B, d_mem), the same at every hop
+        m = _memory_part(p, s)                                 # (B, d_mem), the same at every hop
         h = s.new_zeros(s.shape[0], p["gate_b"].shape[0])      # (B, H)
         for _ in range(self.hops):
             z = torch.cat([s, h], dim=-1)                      # (B, D+H)
@@ -37,6 +49,86 @@ class GatedRNNEnergy(EnergyNet):
             u = torch.sigmoid(lin(p, "gate", z))
             h = u * c + (1 - u) * h
         return self.head(p, h)
+
+    _STATIC = ("static_w", "static_b", "gate_w", "gate_b")
+
+    def _hop_weights(self, p: Params, d: int) -> dict[str, Tensor]:
+        """The static weights rearranged for `energy_grad` (see there): W's s columns A (P - mem, D), A^T, the
+        stacked bias, W's h columns C (P, H) with a zero block for the memory rows, and C^T. Built once per
+        set of static weights where p's are this module's own (serving: detached views of them), else per read."""
+        def build() -> dict[str, Tensor]:
+            w_sh = torch.cat([p["static_w"], p["gate_w"]])                     # (P - mem, D + H)
+            hidden = p["gate_b"].shape[0]
+            c_h = torch.cat([w_sh.new_zeros(p["memory_w"].shape[-2], hidden), w_sh[:, d:]])
+            return {"a_s": w_sh[:, :d].contiguous(), "a_st": w_sh[:, :d].T.contiguous(),
+                    "b_sh": torch.cat([p["static_b"], p["gate_b"]]), "c_h": c_h.contiguous(),
+                    "c_ht": c_h.T.contiguous()}
+        own = [getattr(self, n) for n in self._STATIC]
+        if not all(p[n].data_ptr() == t.data_ptr() and p[n].dtype == t.dtype and p[n].shape == t.shape
+                   for n, t in zip(self._STATIC, own, strict=True)):
+            return build()
+        key = tuple(t._version for t in own) + (own[0].data_ptr(), own[0].dtype)
+        memo = getattr(self, "_hop_memo", None)
+        if memo is None or memo[0] != key:
+            memo = (key, build())
+            self._hop_memo = memo
+        return memo[1]
+
+    def _cache(self, p: Params, x: Tensor, cache: dict) -> dict:
+        if "a_s" not in cache:
+            cache.update(self._hop_weights(p, x.shape[-1]), hidden=p["gate_b"].shape[0],
+                         top=p["out_w"][0] * p["log_scale"].exp())
+        return cache
+
+    def _hops(self, p: Params, s: Tensor, c: dict, keep: bool) -> tuple[Tensor, Tensor, list]:
+        """The forward hops from the rearranged weights: (the part of the pre-activations without h, the last
+        h, each hop's (c, u, c - h) where keep)."""
+        hidden = c["hidden"]
+        base = torch.cat([_memory_part(p, s), torch.addmm(c["b_sh"], s, c["a_st"])], dim=-1)  # (B, P)
+        saved, h = [], None
+        for _ in range(self.hops):
+            pre = base if h is None else torch.addmm(base, h, c["c_ht"])
+            ct, u = torch.tanh(pre[:, :hidden]), torch.sigmoid(pre[:, hidden:])
+            gap = ct if h is None else ct - h                                # c - h
+            if keep:
+                saved.append((ct, u, gap))
+            h = u * ct if h is None else torch.addcmul(h, u, gap)
+        return base, h, saved
+
+    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
+        """dE/dx by hand-written backpropagation through the hops, for serving reads.
+
+        Written as one layer: the memory part m = W_m s + b_m is the first block of pre-activations that
+        never sees h, so with W = [W_m; W_static; W_gate] split into its s columns A (P, D) and h columns
+        C (P, H) (C's first block zero) a hop is pre = A s + b + C h, c = tanh(pre[:H]), u =
+        sigmoid(pre[H:]), h' = h + u (c - h). Backwards, with dh = dE/dh': dh <- (1 - u) dh + C^T dpre,
+        dpre = [dh u (1 - c^2), dh (c - h) u (1 - u)], and dE/ds = A^T sum_hops dpre: the s columns are
+        multiplied once per gradient instead of once per hop and direction (what autograd does), and
+        the h columns carry no product at the first hop (h = 0). dE/dx = 2 dE/ds."""
+        c = self._cache(p, x, cache)
+        hidden, mem_w = c["hidden"], p["memory_w"]
+        base, _, saved = self._hops(p, _signed(x), c, keep=True)
+        dpre = base.new_empty(self.hops, *base.shape)                        # (hops, B, P)
+        dh = c["top"].expand(x.shape[0], hidden)                             # dE/dh at the last hop
+        for t in range(self.hops - 1, -1, -1):
+            ct, u, gap = saved[t]
+            dc = dh * u
+            torch.mul(dc, 1 - ct * ct, out=dpre[t, :, :hidden])
+            torch.mul(dh * gap, u * (1 - u), out=dpre[t, :, hidden:])
+            if t > 0:
+                dh = torch.addmm(dh - dc, dpre[t], c["c_h"])
+        g = dpre.sum(0)                                                      # (B, P)
+        mem = mem_w.shape[-2]
+        ds = torch.mm(g[:, mem:], c["a_s"])
+        ds = (torch.baddbmm(ds.unsqueeze(1), g[:, :mem].unsqueeze(1), mem_w).squeeze(1) if mem_w.dim() == 3
+              else torch.addmm(ds, g[:, :mem], mem_w))
+        return ds.mul_(2.0).view_as(x)
+
+    def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
+        """E(x) from the rearranged weights (no concatenation per hop)."""
+        c = self._cache(p, x, cache)
+        _, h, _ = self._hops(p, _signed(x), c, keep=False)
+        return (h @ p["out_w"][0] + p["out_b"][0]) * p["log_scale"].exp()
 
     def append_state(self, x: Tensor) -> Params | None:
         """The patterns themselves (uint8 where they are bits, 1 byte each: 128 bytes a string; float32 otherwise):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.energy import QuadraticEnergy, SubspaceSlotEnergy, SubspaceSpanEnergy
+from model.energy import GatedRNNEnergy, QuadraticEnergy, SubspaceSlotEnergy, SubspaceSpanEnergy
 from model.memory import read, write
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["binary128", "characters32", "characters32-4k", "photos32", "photos32-span8k", "photos32-span16k"]
+SHIPPED = ["binary128", "binary128-rnn", "characters32", "characters32-4k", "photos32", "photos32-span8k", "photos32-span16k"]
 
 
 def randomised(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -31,6 +31,7 @@ def autograd_grad(net: torch.nn.Module, p: dict, x: torch.Tensor) -> torch.Tenso
 
 
 FAMILIES = {
+    "gated-rnn": lambda: GatedRNNEnergy((40,), hidden=24, memory=7, hops=3),
     "quadratic": lambda: QuadraticEnergy((40,)),
     "slots-indexed": lambda: SubspaceSlotEnergy((1, 8, 8), rank=12, slots=10, assign="indexed"),
     "slots-shared": lambda: SubspaceSlotEnergy((1, 8, 8), rank=12, slots=10, assign="shared"),
@@ -64,10 +65,24 @@ def test_closed_form_gradient_equals_autograd(family: str, rows: int) -> None:
     assert torch.allclose(fast, slow, rtol=1e-9, atol=1e-9 * slow.abs().max()), (fast - slow).abs().max()
 
 
+@pytest.mark.parametrize("family", ["gated-rnn", "quadratic"])
+def test_closed_form_gradient_with_one_written_memory_per_query_equals_autograd(family: str) -> None:
+    """Stacked memories (a batched read of several sessions): each query's gradient is its own memory's."""
+    torch.manual_seed(3)
+    net = FAMILIES[family]().double()
+    x = torch.rand(4, *net.input_shape, dtype=torch.float64)
+    per_query = [randomised(net, seed) for seed in range(4)]
+    p = {**per_query[0], **{n: torch.stack([q[n] for q in per_query]) for n in net.writable}}
+    fast = net.energy_grad(p, x, {})
+    for i, q in enumerate(per_query):
+        slow = autograd_grad(net, {**p, **{n: q[n] for n in net.writable}}, x[i:i + 1])
+        assert torch.allclose(fast[i:i + 1], slow, rtol=1e-9, atol=1e-9 * slow.abs().max())
+
+
 def test_families_without_a_closed_form_fall_back_to_autograd() -> None:
-    from model.energy import GatedRNNEnergy
-    net = GatedRNNEnergy((16,), hidden=32, memory=8)
-    assert net.energy_grad(dict(net.named_parameters()), torch.rand(2, 16), {}) is None
+    from model.energy import ResNetFCEnergy
+    net = ResNetFCEnergy((1, 8, 8), memory=4, channels=(4,), embed=8, hidden=8, head=8, hops=1)
+    assert net.energy_grad(dict(net.named_parameters()), torch.rand(2, 1, 8, 8), {}) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -127,7 +142,7 @@ def test_reads_of_several_sessions_in_one_call_equal_separate_reads(name: str) -
         assert torch.allclose(r.energies, alone.energies, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["binary128", "characters32", "photos32-span8k"])
+@pytest.mark.parametrize("name", ["binary128", "binary128-rnn", "characters32", "photos32-span8k"])
 def test_reads_and_familiarities_of_several_sessions_in_one_call_equal_separate_calls(name: str) -> None:
     """A batched read (service/batching.py) reads every session's queries and scores them in one call, with
     the sessions' memories stacked once; each query's answer must be what its own session alone gives."""
@@ -151,3 +166,23 @@ def test_reads_and_familiarities_of_several_sessions_in_one_call_equal_separate_
     if name == "characters32":
         r, fam = together[1]
         assert not torch.allclose(fam, m.familiarity(weights[0], queries[1], r.iterates[-1]), atol=1e-3)
+
+
+def test_gated_rnn_rearranged_weights_follow_changes_to_the_static_weights() -> None:
+    """The fast path keeps the static weights rearranged between reads; changing them in place (a meta-training
+    step) must make the next read use the new ones."""
+    ckpt = load_checkpoint(REPO / "checkpoints" / "binary128-rnn")
+    model = ckpt.model
+    torch.manual_seed(4)
+    x = (torch.rand(8, 128) > 0.5).float()
+    w = write(model, model.params(detach=True), x).weights
+    q = x.clone()
+    q[:, :30] = 1 - q[:, :30]
+    before = read(model, model.params(detach=True), w, q, fast=True).iterates
+    with torch.no_grad():
+        model.energy.gate_w.mul_(1.5)
+        model.energy.static_b.add_(0.2)
+    p = model.params(detach=True)
+    fast, slow = read(model, p, w, q, fast=True), read(model, p, w, q, fast=False)
+    assert torch.allclose(fast.iterates, slow.iterates, atol=2e-4)
+    assert not torch.allclose(fast.iterates, before, atol=1e-3)
