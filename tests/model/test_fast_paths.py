@@ -12,7 +12,8 @@ from model.energy import GatedRNNEnergy, QuadraticEnergy, SubspaceSlotEnergy, Su
 from model.memory import read, write
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["binary128", "binary128-rnn", "characters32", "characters32-4k", "photos32", "photos32-span8k", "photos32-span16k"]
+SHIPPED = ["binary128", "binary128-rnn", "characters32", "characters32-4k", "photos32", "photos32-span8k",
+           "photos32-span16k"]
 
 
 def randomised(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
