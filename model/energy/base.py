@@ -81,14 +81,17 @@ def principal_basis(images: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     return s.float(), mu.float(), vh[:rank].float()
 
 
-def memo_on(owner: object, name: str, tensor: Tensor, compute: Callable[[], Any]) -> Any:
-    """compute(), remembered on owner while `tensor` is the same live object with the same version (a
-    weak reference: a new tensor at a recycled address is never mistaken for the old one)."""
+def memo_on(owner: object, name: str, tensor: Tensor | tuple[Tensor, ...], compute: Callable[[], Any]) -> Any:
+    """compute(), remembered on owner while `tensor` (or each of several) is the same live object with the same
+    version, storage and dtype (a weak reference: a new tensor at a recycled address is never mistaken for the
+    old one; a parameter converted in place by `module.to` keeps its object but not its storage)."""
+    tensors = tensor if isinstance(tensor, tuple) else (tensor,)
+    key = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
     entry = getattr(owner, name, None)
-    if entry is not None and entry[0]() is tensor and entry[1] == tensor._version:
+    if entry is not None and all(r() is t for r, t in zip(entry[0], tensors, strict=True)) and entry[1] == key:
         return entry[2]
     value = compute()
-    setattr(owner, name, (weakref.ref(tensor), tensor._version, value))
+    setattr(owner, name, (tuple(weakref.ref(t) for t in tensors), key, value))
     return value
 
 

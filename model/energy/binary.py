@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import EnergyNet, Params, _linear, _signed, lin, symmetric_from_triu
+from .base import EnergyNet, Params, _linear, _signed, lin, memo_on, symmetric_from_triu
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,16 +63,11 @@ class GatedRNNEnergy(EnergyNet):
             return {"a_s": w_sh[:, :d].contiguous(), "a_st": w_sh[:, :d].T.contiguous(),
                     "b_sh": torch.cat([p["static_b"], p["gate_b"]]), "c_h": c_h.contiguous(),
                     "c_ht": c_h.T.contiguous()}
-        own = [getattr(self, n) for n in self._STATIC]
+        own = tuple(getattr(self, n) for n in self._STATIC)
         if not all(p[n].data_ptr() == t.data_ptr() and p[n].dtype == t.dtype and p[n].shape == t.shape
                    for n, t in zip(self._STATIC, own, strict=True)):
             return build()
-        key = tuple(t._version for t in own) + (own[0].data_ptr(), own[0].dtype)
-        memo = getattr(self, "_hop_memo", None)
-        if memo is None or memo[0] != key:
-            memo = (key, build())
-            self._hop_memo = memo
-        return memo[1]
+        return memo_on(self, "_hop_memo", own, build)
 
     def _cache(self, p: Params, x: Tensor, cache: dict) -> dict:
         if "a_s" not in cache:
@@ -128,7 +123,7 @@ class GatedRNNEnergy(EnergyNet):
         """E(x) from the rearranged weights (no concatenation per hop)."""
         c = self._cache(p, x, cache)
         _, h, _ = self._hops(p, _signed(x), c, keep=False)
-        return (h @ p["out_w"][0] + p["out_b"][0]) * p["log_scale"].exp()
+        return self.head(p, h)
 
     def append_state(self, x: Tensor) -> Params | None:
         """The patterns themselves (uint8 where they are bits, 1 byte each: 128 bytes a string; float32 otherwise):

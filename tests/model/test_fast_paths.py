@@ -187,3 +187,8 @@ def test_gated_rnn_rearranged_weights_follow_changes_to_the_static_weights() -> 
     fast, slow = read(model, p, w, q, fast=True), read(model, p, w, q, fast=False)
     assert torch.allclose(fast.iterates, slow.iterates, atol=2e-4)
     assert not torch.allclose(fast.iterates, before, atol=1e-3)
+    model.double()                      # converted in place: the same parameter objects, new storage
+    p, w64 = model.params(detach=True), {n: t.double() for n, t in w.items()}
+    fast, slow = read(model, p, w64, q.double(), fast=True), read(model, p, w64, q.double(), fast=False)
+    assert fast.iterates.dtype == torch.float64
+    assert torch.allclose(fast.iterates, slow.iterates, atol=1e-5)
