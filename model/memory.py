@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .energy import ARCHITECTURES, EnergyNet, Params, inv_softplus
+from .energy.base import memo_on
 
 TERMS = ("energy", "grad_norm", "prior")
 
@@ -288,6 +289,19 @@ def _fast_steps(grad: Callable[[Tensor], Tensor], queries: Tensor, keep: Tensor 
     return iterates
 
 
+_STEP_TENSORS = ("loop.read_rate", "loop.read_decay", "loop.momentum", "loop.momentum_decay")
+
+
+def _step_floats(model: EBMM, p: Params, steps: int) -> tuple[list[float], list[float]]:
+    """`step_sizes` as Python floats for the fast path, remembered on the model per number of steps while the
+    loop's tensors in p are the same, unchanged objects (a serving read's are): a dozen small ops per read."""
+    memo = memo_on(model, "_step_floats_memo", tuple(p[n] for n in _STEP_TENSORS), dict)
+    if steps not in memo:
+        gamma, psi = step_sizes(p, steps)
+        memo[steps] = (gamma.tolist(), psi.tolist())
+    return memo[steps]
+
+
 def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor | None = None,
          steps: int | None = None, create_graph: bool = False, temperature: float = 0.0,
          generator: torch.Generator | None = None, energies: str = "all", fast: bool = True,
@@ -310,10 +324,11 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     keep = None if mask is None else mask.to(queries.dtype)
     known = _known_pixels(keep, queries)
     fast_fns = _fast_grad(model, q, create_graph, known) if fast else None
-    gamma, psi = step_sizes(p, steps)
     if fast_fns is not None:
-        iterates = _fast_steps(fast_fns[0], queries, keep, gamma.tolist(), psi.tolist(), temperature, generator)
+        gamma_f, psi_f = _step_floats(model, p, steps)
+        iterates = _fast_steps(fast_fns[0], queries, keep, gamma_f, psi_f, temperature, generator)
     else:
+        gamma, psi = step_sizes(p, steps)
         iterates = _autograd_steps(model, q, queries, keep, gamma, psi, create_graph, temperature, generator)
     traj = torch.stack(iterates)                                    # (K+1, B, *S)
     with torch.no_grad():                   # diagnostics: the energy of the returned iterates

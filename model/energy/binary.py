@@ -222,3 +222,11 @@ class QuadraticEnergy(EnergyNet):
         if cache["m2"].dim() == 3:
             return (self._times(s, cache["m2"]) + cache["b2"]).view_as(x)
         return torch.addmm(cache["b2"], s, cache["m2"]).view_as(x)
+
+    def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
+        """E(x) = scale (-s M s / 2 - b s) = (s m2 s / 2 + b2 s) / 2 from the gradient's cache (m2 = -2 scale M,
+        b2 = -2 scale b): the matrix is not rebuilt from its triangle for the diagnostic energy."""
+        if "m2" not in cache:
+            return self.energy(p, x)
+        s = _signed(x).flatten(1)
+        return 0.5 * ((0.5 * self._times(s, cache["m2"]) + cache["b2"]) * s).sum(-1)

@@ -461,17 +461,23 @@ class SubspaceSpanEnergy(EnergyNet):
             return torch.cat(out)
         return memo_on(self, "_window_grams_memo", self.basis, build)
 
-    def span(self, p: Params) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """What the recall needs of M alone: the span in pixels b = U^T M (D, r), its Gram matrix b^T b (r, r),
-        the ridge, M itself, and for the bit fit an orthonormal basis of the directions outside the span
-        (r, r - N; None without the bit fit). A read computes them once, not at every step."""
+    def span(self, p: Params) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """What the recall needs of M alone: the Gram matrix b^T b (r, r) of the span in pixels b = U^T M
+        (D, r), the ridge, M itself, and for the bit fit an orthonormal basis of the directions outside the
+        span (r, r - N; None without the bit fit). A read computes them once, not at every step. b itself is
+        never formed: the recall multiplies by it as U^T then M (qt b = (qt U^T) M, c b^T = (c M) U, M
+        symmetric), B (r D + r^2) per product instead of the D r^2 of building it, which was the largest part
+        of a 1-query read."""
         m = self.matrix(p)
-        b = self.basis.T @ m                                                       # (D, r): the span in pixels
         # b^T b = M U U^T M = M^2 for orthonormal rows of U (the SVD's): r^3 instead of D r^2
-        gram = m @ m if orthonormal_rows(self, self.basis) else b.T @ b
+        if orthonormal_rows(self, self.basis):
+            gram = m @ m
+        else:
+            u = self.basis
+            gram = m @ memo_on(self, "_basis_gram_memo", u, lambda: u @ u.T) @ m
         ridge = (p["ridge_raw"] * _GAIN).exp() * torch.diagonal(gram).sum() / self.rank + 1e-20  # > 0 unwritten
         outside = self._span_split(m)[1] if self.bit_fit_steps else None
-        return b, gram, ridge, m, outside
+        return gram, ridge, m, outside
 
     @property
     def reads_known_pixels(self) -> bool:
@@ -483,19 +489,20 @@ class SubspaceSpanEnergy(EnergyNet):
         known (B, D) {0, 1}: a masked read's known pixels; the fit then leaves out exactly the others (no
         window is searched for) and the recall fills them."""
         qt = s - self.centre
-        b, gram, ridge, m, outside = self.span(p) if span is None else span
+        gram, ridge, m, outside = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
         if known is not None:
             known = (known >= 0.5).to(s.dtype)
-            return self._known_recall(qt, (b, gram, ridge, m, outside), eye, known), known
+            return self._known_recall(qt, (gram, ridge, m, outside), eye, known), known
         a_mat = gram + ridge * eye                  # one system for every query in the first fit
-        qb = qt @ b                                                                # (B, r)
+        u = self.basis
+        qb = (qt @ u.T) @ m                                                        # qt b: (B, r)
         rhs = qb
         win = None
         for i in range(self.fits):
             coef = (spd_solve(a_mat, rhs.T).T if a_mat.dim() == 2          # the right-hand sides as columns
                     else spd_solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1))          # (B, r)
-            rec = coef @ b.T                                                       # (B, D)
+            rec = (coef @ m) @ u                                                   # coef b^T: (B, D)
             pos = self._window_position(qt - rec)                                  # (B,)
             win = self._window_pixels(pos)                                         # (B, P)
             if i == self.fits - 1:              # the last window only sets the mask: no system to build
@@ -504,7 +511,7 @@ class SubspaceSpanEnergy(EnergyNet):
             mgm = m @ self.window_grams()[pos] @ m                                 # (B, r, r)
             a_mat = gram + ridge * eye - mgm
             in_win = torch.zeros_like(qt).scatter(1, win, 1.0)
-            rhs = qb - ((qt * in_win) @ self.basis.T) @ m                          # b_w^T qt_w
+            rhs = qb - ((qt * in_win) @ u.T) @ m                                   # b_w^T qt_w
         keep = torch.ones_like(qt).scatter(1, win, 0.0)
         if outside is not None and outside.shape[1] > 0:     # equations left to solve (fewer than r patterns)
             return self._bit_fit(qt, rec + self.centre, win, outside), keep
@@ -514,14 +521,14 @@ class SubspaceSpanEnergy(EnergyNet):
         """`recall` of centred signed images qt (B, D) fitted on their known pixels only: the ridge least-squares
         code in the span (the unknown pixels' rows of b left out: b^T K b = M U K U^T M), then for binary
         images the bit fit over the unknown pixels (queries with as many unknown pixels solved together)."""
-        b, gram, ridge, m, outside = span
+        gram, ridge, m, outside = span
         u = self.basis
         unknown = known == 0
         free = 1 - known
         g_free = torch.cat([(u[None] * f[:, None, :]) @ u.T for f in free.split(8)])   # (B, r, r): U F U^T
         a = gram + ridge * eye - m @ g_free @ m
         rhs = ((qt * known) @ u.T) @ m                                                 # b^T K qt
-        rec = spd_solve(a, rhs.unsqueeze(-1)).squeeze(-1) @ b.T + self.centre          # (B, D)
+        rec = (spd_solve(a, rhs.unsqueeze(-1)).squeeze(-1) @ m) @ u + self.centre       # code b^T: (B, D)
         if outside is None or outside.shape[1] == 0:
             return rec
         counts = unknown.sum(1)
@@ -657,7 +664,7 @@ class SubspaceSpanEnergy(EnergyNet):
         relative to |U (s - centre)|^2, s the recall thresholded at 0.5. A stored pattern's bits solve them
         (0); a never-stored query's recall, forced into bits, mostly cannot. 0 without the bit fit."""
         s = torch.where(recall.flatten(1) > 0.5, 1.0, -1.0).to(self.centre.dtype)
-        outside = self.span(p)[4]
+        outside = self._span_split(self.matrix(p))[1] if self.bit_fit_steps else None
         if outside is None or outside.shape[1] == 0:
             return torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
         f = (s - self.centre) @ self.basis.T

@@ -60,10 +60,14 @@ def test_closed_form_gradient_equals_autograd(family: str, rows: int) -> None:
     if family == "span":                # a written memory: M the correlation of a few codes
         p["memory_triu"] = net.exact_memory(p, torch.rand(5, *net.input_shape, dtype=torch.float64))["memory_triu"]
     x = torch.rand(rows, *net.input_shape, dtype=torch.float64)
-    fast = net.energy_grad(p, x, {})
+    cache: dict = {}
+    fast = net.energy_grad(p, x, cache)
     slow = autograd_grad(net, p, x)
     assert fast.shape == x.shape
     assert torch.allclose(fast, slow, rtol=1e-9, atol=1e-9 * slow.abs().max()), (fast - slow).abs().max()
+    # the diagnostic energy from the gradient's cache is the energy itself
+    e = net.energy(p, x)
+    assert torch.allclose(net.energy_cached(p, x, cache), e, rtol=1e-9, atol=1e-9 * e.abs().max())
 
 
 @pytest.mark.parametrize("family", ["gated-rnn", "quadratic"])
@@ -74,10 +78,14 @@ def test_closed_form_gradient_with_one_written_memory_per_query_equals_autograd(
     x = torch.rand(4, *net.input_shape, dtype=torch.float64)
     per_query = [randomised(net, seed) for seed in range(4)]
     p = {**per_query[0], **{n: torch.stack([q[n] for q in per_query]) for n in net.writable}}
-    fast = net.energy_grad(p, x, {})
+    cache: dict = {}
+    fast = net.energy_grad(p, x, cache)
+    cached = net.energy_cached(p, x, cache)
     for i, q in enumerate(per_query):
-        slow = autograd_grad(net, {**p, **{n: q[n] for n in net.writable}}, x[i:i + 1])
+        own = {**p, **{n: q[n] for n in net.writable}}
+        slow = autograd_grad(net, own, x[i:i + 1])
         assert torch.allclose(fast[i:i + 1], slow, rtol=1e-9, atol=1e-9 * slow.abs().max())
+        assert torch.allclose(cached[i:i + 1], net.energy(own, x[i:i + 1]), rtol=1e-9, atol=1e-9)
 
 
 def test_families_without_a_closed_form_fall_back_to_autograd() -> None:

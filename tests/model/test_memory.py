@@ -160,6 +160,27 @@ def test_step_sizes_are_positive_and_non_increasing_beyond_k():
     assert (psi > 0).all() and (psi < 1).all() and (psi[1:] <= psi[:-1]).all()
 
 
+def test_a_fast_read_follows_step_sizes_changed_in_place_and_other_step_counts():
+    """The fast path remembers its step sizes as floats between reads; a loop tensor changed in place (an
+    optimiser step), or another number of steps, must reach the next read as it reaches the autograd one."""
+    torch.manual_seed(0)
+    model = EBMM(PRESETS["binary-hopfield"])
+    p = model.params(detach=True)
+    x = (torch.rand(6, *model.cfg.input_shape) < 0.5).float()
+    w = write(model, p, x).weights
+    q = x.clone()
+    q[:, :16] = 1 - q[:, :16]
+    read(model, p, w, q)                                     # fills the memo
+    with torch.no_grad():
+        model.loop.read_rate.add_(1.0)
+        model.loop.momentum_decay.sub_(2.0)
+    for steps in (None, 3):
+        fast = read(model, p, w, q, steps=steps).iterates
+        slow = read(model, p, w, q, steps=steps, fast=False).iterates
+        assert fast.shape == slow.shape
+        assert torch.allclose(fast, slow, atol=1e-5)
+
+
 @pytest.mark.parametrize("name,floats", [("paper-binary-rnn", 8127), ("paper-fc-d36-gray", 257 * 36),
                                          ("paper-conv-d8-colour", 1154 * 8), ("binary-hopfield", 8256)])
 def test_paper_memory_sizes(name, floats):

@@ -152,11 +152,13 @@ def test_the_span_gram_matrix_is_b_t_b_for_any_basis():
     m.energy.data_init(_images(512, 1, dims=40))
     p = m.params(detach=True)
     ep = m._energy_params({**p, **write(m, p, _images(6, 3, dims=40)).weights})
-    b, gram, *_ = m.energy.span(ep)
+    gram, _, mat, _ = m.energy.span(ep)
+    b = m.energy.basis.T @ mat                                          # the span in pixels (D, r)
     torch.testing.assert_close(gram, b.T @ b, rtol=1e-4, atol=1e-4 * float(gram.abs().max()))  # orthonormal: M^2
     with torch.no_grad():
         m.energy.basis.add_(0.05 * torch.randn_like(m.energy.basis))       # no longer orthonormal
-    b, gram, *_ = m.energy.span(ep)
+    gram, _, mat, _ = m.energy.span(ep)
+    b = m.energy.basis.T @ mat
     torch.testing.assert_close(gram, b.T @ b)
 
 
