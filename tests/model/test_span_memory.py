@@ -162,6 +162,37 @@ def test_the_span_gram_matrix_is_b_t_b_for_any_basis():
     torch.testing.assert_close(gram, b.T @ b)
 
 
+def test_the_recall_is_the_ridge_fit_in_the_span_formed_explicitly():
+    """The recall multiplies by the span b = U^T M as U^T, then M, without forming it: its fits equal the
+    textbook ridge least squares with b formed, for an orthonormal basis and a perturbed one, windowed
+    (one fit) and masked."""
+    m = _model().double()
+    m.energy.data_init(_images(512, 1, dims=40).double())
+    m.double()
+    m.energy.fits = 1                                   # the first fit alone: no window left out yet
+    p = m.params(detach=True)
+    ep = m._energy_params({**p, **write(m, p, _images(6, 3, dims=40).double()).weights})
+    s = 2 * _occlude(_images(4, 5, dims=40).double(), 6).flatten(1) - 1
+    known = torch.ones_like(s)
+    known[:, 40:90] = 0
+    for perturb in (False, True):
+        if perturb:
+            with torch.no_grad():
+                m.energy.basis.add_(0.05 * torch.randn_like(m.energy.basis))
+        gram, ridge, mat, _ = m.energy.span(ep)
+        u, centre = m.energy.basis, m.energy.centre
+        b = u.T @ mat                                                   # (D, r), formed
+        eye = torch.eye(b.shape[1], dtype=b.dtype)
+        qt = s - centre
+        want = torch.linalg.solve(b.T @ b + ridge * eye, b.T @ qt.T).T @ b.T + centre
+        got, _ = m.energy.recall(ep, s)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)       # the fit is ill-conditioned
+        a = torch.stack([b.T @ (k[:, None] * b) for k in known]) + ridge * eye
+        want = torch.linalg.solve(a, (b.T @ (known * qt).T).T.unsqueeze(-1)).squeeze(-1) @ b.T + centre
+        got, _ = m.energy.recall(ep, s, known=known)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)       # the fit is ill-conditioned
+
+
 def test_window_grams_are_the_gram_matrices_of_each_windows_rows():
     m = _model()
     m.energy.data_init(_images(512, 1, dims=40))
