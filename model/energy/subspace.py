@@ -466,8 +466,8 @@ class SubspaceSpanEnergy(EnergyNet):
         (D, r), the ridge, M itself, and for the bit fit an orthonormal basis of the directions outside the
         span (r, r - N; None without the bit fit). A read computes them once, not at every step. b itself is
         never formed: the recall multiplies by it as U^T then M (qt b = (qt U^T) M, c b^T = (c M) U, M
-        symmetric), B (r D + r^2) per product instead of the D r^2 of building it, which was the largest part
-        of a 1-query read."""
+        symmetric), B (r D + r^2) per product instead of the D r^2 of building it: one-query reads of the photo
+        span memories took about half as long (results/explore/serving-before-after/)."""
         m = self.matrix(p)
         # b^T b = M U U^T M = M^2 for orthonormal rows of U (the SVD's): r^3 instead of D r^2
         if orthonormal_rows(self, self.basis):
