@@ -664,7 +664,7 @@ class SubspaceSpanEnergy(EnergyNet):
         relative to |U (s - centre)|^2, s the recall thresholded at 0.5. A stored pattern's bits solve them
         (0); a never-stored query's recall, forced into bits, mostly cannot. 0 without the bit fit."""
         s = torch.where(recall.flatten(1) > 0.5, 1.0, -1.0).to(self.centre.dtype)
-        outside = self._span_split(self.matrix(p))[1] if self.bit_fit_steps else None
+        outside = self.span(p)[3]
         if outside is None or outside.shape[1] == 0:
             return torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
         f = (s - self.centre) @ self.basis.T

@@ -164,12 +164,12 @@ def test_the_span_gram_matrix_is_b_t_b_for_any_basis():
 
 def test_the_recall_is_the_ridge_fit_in_the_span_formed_explicitly():
     """The recall multiplies by the span b = U^T M as U^T, then M, without forming it: its fits equal the
-    textbook ridge least squares with b formed, for an orthonormal basis and a perturbed one, windowed
-    (one fit) and masked."""
+    textbook ridge least squares with b formed, for an orthonormal basis and a perturbed one: the first fit,
+    the second (the first fit's worst window left out) and the masked fit."""
     m = _model().double()
     m.energy.data_init(_images(512, 1, dims=40).double())
     m.double()
-    m.energy.fits = 1                                   # the first fit alone: no window left out yet
+    e = m.energy
     p = m.params(detach=True)
     ep = m._energy_params({**p, **write(m, p, _images(6, 3, dims=40).double()).weights})
     s = 2 * _occlude(_images(4, 5, dims=40).double(), 6).flatten(1) - 1
@@ -184,13 +184,20 @@ def test_the_recall_is_the_ridge_fit_in_the_span_formed_explicitly():
         b = u.T @ mat                                                   # (D, r), formed
         eye = torch.eye(b.shape[1], dtype=b.dtype)
         qt = s - centre
-        want = torch.linalg.solve(b.T @ b + ridge * eye, b.T @ qt.T).T @ b.T + centre
-        got, _ = m.energy.recall(ep, s)
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)       # the fit is ill-conditioned
+        first = torch.linalg.solve(b.T @ b + ridge * eye, b.T @ qt.T).T @ b.T
+        e.fits = 1
+        got, _ = e.recall(ep, s)
+        torch.testing.assert_close(got, first + centre, rtol=1e-6, atol=1e-6)   # the fit is ill-conditioned
+        keep = torch.ones_like(qt).scatter(1, e._window_pixels(e._window_position(qt - first)), 0.0)
+        a = torch.stack([b.T @ (k[:, None] * b) for k in keep]) + ridge * eye
+        second = torch.linalg.solve(a, (b.T @ (keep * qt).T).T.unsqueeze(-1)).squeeze(-1) @ b.T + centre
+        e.fits = 2
+        got, _ = e.recall(ep, s)
+        torch.testing.assert_close(got, second, rtol=1e-6, atol=1e-6)
         a = torch.stack([b.T @ (k[:, None] * b) for k in known]) + ridge * eye
         want = torch.linalg.solve(a, (b.T @ (known * qt).T).T.unsqueeze(-1)).squeeze(-1) @ b.T + centre
-        got, _ = m.energy.recall(ep, s, known=known)
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)       # the fit is ill-conditioned
+        got, _ = e.recall(ep, s, known=known)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_window_grams_are_the_gram_matrices_of_each_windows_rows():
