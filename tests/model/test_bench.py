@@ -6,7 +6,7 @@ import torch
 from model.bench import serving, serving_table
 
 
-def test_serving_rows_measure_every_read_and_their_share_of_the_peak_and_of_the_blas_rate():
+def test_serving_rows_measure_every_read_its_products_alone_and_their_share_of_the_peak():
     threads = torch.get_num_threads()
     try:
         out = serving(("checkpoints/binary128",), repeats=1)
@@ -22,5 +22,27 @@ def test_serving_rows_measure_every_read_and_their_share_of_the_peak_and_of_the_
                         rel_tol=0.02, abs_tol=1e-3)
     table = "\n".join(serving_table(out))
     assert f"{out['sgemm_512_gflops']} GFLOP/s" in table
-    assert table.count("| binary128 |") == 1 and table.splitlines()[-1].endswith(
-        f"{row['read_64_fraction_of_sgemm']:.0%} |")
+    (line,) = [ln for ln in table.splitlines() if ln.startswith("| binary128 |")]
+    assert line.endswith(f"{row['read_64_fraction_of_sgemm']:.0%} |")
+    assert f"| {row['read_1_linear_algebra_ms']:.3f} |" in line
+    for b in (64, 1):
+        assert row[f"read_{b}_linear_algebra_calls"] >= 5        # at least one product per read step
+        assert row[f"read_{b}_linear_algebra_ms"] > 0
+
+
+def test_linear_algebra_replay_records_each_product_and_costs_no_more_than_its_function():
+    from model.bench import linear_algebra_ms, median_ms
+
+    torch.manual_seed(0)
+    a, b, c = torch.randn(64, 256), torch.randn(256, 256), torch.randn(64, 256)
+
+    def fn():
+        h = torch.addmm(c, a, b).tanh()          # one product, then element-wise work the replay leaves out
+        for _ in range(20):
+            h = (h * 1.5 - 0.25).sin().exp().sqrt()
+        return h @ b.T                            # a second product, through a transposed view
+
+    ms, calls = linear_algebra_ms(fn, 5)
+    assert calls == 2
+    assert 0 < ms < median_ms(fn, 5)
+
