@@ -1,0 +1,139 @@
+"""Serving reads at two commits, alternated round by round on one host: what a change to the model's fast paths
+buys, measured so that a host whose speed drifts (shared cores) moves both sides alike.
+
+    .venv/bin/python scripts/bench_serving_ab.py --before 63770f7 --after HEAD --rounds 6 \
+        --out results/explore/serving-ab-63770f7
+
+Each commit is checked out in a temporary git worktree; each round runs one fresh process per commit (the order
+flipped every round), one torch thread, that times, per checkpoint, the write of 64 patterns and the reads of 64
+and of 1 query with the last energy only: through `model.memory.read` (the model alone) and through
+`model.serving.Memory.read` (what the service calls). Writes <out>/rounds.json (every round's medians) and
+<out>/README.md (the median over rounds of each, and after / before).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINTS = ("binary128", "binary128-rnn", "characters32", "photos32", "photos32-span8k", "photos32-span16k")
+
+# run inside each worktree: only APIs that both commits have
+SNIPPET = r"""
+import json, statistics, sys, time
+import torch
+torch.set_num_threads(1)
+from model.bench import _episode
+from model.checkpoint import load_checkpoint
+from model.memory import read, write
+from model.serving import Memory
+
+def ms(fn, n):
+    fn()
+    t = []
+    for _ in range(n):
+        t0 = time.perf_counter(); fn(); t.append(time.perf_counter() - t0)
+    return statistics.median(t) * 1000
+
+repeats = int(sys.argv[1])
+out = {}
+for name in sys.argv[2].split(","):
+    ck = load_checkpoint("checkpoints/" + name)
+    model, p = ck.model, ck.model.params(detach=True)
+    x, q = _episode(model, 64, torch.Generator().manual_seed(0))
+    mem = Memory(ck)
+    w = write(model, p, x).weights
+    row = {"write_64_ms": ms(lambda: write(model, p, x), max(3, repeats // 4))}
+    for b in (64, 1):
+        n = repeats if b == 1 else max(5, repeats // 2)
+        row[f"read_{b}_ms"] = ms(lambda: read(model, p, w, q[:b], energies="last"), n)
+        row[f"served_read_{b}_ms"] = ms(lambda: mem.read(w, q[:b], energies="last"), n)
+    out[name] = row
+print(json.dumps(out))
+"""
+
+COLUMNS = ("write_64_ms", "read_64_ms", "served_read_64_ms", "read_1_ms", "served_read_1_ms")
+
+
+def rev_name(rev: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", required=True)
+    ap.add_argument("--after", default="HEAD")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--checkpoints", default=",".join(CHECKPOINTS))
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    revs = {"before": rev_name(a.before), "after": rev_name(a.after)}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {}
+        for side, rev in revs.items():
+            trees[side] = Path(tmp) / side
+            subprocess.run(["git", "worktree", "add", "--detach", str(trees[side]), rev], cwd=REPO, check=True,
+                           capture_output=True)
+        try:
+            for r in range(a.rounds):
+                order = ("before", "after") if r % 2 == 0 else ("after", "before")
+                got = {}
+                for side in order:
+                    run = subprocess.run([sys.executable, "-c", SNIPPET, str(a.repeats), a.checkpoints],
+                                         cwd=trees[side], check=True, capture_output=True, text=True)
+                    got[side] = json.loads(run.stdout.strip().splitlines()[-1])
+                rounds.append(got)
+                print(f"round {r + 1}/{a.rounds} done", flush=True)
+        finally:
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    command = "python scripts/bench_serving_ab.py " + " ".join(sys.argv[1:])
+    machine = {"cpu": _cpu(), "python": platform.python_version(), "torch_threads": 1}
+    (out / "rounds.json").write_text(json.dumps({"command": command, "revisions": revs, "machine": machine,
+                                                 "rounds": rounds}, indent=1) + "\n")
+    names = a.checkpoints.split(",")
+    lines = [f"# Serving reads at {revs['before']} (before) and {revs['after']} (after), alternated "
+             f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
+             f"Command: `{command}`", "", f"Machine: {machine['cpu']}, one torch thread, Python {machine['python']}.",
+             "", f"Milliseconds: the median over {a.rounds} rounds of each round's median; each round ran one fresh "
+             "process per commit, in alternating order. `read`: model.memory.read (the model alone); `served`: "
+             "model.serving.Memory.read (what the service calls); last energy only.", "",
+             "| checkpoint | " + " | ".join(f"{c[:-3].replace('_', ' ')}: before | after | after/before"
+                                           for c in COLUMNS) + " |",
+             "|---|" + "---|---|---|" * len(COLUMNS)]
+    for n in names:
+        cells = []
+        for c in COLUMNS:
+            b = statistics.median(rd["before"][n][c] for rd in rounds)
+            f = statistics.median(rd["after"][n][c] for rd in rounds)
+            cells.append(f"{b:.3f} | {f:.3f} | {f / b:.2f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
