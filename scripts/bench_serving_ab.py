@@ -105,7 +105,7 @@ def main() -> int:
                                                  "rounds": rounds}, indent=1) + "\n")
     names = a.checkpoints.split(",")
     lines = [f"# Serving reads at {revs['before']} (before) and {revs['after']} (after), alternated "
-             f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
+             f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `{command}`", "", f"Machine: {machine['cpu']}, one torch thread, Python {machine['python']}.",
              "", f"Milliseconds: the median over {a.rounds} rounds of each round's median; each round ran one fresh "
              "process per commit, in alternating order. `read`: model.memory.read (the model alone); `served`: "
