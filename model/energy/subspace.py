@@ -29,14 +29,19 @@ def _mix_slots(a: Tensor, k: Tensor) -> Tensor:
     return a @ k if k.dim() == 2 else torch.bmm(a.unsqueeze(1), k).squeeze(1)
 
 
-def spd_solve(a: Tensor, rhs: Tensor) -> Tensor:
-    """a^-1 rhs for symmetric positive definite a (..., n, n), rhs (..., n, k): Cholesky, falling back to LU
-    where a factor fails. Also a workaround: MKL's batched LU failed at n = 179 with 2 threads ("pivots
-    given to lu_solve must all be >= 1"), where Cholesky does not."""
+def spd_factor(a: Tensor) -> tuple[Tensor, Tensor | None]:
+    """What `spd_solve` needs of a: (its Cholesky factor, None), or (a, a) where a factor fails."""
     chol, info = torch.linalg.cholesky_ex(a)
-    if bool((info == 0).all()):
-        return torch.cholesky_solve(rhs, chol)
-    return torch.linalg.solve(a, rhs)
+    return (chol, None) if bool((info == 0).all()) else (a, a)
+
+
+def spd_solve(a: Tensor, rhs: Tensor, factor: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+    """a^-1 rhs for symmetric positive definite a (..., n, n), rhs (..., n, k): Cholesky, falling back to LU
+    where a factor fails (factor: `spd_factor(a)`, when the caller solves with a more than once). Also a
+    workaround: MKL's batched LU failed at n = 179 with 2 threads ("pivots given to lu_solve must all be
+    >= 1"), where Cholesky does not."""
+    chol, lu = spd_factor(a) if factor is None else factor
+    return torch.cholesky_solve(rhs, chol) if lu is None else torch.linalg.solve(lu, rhs)
 
 
 def orthonormal_rows(owner: object, u: Tensor) -> bool:
@@ -483,11 +488,18 @@ class SubspaceSpanEnergy(EnergyNet):
     def reads_known_pixels(self) -> bool:
         return True
 
+    def first_fit(self, span: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        """`spd_factor` of the first fit's system gram + ridge I, which depends on the memory alone: a read
+        that recalls more than once (the look-ahead, then the energy of the result) factors it once."""
+        gram, ridge = span[0], span[1]
+        return spd_factor(gram + ridge * torch.eye(self.rank, dtype=gram.dtype, device=gram.device))
+
     def recall(self, p: Params, s: Tensor, span: tuple[Tensor, ...] | None = None,
-               known: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               known: Tensor | None = None, first: tuple[Tensor, Tensor | None] | None = None
+               ) -> tuple[Tensor, Tensor]:
         """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D).
         known (B, D) {0, 1}: a masked read's known pixels; the fit then leaves out exactly the others (no
-        window is searched for) and the recall fills them."""
+        window is searched for) and the recall fills them. first: `first_fit(span)`, when the caller has it."""
         qt = s - self.centre
         gram, ridge, m, outside = self.span(p) if span is None else span
         eye = torch.eye(self.rank, dtype=s.dtype, device=s.device)
@@ -500,8 +512,9 @@ class SubspaceSpanEnergy(EnergyNet):
         rhs = qb
         win = None
         for i in range(self.fits):
-            coef = (spd_solve(a_mat, rhs.T).T if a_mat.dim() == 2          # the right-hand sides as columns
-                    else spd_solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1))          # (B, r)
+            factor = first if i == 0 else None
+            coef = (spd_solve(a_mat, rhs.T, factor).T if a_mat.dim() == 2  # the right-hand sides as columns
+                    else spd_solve(a_mat, rhs.unsqueeze(-1), factor).squeeze(-1))  # (B, r)
             rec = (coef @ m) @ u                                                   # coef b^T: (B, D)
             pos = self._window_position(qt - rec)                                  # (B,)
             win = self._window_pixels(pos)                                         # (B, P)
@@ -611,7 +624,9 @@ class SubspaceSpanEnergy(EnergyNet):
         memo = cache.get("recall_memo")
         if memo is not None and memo[0].shape == key.shape and torch.equal(memo[0], key):
             return memo[1], memo[2]
-        r, keep = self.recall(p, s, cache["span"], known)
+        if known is None and "first_fit" not in cache:
+            cache["first_fit"] = self.first_fit(cache["span"])
+        r, keep = self.recall(p, s, cache["span"], known, cache.get("first_fit"))
         cache["recall_memo"] = (key, r, keep)
         return r, keep
 

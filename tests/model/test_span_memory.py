@@ -194,6 +194,9 @@ def test_the_recall_is_the_ridge_fit_in_the_span_formed_explicitly():
         e.fits = 2
         got, _ = e.recall(ep, s)
         torch.testing.assert_close(got, second, rtol=1e-6, atol=1e-6)
+        # a read factors the first fit's system once and solves with that factor at every recall
+        span = e.span(ep)
+        assert torch.equal(e.recall(ep, s, span, first=e.first_fit(span))[0], e.recall(ep, s, span)[0])
         a = torch.stack([b.T @ (k[:, None] * b) for k in known]) + ridge * eye
         want = torch.linalg.solve(a, (b.T @ (known * qt).T).T.unsqueeze(-1)).squeeze(-1) @ b.T + centre
         got, _ = e.recall(ep, s, known=known)
