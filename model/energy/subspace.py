@@ -255,7 +255,8 @@ class SubspaceSlotEnergy(EnergyNet):
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
         """E(x) from the read's cache (see `energy_grad`): the attention term from the shifted logits,
         -1/beta logsumexp(beta (f k_i - |k_i|^2 / 2)) + |f|^2 / 2, and |s~ - f U|^2 = |s~|^2 - |f|^2 for
-        orthonormal rows of U: two products with U instead of three."""
+        orthonormal rows of U: two products with U instead of three; the sums of squares (and of fourth
+        powers, as squares of squares) are dot products."""
         if "beta" not in cache or not cache["ortho"]:
             return self.energy(p, x)
         c, k, u = cache, p["memory_slots"], self.basis
@@ -265,11 +266,13 @@ class SubspaceSlotEnergy(EnergyNet):
             logits = torch.addmm(c["logit_bias"], f, c["kt"], alpha=c["beta"])
         else:
             logits = torch.bmm(f.unsqueeze(1), c["kt"]).squeeze(1).mul_(c["beta"]).add_(c["logit_bias"])
-        f2, st2 = f.pow(2).sum(-1), st.pow(2).sum(-1)
+        f2, st2 = torch.linalg.vecdot(f, f), torch.linalg.vecdot(st, st)
         e = 0.5 * f2 - torch.logsumexp(logits, dim=-1) / c["beta"]
         kbar = _mix_slots(torch.softmax(logits, dim=-1), k)
-        quart = torch.addmm(st, kbar, u, alpha=-1.0).pow_(4).sum(-1)
-        s2 = (st + self.centre).pow(2).sum(-1)
+        res2 = torch.addmm(st, kbar, u, alpha=-1.0).square_()    # torch's pow(4) is ten times a square here
+        quart = torch.linalg.vecdot(res2, res2)
+        s = st + self.centre
+        s2 = torch.linalg.vecdot(s, s)
         e = e + 0.5 * c["lam"] * (st2 - f2) + 0.25 * c["quart"] * quart - 0.5 * c["well"] * s2
         return e * (c["scale2"] / 2)
 
