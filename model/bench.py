@@ -66,6 +66,23 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
+def interleaved_median_ms(fns: dict[str, Callable[[], Any]], repeats: int, rounds: int = 5) -> dict[str, float]:
+    """Milliseconds each fn takes, the median of `repeats` calls, made in `rounds` rounds that call every fn
+    in turn (repeats / rounds calls each, after one warm-up call of each): on a host whose speed drifts
+    within minutes, every fn sees the same drift, so the rows compare with each other."""
+    for fn in fns.values():
+        fn()
+    per_round = max(1, -(-repeats // rounds))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+
+
 def sgemm_gflops(n: int = 512, repeats: int = 30) -> float:
     """GFLOP/s of one fp32 n x n x n matrix product on this thread, the fastest of `repeats` after a warm-up:
     what the BLAS reaches on this CPU when nothing interferes, the practical ceiling of a read's products,
@@ -207,8 +224,10 @@ def bench_checkpoint(folder: str | Path, repeats: int = 20) -> dict[str, Any]:
                            "closed_form_grad": type(model.energy).energy_grad is not EnergyNet.energy_grad,
                            "write_64_ms": round(median_ms(lambda: write(model, p, x), max(3, repeats // 4)), 3)}
     for b in (64, 1):
-        for name, kw in READ_VARIANTS.items():
-            row[f"read_{b}_{name}_ms"] = round(median_ms(lambda b=b, kw=kw: read(model, p, w, q[:b], **kw), repeats), 3)
+        ms = interleaved_median_ms({name: (lambda b=b, kw=kw: read(model, p, w, q[:b], **kw))
+                                    for name, kw in READ_VARIANTS.items()}, repeats)
+        for name, t in ms.items():
+            row[f"read_{b}_{name}_ms"] = round(t, 3)
         # the floor under the fast read: its matrix products and solves alone, on the same tensors
         la_ms, calls = linear_algebra_ms(lambda b=b: read(model, p, w, q[:b], **READ_VARIANTS["fast_last"]), repeats)
         row[f"read_{b}_linear_algebra_ms"], row[f"read_{b}_linear_algebra_calls"] = round(la_ms, 3), calls
@@ -240,7 +259,8 @@ def serving_table(out: dict[str, Any]) -> list[str]:
     m = out["machine"]
     lines = [f"{m['cpu']}, 1 torch thread, {m['ghz']} GHz, one core's fp32 peak {out['core_peak_gflops']} GFLOP/s "
              f"({m.get('flops_per_cycle', 32)} flops per cycle), torch {m['torch']}. Milliseconds, median of repeats; "
-             "model time only (no HTTP).", "",
+             "model time only (no HTTP). A row's reads of one size run in turn, in five rounds, so that they see "
+             "the same drift of the host's speed.", "",
              "One 512 x 512 x 512 fp32 matrix product on this thread, the fastest of 30: "
              f"{out['sgemm_512_gflops']} GFLOP/s "
              f"({out['sgemm_512_gflops'] / out['core_peak_gflops']:.0%} of the core's peak), the BLAS's own ceiling "

@@ -46,3 +46,16 @@ def test_linear_algebra_replay_records_each_product_and_costs_no_more_than_its_f
     assert calls == 2
     assert 0 < ms < median_ms(fn, 5)
 
+
+
+def test_interleaved_timings_call_every_function_in_turn_and_time_each():
+    from model.bench import interleaved_median_ms
+
+    calls: list[str] = []
+    a = torch.randn(256, 256)
+    out = interleaved_median_ms({"small": lambda: calls.append("small"),
+                                 "product": lambda: (calls.append("product"), a @ a @ a)}, repeats=6, rounds=3)
+    assert calls[:2] == ["small", "product"]                 # one warm-up call each
+    assert calls[2:] == ["small"] * 2 + ["product"] * 2 + ["small"] * 2 + ["product"] * 2 + ["small"] * 2 + [
+        "product"] * 2                                        # rounds of two calls of each, in turn
+    assert 0 < out["small"] < out["product"]
