@@ -146,11 +146,14 @@ def writing_terms(model: EBMM, p: Params, x: Tensor, use_grad_norm: bool,
 
 
 def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
-          steps: int | None = None, start: Params | None = None, assign: Tensor | None = None) -> WriteResult:
+          steps: int | None = None, start: Params | None = None, assign: Tensor | None = None,
+          fast: bool = True) -> WriteResult:
     """Store patterns x (N, *input_shape): T steps on the writing loss over the writable slice.
 
     start: written weights to continue from (appending) instead of theta_bar; the prior term still
-    pulls towards theta_bar. assign: see `EBMM.write_energy_fn`."""
+    pulls towards theta_bar. assign: see `EBMM.write_energy_fn`. fast: use the family's closed-form gradient
+    of the energy term (EnergyNet.write_grad) when the write needs no graph and has no gradient-norm term
+    (equal to autograd, tested)."""
     steps = model.cfg.loop.write_steps if steps is None else steps
     names = model.writable
     theta_bar = {n: p[n] for n in names}
@@ -158,6 +161,10 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     alpha, beta = F.softplus(p["loop.alpha"]), F.softplus(p["loop.beta"])
     use_gn = model.cfg.loop.grad_norm_term
     first = theta_bar if start is None else {n: start[n].to(theta_bar[n]) for n in names}
+    if fast and not create_graph and not use_gn and type(model.energy).write_grad is not EnergyNet.write_grad:
+        closed = _closed_form_write(model, p, x, steps, theta_bar, first, rates[:, 0], rates[:, 2] * beta, assign)
+        if closed is not None:
+            return closed
     w = {n: (t if create_graph and t.requires_grad else t.detach().requires_grad_(True))
          for n, t in first.items()}
     losses: list[float] = []
@@ -184,6 +191,27 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
             w = new
     if not create_graph:
         w = {n: t.detach() for n, t in w.items()}
+    return WriteResult(w, losses)
+
+
+@torch.no_grad()
+def _closed_form_write(model: EBMM, p: Params, x: Tensor, steps: int, theta_bar: Params, first: Params,
+                       energy_rates: Tensor, prior_rates: Tensor, assign: Tensor | None) -> WriteResult | None:
+    """`write`'s steps with the energy term's gradient in closed form (EnergyNet.write_grad) and no gradient-norm
+    term: no graph, no autograd pass; None where the family has no closed form for this write (autograd then)."""
+    names = model.writable
+    per = x.shape[0] if model.cfg.loop.write_reduction != "sum" else 1
+    w = {n: t.detach() for n, t in first.items()}
+    cache: dict = {}
+    losses: list[float] = []
+    for _ in range(steps):
+        got = model.energy.write_grad(model._energy_params({**p, **w}), x, assign, cache)
+        if got is None:
+            return None
+        e, g = got
+        losses.append(float(e.sum()) / per)
+        w = {n: w[n] - energy_rates[i] * (g[n[len("energy."):]] / per) - prior_rates[i] * 2 * (w[n] - theta_bar[n])
+             for i, n in enumerate(names)}
     return WriteResult(w, losses)
 
 

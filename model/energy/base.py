@@ -132,6 +132,14 @@ class EnergyNet(nn.Module):
         one written memory per query (reads of several sessions batched in one call: memory.read_stacked)."""
         return False
 
+    def write_grad(self, p: Params, x: Tensor, assign: Tensor | None, cache: dict) -> tuple[Tensor, Params] | None:
+        """The energy term of the writing loss in closed form, for serving writes (no graph, no gradient-norm
+        term): (`write_energy(p, x)` per pattern (N,), its sum's gradient in each writable tensor, by name),
+        where the family has one; None: the write uses autograd. `cache` lives for one write: what depends on
+        the patterns and the static parameters alone is computed at its first step. Tested equal to autograd
+        (tests/model/test_fast_paths.py)."""
+        return None
+
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
         """E(x) in a serving read that used `energy_grad` with this cache (families whose energy needs what
         the gradient computed once per read take it from there); by default `energy` itself."""

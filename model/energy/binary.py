@@ -111,22 +111,38 @@ class GatedRNNEnergy(EnergyNet):
         direction (what autograd does), the h columns carry no product at the first hop (h = 0), and a hop
         costs three ops backwards. dE/dx = 2 dE/ds."""
         c = self._cache(p, x, cache)
-        hidden, mem_w = c["hidden"], p["memory_w"]
+        mem_w = p["memory_w"]
         _, saved = self._hops(p, _signed(x), c, keep=True)
-        n = x.shape[0]
-        dpre = x.new_empty(self.hops, n, 2 * hidden)                          # (hops, B, P)
+        g = self._backward(x.shape[0], c, saved)                             # (B, P)
+        mem = mem_w.shape[-2]
+        ds = torch.mm(g[:, mem:], c["a_s"])
+        ds = (torch.baddbmm(ds.unsqueeze(1), g[:, :mem].unsqueeze(1), mem_w, alpha=2.0).squeeze(1)
+              if mem_w.dim() == 3 else torch.addmm(ds, g[:, :mem], mem_w, alpha=2.0))
+        return ds.mul_(2.0).view_as(x)
+
+    def _backward(self, n: int, c: dict, saved: list) -> Tensor:
+        """dE/dpre summed over the hops (n, P), from the forward hops' `saved` (see `energy_grad`)."""
+        hidden = c["hidden"]
+        dpre = c["top"].new_empty(self.hops, n, 2 * hidden)                  # (hops, B, P)
         e = c["top"].expand(n, hidden)                                       # dE/dh at the last hop
         for t in range(self.hops - 1, -1, -1):
             f, u = saved[t]
             torch.mul(f.view(n, 2, hidden), e.unsqueeze(1), out=dpre[t].view(n, 2, hidden))
             if t > 0:
                 e = torch.addmm(torch.addcmul(e, e, u, value=-1.0), dpre[t], c["c_h"])
-        g = dpre.sum(0)                                                      # (B, P)
-        mem = mem_w.shape[-2]
-        ds = torch.mm(g[:, mem:], c["a_s"])
-        ds = (torch.baddbmm(ds.unsqueeze(1), g[:, :mem].unsqueeze(1), mem_w, alpha=2.0).squeeze(1)
-              if mem_w.dim() == 3 else torch.addmm(ds, g[:, :mem], mem_w, alpha=2.0))
-        return ds.mul_(2.0).view_as(x)
+        return dpre.sum(0)
+
+    def write_grad(self, p: Params, x: Tensor, assign: Tensor | None, cache: dict) -> tuple[Tensor, Params] | None:
+        """E per pattern and the gradient of its sum in the memory part (W_m, b_m), from the same hops as
+        `energy_grad`: the memory rows of pre are 2 (W_m s + b_m) (see there), so dE/dW_m = 2 dpre_m^T s and
+        dE/db_m = 2 sum dpre_m, with dpre_m their part of dE/dpre summed over the hops."""
+        if assign is not None or p["memory_w"].dim() != 2:
+            return None
+        c = self._cache(p, x, cache)
+        s = cache.setdefault("signed", _signed(x))
+        h, saved = self._hops(p, s, c, keep=True)
+        gm = self._backward(x.shape[0], c, saved)[:, :p["memory_w"].shape[0]]    # (N, mem)
+        return self.head(p, h), {"memory_w": 2.0 * (gm.T @ s), "memory_b": 2.0 * gm.sum(0)}
 
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
         """E(x) from the rearranged weights (no concatenation per hop)."""

@@ -377,6 +377,33 @@ class SubspaceSlotEnergy(EnergyNet):
         return (own + self._pixel_terms(p, s, st, f, recall)) * p["log_scale"].exp()
 
 
+    def write_grad(self, p: Params, x: Tensor, assign: Tensor | None, cache: dict) -> tuple[Tensor, Params] | None:
+        """The indexed write's energy term per pattern and its sum's gradient in the slots K: with a (N, S) the
+        assignment, A_n = sum_S a_nS, recall_n = a_n K / A_n, res = s~ - recall U and h = q res^3 U^T,
+        dE/dK = scale ((sum_n a_nS) k_S - a^T f - (a / A)^T h). The codes f, the terms that do not depend on
+        K (the residual shrink, the double well) and the assignment are the patterns' alone: once per write,
+        so that a step makes two products with U (autograd's makes four, and recomputes f)."""
+        if self.assign != "indexed" or p["memory_slots"].dim() != 2:
+            return None
+        k, u = p["memory_slots"], self.basis
+        if "f" not in cache:
+            s, st, f = self._code(x)
+            a = (self.assignment(x.shape[0], x.device) if assign is None else assign).to(k.dtype)   # (N, S)
+            share = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+            lam = F.softplus(p["comp_raw"] * _GAIN)
+            fixed = 0.5 * lam * (st - f @ u).pow(2).sum(-1) - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
+            cache.update(st=st, f=f, a=a, share=share, col=a.sum(0)[:, None], af=a.T @ f, fixed=fixed,
+                         quart=F.softplus(p["quart_raw"] * _GAIN), scale=p["log_scale"].exp())
+        c = cache
+        res = torch.addmm(c["st"], c["share"] @ k, u, alpha=-1.0)                # s~ - recall U, (N, D)
+        res2 = res.square()
+        own = (c["a"] * self._half_sq_dist(c["f"], k)).sum(-1)
+        e = (own + c["fixed"] + 0.25 * c["quart"] * torch.linalg.vecdot(res2, res2)) * c["scale"]
+        h = (res2.mul_(res) @ u.T).mul_(c["quart"])                               # q res^3 U^T, (N, r)
+        grad = (c["col"] * k - c["af"] - c["share"].T @ h) * c["scale"]
+        return e, {"memory_slots": grad}
+
+
 class SubspaceSpanEnergy(EnergyNet):
     """In plain terms: a correlation-matrix (Hebbian) memory over PCA codes whose recall fits the query's
     visible pixels within the span of what was stored. Every pattern of a write adds to the same symmetric
@@ -646,6 +673,22 @@ class SubspaceSpanEnergy(EnergyNet):
         pairs = f[:, self.iu[0]] * f[:, self.iu[1]]
         e = -0.5 * F.softplus(p["hebb_raw"] * _GAIN) * (pairs @ p["memory_triu"])
         return (e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)) * p["log_scale"].exp()
+
+    def write_grad(self, p: Params, x: Tensor, assign: Tensor | None, cache: dict) -> tuple[Tensor, Params] | None:
+        """`write_energy` per pattern and its sum's gradient in the triangle of M, -h/2 scale sum_n f_i f_j over
+        i <= j: the same at every step (the write energy is linear in M), computed once per write."""
+        if assign is not None:
+            return None
+        if "pairs" not in cache:
+            s = _signed(x).flatten(1)
+            f = (s - self.centre) @ self.basis.T
+            pairs = f[:, self.iu[0]] * f[:, self.iu[1]]                          # (N, r(r+1)/2)
+            hebb, scale = 0.5 * F.softplus(p["hebb_raw"] * _GAIN), p["log_scale"].exp()
+            cache.update(pairs=pairs, hebb=hebb, scale=scale, well=0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1),
+                         grad=-hebb * scale * (f.T @ f)[self.iu[0], self.iu[1]])
+        c = cache
+        e = (-c["hebb"] * (c["pairs"] @ p["memory_triu"]) - c["well"]) * c["scale"]
+        return e, {"memory_triu": c["grad"]}
 
     @property
     def writes_additively(self) -> bool:

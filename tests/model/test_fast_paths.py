@@ -98,8 +98,11 @@ def test_families_without_a_closed_form_fall_back_to_autograd() -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_fast_read_equals_the_autograd_read_on_shipped_checkpoints(name: str, dtype: torch.dtype) -> None:
     """In float64 the two reads agree to 1e-5 (in practice ~1e-12: the same maths); in float32, as served,
-    to 2e-4 (the sums run in another order, and five steps with clipping carry the rounding on)."""
+    to 2e-4 (the sums run in another order, and five steps with clipping carry the rounding on), and their
+    energies, taken at iterates that differ by that much, to 5e-4 of their size (the closed-form write, whose
+    weights differ from autograd's by rounding, 2e-7 of their size, moved one of characters32-4k's past 2e-4)."""
     tol = 1e-5 if dtype == torch.float64 else 2e-4
+    etol = 1e-5 if dtype == torch.float64 else 5e-4
     ckpt = load_checkpoint(REPO / "checkpoints" / name)
     model = ckpt.model.to(dtype)
     p = model.params(detach=True)
@@ -116,7 +119,7 @@ def test_fast_read_equals_the_autograd_read_on_shipped_checkpoints(name: str, dt
     fast = read(model, p, w, queries, fast=True)
     slow = read(model, p, w, queries, fast=False)
     assert torch.allclose(fast.iterates, slow.iterates, atol=tol), (fast.iterates - slow.iterates).abs().max()
-    assert torch.allclose(fast.energies, slow.energies, rtol=tol, atol=tol)
+    assert torch.allclose(fast.energies, slow.energies, rtol=etol, atol=tol)
     mask = torch.ones_like(queries, dtype=torch.bool)
     mask[..., :4] = False
     fm, sm = read(model, p, w, queries, mask, fast=True), read(model, p, w, queries, mask, fast=False)
@@ -200,3 +203,66 @@ def test_gated_rnn_rearranged_weights_follow_changes_to_the_static_weights() -> 
     fast, slow = read(model, p, w64, q.double(), fast=True), read(model, p, w64, q.double(), fast=False)
     assert fast.iterates.dtype == torch.float64
     assert torch.allclose(fast.iterates, slow.iterates, atol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "assigned"), [("gated-rnn", False), ("slots-indexed", False),
+                                                   ("slots-indexed", True), ("slots-skewed", False), ("span", False)])
+def test_closed_form_write_gradient_equals_autograd(family: str, assigned: bool) -> None:
+    """EnergyNet.write_grad: the write energy per pattern and its sum's gradient in every writable tensor, as
+    autograd gives them, at the first step (from theta_bar) and at a later one (the cache kept); assigned: an
+    append's plan, some slots shared and the weights not 0 or 1."""
+    torch.manual_seed(0)
+    net = FAMILIES[family]().double()
+    if hasattr(net, "data_init"):
+        net.data_init(torch.rand(64, *net.input_shape))
+        net.double()
+    if family.startswith("slots"):
+        with torch.no_grad():
+            u = torch.linalg.qr(net.basis.T)[0].T
+            net.basis.copy_(u + 0.05 * torch.randn_like(u) if family == "slots-skewed" else u)
+    p = randomised(net, 1)
+    if family.startswith("slots"):
+        p["quart_raw"] = torch.tensor(0.5 / 30, dtype=torch.float64)
+    x = torch.rand(6, *net.input_shape, dtype=torch.float64)
+    assign = None
+    if assigned:
+        assign = torch.rand(6, net.slots, dtype=torch.float64)
+        assign = assign / assign.sum(0, keepdim=True)
+    cache: dict = {}
+    for _ in range(2):
+        e, g = net.write_grad(p, x, assign, cache)
+        leaves = {n: p[n].clone().requires_grad_(True) for n in net.writable}
+        q = {**p, **leaves}
+        want = net.write_energy(q, x) if assign is None else net.write_energy(q, x, assign)
+        grads = torch.autograd.grad(want.sum(), list(leaves.values()))
+        want = want.detach()
+        assert torch.allclose(e, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
+        for n, slow in zip(leaves, grads, strict=True):
+            assert torch.allclose(g[n], slow, rtol=1e-9, atol=1e-9 * slow.abs().max()), (n, (g[n] - slow).abs().max())
+        p = {**p, **{n: p[n] - 0.1 * g[n] for n in net.writable}}       # a second step from moved weights
+
+
+def test_families_without_a_closed_form_write_say_so() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 40)
+    quad = FAMILIES["quadratic"]()
+    assert quad.write_grad(dict(quad.named_parameters()), x, None, {}) is None
+    shared = FAMILIES["slots-shared"]()
+    assert shared.write_grad(dict(shared.named_parameters()), torch.rand(4, 1, 8, 8), None, {}) is None
+
+
+@pytest.mark.parametrize("name", ["binary128-rnn", "characters32", "photos32", "photos32-span8k"])
+def test_a_closed_form_write_equals_the_autograd_write(name: str) -> None:
+    ckpt = load_checkpoint(REPO / "checkpoints" / name)
+    model, p = ckpt.model, ckpt.model.params(detach=True)
+    torch.manual_seed(3)
+    shape = model.cfg.input_shape
+    x = (torch.rand(64, *shape) > 0.5).float() if len(shape) == 1 else torch.rand(64, *shape)
+    fast, slow = write(model, p, x), write(model, p, x, fast=False)
+    assert len(fast.losses) == len(slow.losses) == model.cfg.loop.write_steps
+    for a, b in zip(fast.losses, slow.losses, strict=True):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(b))
+    for n, t in slow.weights.items():
+        assert not fast.weights[n].requires_grad
+        gap = (fast.weights[n] - t).abs().max()
+        assert torch.allclose(fast.weights[n], t, rtol=1e-5, atol=1e-5 * t.abs().max()), (n, gap)
