@@ -25,16 +25,11 @@ from torch import Tensor
 
 from . import distortions
 from .energy import Params
+from .energy.base import window_sums  # noqa: F401 (the baselines import it from here)
 from .memory import EBMM, read, write
 
 FALSE_MATCH_RATE = 0.01      # the aim on held-out data
 CALIBRATION_RATE = 0.005     # the quantile taken on training data: half the aim, a margin for the spread
-
-
-def window_sums(e: Tensor, w: int) -> Tensor:
-    """e (..., H, W) -> (..., H-w+1, W-w+1): the sum over every w x w window (integral image)."""
-    c = torch.nn.functional.pad(e.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
-    return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
 
 
 def familiarity(query: Tensor, recall: Tensor, window: int = 0, known: Tensor | None = None) -> Tensor:

@@ -67,6 +67,13 @@ def symmetric_from_triu(t: Tensor, iu: Tensor, n: int) -> Tensor:
     return upper + upper.T - torch.diag(torch.diagonal(upper))
 
 
+def window_sums(e: Tensor, w: int) -> Tensor:
+    """e (..., H, W) -> (..., H-w+1, W-w+1): the sum over every w x w window (integral image: O(H W) per
+    image whatever w, where a pooling kernel costs w^2 per window)."""
+    c = F.pad(e.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+    return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
+
+
 def _signed(x: Tensor) -> Tensor:
     """Data live in [0, 1]; the networks see them centred in [-1, 1]."""
     return 2.0 * x - 1.0

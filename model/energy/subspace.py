@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import _GAIN, EnergyNet, Params, _signed, inv_softplus, memo_on, principal_basis, symmetric_from_triu
+from .base import (_GAIN, EnergyNet, Params, _signed, inv_softplus, memo_on, principal_basis, symmetric_from_triu,
+                   window_sums)
 
 
 def _dot_slots(f: Tensor, k: Tensor) -> Tensor:
@@ -469,8 +470,10 @@ class SubspaceSpanEnergy(EnergyNet):
         """(B, D) residuals -> (B,) index of the window x window square (all channels) of largest residual
         energy, over the (H - k + 1) (W - k + 1) positions: the part of each image the fit leaves out next."""
         c, h, w, k = self._window_geometry()
-        e = r.detach().pow(2).view(-1, c, h, w).sum(1, keepdim=True)              # (B, 1, H, W)
-        return F.avg_pool2d(e, k, stride=1).flatten(1).argmax(1)
+        e = r.detach().double().pow(2).view(-1, c, h, w).sum(1)                   # (B, H, W)
+        # integral images (a 16 x 16 pooling costs 256 adds per window), in float64: their running totals
+        # reach the whole image's residual energy, where float32 would round away differences between windows
+        return window_sums(e, k).flatten(1).argmax(1)
 
     def _window_pixels(self, pos: Tensor) -> Tensor:
         """(B,) window positions -> (B, P) pixel indices (P = c k k)."""
