@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import get_preset, parse_value
 from .energy import EnergyNet
-from .memory import EBMM, read, write
+from .memory import EBMM, closed_form_write, read, write
 from .meta import meta_loss
 
 DEFAULT_PRESETS = ("binary-hopfield", "binary-rnn-small", "binary-rnn-small@grad_norm_term=false",
@@ -222,9 +222,7 @@ def bench_checkpoint(folder: str | Path, repeats: int = 20) -> dict[str, Any]:
     row: dict[str, Any] = {"checkpoint": ck.name, "architecture": ck.card.get("architecture"),
                            "memory_floats": model.memory_floats, "read_steps": model.cfg.loop.read_steps,
                            "closed_form_grad": type(model.energy).energy_grad is not EnergyNet.energy_grad,
-                           # the write's energy term in closed form (no gradient-norm term, which needs autograd)
-                           "closed_form_write": (type(model.energy).write_grad is not EnergyNet.write_grad
-                                                 and not model.cfg.loop.grad_norm_term),
+                           "closed_form_write": closed_form_write(model),
                            }
     writes = interleaved_median_ms({"fast": lambda: write(model, p, x),
                                     "autograd": lambda: write(model, p, x, fast=False)}, max(5, repeats // 2))

@@ -151,9 +151,8 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     """Store patterns x (N, *input_shape): T steps on the writing loss over the writable slice.
 
     start: written weights to continue from (appending) instead of theta_bar; the prior term still
-    pulls towards theta_bar. assign: see `EBMM.write_energy_fn`. fast: use the family's closed-form gradient
-    of the energy term (EnergyNet.write_grad) when the write needs no graph and has no gradient-norm term
-    (equal to autograd, tested)."""
+    pulls towards theta_bar. assign: see `EBMM.write_energy_fn`. fast: use the family's closed-form gradients
+    of the writing loss (`closed_form_write`) when the write needs no graph (equal to autograd, tested)."""
     steps = model.cfg.loop.write_steps if steps is None else steps
     names = model.writable
     theta_bar = {n: p[n] for n in names}
@@ -161,8 +160,8 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     alpha, beta = F.softplus(p["loop.alpha"]), F.softplus(p["loop.beta"])
     use_gn = model.cfg.loop.grad_norm_term
     first = theta_bar if start is None else {n: start[n].to(theta_bar[n]) for n in names}
-    if fast and not create_graph and not use_gn and type(model.energy).write_grad is not EnergyNet.write_grad:
-        closed = _closed_form_write(model, p, x, steps, theta_bar, first, rates[:, 0], rates[:, 2] * beta, assign)
+    if fast and not create_graph and closed_form_write(model):
+        closed = _closed_form_write(model, p, x, steps, theta_bar, first, rates, alpha, beta, assign)
         if closed is not None:
             return closed
     w = {n: (t if create_graph and t.requires_grad else t.detach().requires_grad_(True))
@@ -194,24 +193,40 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
     return WriteResult(w, losses)
 
 
+def closed_form_write(model: EBMM) -> bool:
+    """Whether the model's serving writes run without autograd: its family gives the writing loss's energy term
+    in closed form (EnergyNet.write_grad) and, where the loop has it, the gradient-norm term too."""
+    e = type(model.energy)
+    return e.write_grad is not EnergyNet.write_grad and (
+        not model.cfg.loop.grad_norm_term or e.write_grad_norm is not EnergyNet.write_grad_norm)
+
+
 @torch.no_grad()
 def _closed_form_write(model: EBMM, p: Params, x: Tensor, steps: int, theta_bar: Params, first: Params,
-                       energy_rates: Tensor, prior_rates: Tensor, assign: Tensor | None) -> WriteResult | None:
-    """`write`'s steps with the energy term's gradient in closed form (EnergyNet.write_grad) and no gradient-norm
-    term: no graph, no autograd pass; None where the family has no closed form for this write (autograd then)."""
-    names = model.writable
+                       rates: Tensor, alpha: Tensor, beta: Tensor, assign: Tensor | None) -> WriteResult | None:
+    """`write`'s steps with the writing loss's gradients in closed form (EnergyNet.write_grad, and
+    write_grad_norm where the loop has that term): no graph, no autograd pass; None where the family has no
+    closed form for this write (autograd then)."""
+    names, use_gn = model.writable, model.cfg.loop.grad_norm_term
     per = x.shape[0] if model.cfg.loop.write_reduction != "sum" else 1
     w = {n: t.detach() for n, t in first.items()}
     cache: dict = {}
     losses: list[float] = []
     for _ in range(steps):
-        got = model.energy.write_grad(model._energy_params({**p, **w}), x, assign, cache)
-        if got is None:
+        ep = model._energy_params({**p, **w})
+        got = model.energy.write_grad(ep, x, assign, cache)
+        norm = model.energy.write_grad_norm(ep, x, cache) if use_gn and got is not None else None
+        if got is None or (use_gn and norm is None):
             return None
-        e, g = got
-        losses.append(float(e.sum()) / per)
-        w = {n: w[n] - energy_rates[i] * (g[n[len("energy."):]] / per) - prior_rates[i] * 2 * (w[n] - theta_bar[n])
-             for i, n in enumerate(names)}
+        (e, g), short = got, len("energy.")
+        loss = e.sum() / per
+        delta = {n: rates[i, 0] * (g[n[short:]] / per) for i, n in enumerate(names)}
+        if norm is not None:
+            gn, gg = norm
+            loss = loss + alpha * gn.sum() / per
+            delta = {n: d + rates[i, 1] * alpha * (gg[n[short:]] / per) for i, (n, d) in enumerate(delta.items())}
+        losses.append(float(loss))
+        w = {n: w[n] - delta[n] - rates[i, 2] * beta * 2 * (w[n] - theta_bar[n]) for i, n in enumerate(names)}
     return WriteResult(w, losses)
 
 

@@ -147,6 +147,12 @@ class EnergyNet(nn.Module):
         (tests/model/test_fast_paths.py)."""
         return None
 
+    def write_grad_norm(self, p: Params, x: Tensor, cache: dict) -> tuple[Tensor, Params] | None:
+        """The writing loss's gradient-norm term in closed form, beside `write_grad` (the same cache): (||grad_x
+        E||^2 per pattern (N,), its sum's gradient in each writable tensor), where the family has one; None:
+        a write with that term uses autograd. Tested equal to autograd (tests/model/test_fast_paths.py)."""
+        return None
+
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
         """E(x) in a serving read that used `energy_grad` with this cache (families whose energy needs what
         the gradient computed once per read take it from there); by default `energy` itself."""

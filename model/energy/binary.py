@@ -228,6 +228,44 @@ class QuadraticEnergy(EnergyNet):
         y = mu[None, :] + q[:, 1:] @ w.T
         return ((y + 1) / 2).float().view(n, *self.input_shape)
 
+    def _triu_grad(self, g: Tensor, gain: Tensor) -> Tensor:
+        """The gradient in the triangle t of a gradient G in the matrix M' (D, D) it builds (`matrix`): M'_ij =
+        M'_ji = t_ij off the diagonal and gain t_ii on it, so dL/dt_ij = G_ij + G_ji, dL/dt_ii = gain G_ii."""
+        out = (g + g.T)[self.iu[0], self.iu[1]]
+        on_diag = self.iu[0] == self.iu[1]              # the diagonal's places in the triangle, in order
+        out[on_diag] = gain * torch.diagonal(g)
+        return out
+
+    def _write_step(self, p: Params, x: Tensor, cache: dict) -> dict:
+        """What both write terms need at this step: the patterns' signs S (once per write) and R = S M' + b
+        with M' the current matrix (once per step: `write_grad_norm` takes it from `write_grad`)."""
+        if "s" not in cache:
+            s = _signed(x).flatten(1)
+            cache.update(s=s, scale=p["log_scale"].exp(), sb=s @ p["bias"])
+        if cache.get("step_of") is not p["memory_triu"]:
+            cache.update(step_of=p["memory_triu"], r=torch.addmm(p["bias"], cache["s"], self.matrix(p)))
+        return cache
+
+    def write_grad(self, p: Params, x: Tensor, assign: Tensor | None, cache: dict) -> tuple[Tensor, Params] | None:
+        """E per pattern, scale (-s M' s / 2 - b s) = -scale (s R + s b) / 2 with R = S M' + b, and its sum's
+        gradient in the triangle: G = -scale S^T S / 2 in M', the same at every step (E is linear in M')."""
+        if assign is not None or p["memory_triu"].dim() != 1:
+            return None
+        c = self._write_step(p, x, cache)
+        if "g_energy" not in c:
+            c["g_energy"] = self._triu_grad(-0.5 * c["scale"] * (c["s"].T @ c["s"]), p["diag"])
+        e = -0.5 * c["scale"] * ((c["s"] * c["r"]).sum(-1) + c["sb"])
+        return e, {"memory_triu": c["g_energy"]}
+
+    def write_grad_norm(self, p: Params, x: Tensor, cache: dict) -> tuple[Tensor, Params] | None:
+        """||grad_x E||^2 = 4 scale^2 |R|^2 per pattern (grad_x E = -2 scale R) and its sum's gradient in the
+        triangle: G = 8 scale^2 R^T S in M'."""
+        if p["memory_triu"].dim() != 1:
+            return None
+        c = self._write_step(p, x, cache)
+        s4 = 4 * c["scale"] ** 2
+        return s4 * c["r"].pow(2).sum(-1), {"memory_triu": self._triu_grad(2 * s4 * (c["r"].T @ c["s"]), p["diag"])}
+
     @staticmethod
     def _times(s: Tensor, m: Tensor) -> Tensor:
         """s M for (B, D) rows and one (D, D) matrix or one matrix per row (B, D, D)."""

@@ -206,7 +206,8 @@ def test_gated_rnn_rearranged_weights_follow_changes_to_the_static_weights() -> 
 
 
 @pytest.mark.parametrize(("family", "assigned"), [("gated-rnn", False), ("slots-indexed", False),
-                                                   ("slots-indexed", True), ("slots-skewed", False), ("span", False)])
+                                                   ("slots-indexed", True), ("slots-skewed", False), ("span", False),
+                                                   ("quadratic", False)])
 def test_closed_form_write_gradient_equals_autograd(family: str, assigned: bool) -> None:
     """EnergyNet.write_grad: the write energy per pattern and its sum's gradient in every writable tensor, as
     autograd gives them, at the first step (from theta_bar) and at a later one (the cache kept); assigned: an
@@ -239,25 +240,33 @@ def test_closed_form_write_gradient_equals_autograd(family: str, assigned: bool)
         assert torch.allclose(e, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
         for n, slow in zip(leaves, grads, strict=True):
             assert torch.allclose(g[n], slow, rtol=1e-9, atol=1e-9 * slow.abs().max()), (n, (g[n] - slow).abs().max())
+        if family == "quadratic":                    # and the gradient-norm term, ||grad_x E||^2
+            gn, gg = net.write_grad_norm(p, x, cache)
+            xl = x.clone().requires_grad_(True)
+            (gx,) = torch.autograd.grad(net.write_energy({**p, **leaves}, xl).sum(), xl, create_graph=True)
+            want_gn = gx.pow(2).flatten(1).sum(1)
+            (slow,) = torch.autograd.grad(want_gn.sum(), [leaves["memory_triu"]])
+            want_gn = want_gn.detach()
+            assert torch.allclose(gn, want_gn, rtol=1e-9, atol=1e-9 * float(want_gn.abs().max()))
+            assert torch.allclose(gg["memory_triu"], slow, rtol=1e-9, atol=1e-9 * float(slow.abs().max()))
         p = {**p, **{n: p[n] - 0.1 * g[n] for n in net.writable}}       # a second step from moved weights
 
 
 def test_families_without_a_closed_form_write_say_so() -> None:
     torch.manual_seed(0)
-    x = torch.rand(4, 40)
-    quad = FAMILIES["quadratic"]()
-    assert quad.write_grad(dict(quad.named_parameters()), x, None, {}) is None
     shared = FAMILIES["slots-shared"]()
     assert shared.write_grad(dict(shared.named_parameters()), torch.rand(4, 1, 8, 8), None, {}) is None
 
 
-@pytest.mark.parametrize("name", ["binary128-rnn", "characters32", "photos32", "photos32-span8k"])
+@pytest.mark.parametrize("name", ["binary128", "binary128-rnn", "characters32", "photos32", "photos32-span8k"])
 def test_a_closed_form_write_equals_the_autograd_write(name: str) -> None:
     ckpt = load_checkpoint(REPO / "checkpoints" / name)
     model, p = ckpt.model, ckpt.model.params(detach=True)
     torch.manual_seed(3)
     shape = model.cfg.input_shape
     x = (torch.rand(64, *shape) > 0.5).float() if len(shape) == 1 else torch.rand(64, *shape)
+    from model.memory import closed_form_write
+    assert closed_form_write(model)                     # every shipped family's serving write skips autograd
     fast, slow = write(model, p, x), write(model, p, x, fast=False)
     assert len(fast.losses) == len(slow.losses) == model.cfg.loop.write_steps
     for a, b in zip(fast.losses, slow.losses, strict=True):
