@@ -3,12 +3,15 @@ buys, measured so that a host whose speed drifts (shared cores) moves both sides
 
     .venv/bin/python scripts/bench_serving_ab.py --before 63770f7 --after HEAD --rounds 6 \
         --out results/explore/serving-ab-63770f7
+    .venv/bin/python scripts/bench_serving_ab.py --before 63770f7 --in-process --rounds 8 \
+        --out results/explore/serving-ab-63770f7-in-process
 
 Each commit is checked out in a temporary git worktree; each round runs one fresh process per commit (the order
 flipped every round), one torch thread, that times, per checkpoint, the write of 64 patterns and the reads of 64
 and of 1 query with the last energy only: through `model.memory.read` (the model alone) and through
 `model.serving.Memory.read` (what the service calls). Writes <out>/rounds.json (every round's medians) and
-<out>/README.md (the median over rounds of each, and after / before).
+<out>/README.md (the median over rounds of each, and after / before). --in-process loads both commits' `model`
+packages into one process instead and alternates them op by op: far less drift between the two sides.
 """
 from __future__ import annotations
 
@@ -62,6 +65,57 @@ print(json.dumps(out))
 COLUMNS = ("write_64_ms", "read_64_ms", "served_read_64_ms", "read_1_ms", "served_read_1_ms")
 
 
+def in_process(trees: dict[str, Path], names: list[str], rounds: int, repeats: int) -> list[dict]:
+    """Both commits' `model` packages in this one process (as model_before and model_after: the package's own
+    imports are relative), the same checkpoint's ops timed side by side, the order flipped every round, so
+    that a drift of the host's speed within minutes falls on both alike. The allocator is the process's."""
+    import importlib
+    import statistics
+    import time
+
+    import torch
+    torch.set_num_threads(1)
+    links = Path(tempfile.mkdtemp())
+    mods = {}
+    for side, tree in trees.items():
+        (links / f"model_{side}").symlink_to(tree / "model")
+    sys.path.insert(0, str(links))
+    for side in trees:
+        mods[side] = {m: importlib.import_module(f"model_{side}.{m}") for m in ("bench", "checkpoint", "memory",
+                                                                                 "serving")}
+
+    def ms(fn, n):
+        fn()
+        t = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+        return statistics.median(t) * 1000
+
+    out = [{"before": {}, "after": {}} for _ in range(rounds)]
+    for name in names:
+        ops = {}
+        for side, m in mods.items():
+            ck = m["checkpoint"].load_checkpoint(REPO / "checkpoints" / name)
+            model, p = ck.model, ck.model.params(detach=True)
+            x, q = m["bench"]._episode(model, 64, torch.Generator().manual_seed(0))
+            mem, w = m["serving"].Memory(ck), m["memory"].write(model, p, x).weights
+            rd, wr = m["memory"].read, m["memory"].write
+            ops[side] = {"write_64_ms": (lambda wr=wr, model=model, p=p, x=x: wr(model, p, x), max(3, repeats // 4))}
+            for b in (64, 1):
+                n = repeats if b == 1 else max(5, repeats // 2)
+                ops[side][f"read_{b}_ms"] = (lambda rd=rd, model=model, p=p, w=w, b=b, q=q:
+                                             rd(model, p, w, q[:b], energies="last"), n)
+                ops[side][f"served_read_{b}_ms"] = (lambda mem=mem, w=w, b=b, q=q:
+                                                    mem.read(w, q[:b], energies="last"), n)
+        for r in range(rounds):
+            for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                out[r][side][name] = {k: ms(fn, n) for k, (fn, n) in ops[side].items()}
+        print(f"{name} done", flush=True)
+    return out
+
+
 def rev_name(rev: str) -> str:
     return subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True,
                           text=True).stdout.strip()
@@ -75,6 +129,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--checkpoints", default=",".join(CHECKPOINTS))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--in-process", action="store_true",
+                    help="both commits' model packages in this one process, alternated op by op")
     a = ap.parse_args()
     revs = {"before": rev_name(a.before), "after": rev_name(a.after)}
     out = Path(a.out)
@@ -87,7 +143,9 @@ def main() -> int:
             subprocess.run(["git", "worktree", "add", "--detach", str(trees[side]), rev], cwd=REPO, check=True,
                            capture_output=True)
         try:
-            for r in range(a.rounds):
+            if a.in_process:
+                rounds = in_process(trees, a.checkpoints.split(","), a.rounds, a.repeats)
+            for r in range(0 if a.in_process else a.rounds):
                 order = ("before", "after") if r % 2 == 0 else ("after", "before")
                 got = {}
                 for side in order:
@@ -107,9 +165,12 @@ def main() -> int:
     lines = [f"# Serving reads at {revs['before']} (before) and {revs['after']} (after), alternated "
              f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `{command}`", "", f"Machine: {machine['cpu']}, one torch thread, Python {machine['python']}.",
-             "", f"Milliseconds: the median over {a.rounds} rounds of each round's median; each round ran one fresh "
-             "process per commit, in alternating order. `read`: model.memory.read (the model alone); `served`: "
-             "model.serving.Memory.read (what the service calls); last energy only.", "",
+             "", f"Milliseconds: the median over {a.rounds} rounds of each round's median; "
+             + ("both commits' model packages ran in one process, each checkpoint's ops timed at both commits in "
+                "turn, in alternating order, round by round (the process's allocator settings apply to both). "
+                if a.in_process else "each round ran one fresh process per commit, in alternating order. ")
+             + "`read`: model.memory.read (the model alone); `served`: model.serving.Memory.read (what the service "
+             "calls); last energy only.", "",
              "| checkpoint | " + " | ".join(f"{c[:-3].replace('_', ' ')}: before | after | after/before"
                                            for c in COLUMNS) + " |",
              "|---|" + "---|---|---|" * len(COLUMNS)]
