@@ -310,8 +310,6 @@ def _bench_serving(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import bench
-    from .allocator import keep_freed_memory
-    keep_freed_memory()                    # as `ebmm serve` runs reads (model/allocator.py)
     checkpoints = tuple(_csv(args.checkpoints)) if args.checkpoints else bench.SERVING_CHECKPOINTS
     out = bench.serving(checkpoints, args.repeats)
     out["command"] = "ebmm " + " ".join(sys.argv[1:])

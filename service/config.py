@@ -50,9 +50,6 @@ class Settings(BaseSettings):
     batch_max_queries: int = Field(256, ge=1, le=65536)  # a batch starts once it holds this many queries
     model_process: bool = True                     # batched reads in a model process of their own
     gil_switch_interval_us: float = Field(50.0, ge=5, le=100_000)  # sys.setswitchinterval, microseconds
-    # glibc keeps freed blocks below 32 MB for the next read instead of handing them back to the kernel
-    # (model/allocator.py: page faults of large reads); the process holds up to 128 MB more free memory
-    keep_freed_memory: bool = True
     memory_max_sessions: int = Field(1000, ge=1, le=1_000_000)
     memory_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 36)
     log_level: str = "info"

@@ -13,8 +13,6 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from model.allocator import keep_freed_memory
-
 from . import docs, errors, logs, web
 from .config import Settings
 from .limits import BodyLimitMiddleware
@@ -47,8 +45,6 @@ def _lifespan(settings: Settings, metrics: Metrics):
         # (results/bench_service_overload_{500,50}us.md)
         sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
         torch.set_num_threads(settings.torch_threads)
-        if settings.keep_freed_memory:
-            keep_freed_memory()
         device = resolve_device(settings.device)
         try:
             loaded = load_models(settings.checkpoint_dir, device)
