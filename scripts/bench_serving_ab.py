@@ -70,8 +70,6 @@ def in_process(trees: dict[str, Path], names: list[str], rounds: int, repeats: i
     imports are relative), the same checkpoint's ops timed side by side, the order flipped every round, so
     that a drift of the host's speed within minutes falls on both alike. The allocator is the process's."""
     import importlib
-    import statistics
-    import time
 
     import torch
     torch.set_num_threads(1)
@@ -84,14 +82,7 @@ def in_process(trees: dict[str, Path], names: list[str], rounds: int, repeats: i
         mods[side] = {m: importlib.import_module(f"model_{side}.{m}") for m in ("bench", "checkpoint", "memory",
                                                                                  "serving")}
 
-    def ms(fn, n):
-        fn()
-        t = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-        return statistics.median(t) * 1000
+    from model.bench import median_ms as ms                   # this checkout's timer, for both sides
 
     out = [{"before": {}, "after": {}} for _ in range(rounds)]
     for name in names:
