@@ -68,7 +68,7 @@ COLUMNS = ("write_64_ms", "read_64_ms", "served_read_64_ms", "read_1_ms", "serve
 def in_process(trees: dict[str, Path], names: list[str], rounds: int, repeats: int) -> list[dict]:
     """Both commits' `model` packages in this one process (as model_before and model_after: the package's own
     imports are relative), the same checkpoint's ops timed side by side, the order flipped every round, so
-    that a drift of the host's speed within minutes falls on both alike. The allocator is the process's."""
+    that a drift of the host's speed within minutes falls on both alike; both share the process's allocator."""
     import importlib
 
     import torch
@@ -158,7 +158,7 @@ def main() -> int:
              f"Command: `{command}`", "", f"Machine: {machine['cpu']}, one torch thread, Python {machine['python']}.",
              "", f"Milliseconds: the median over {a.rounds} rounds of each round's median; "
              + ("both commits' model packages ran in one process, each checkpoint's ops timed at both commits in "
-                "turn, in alternating order, round by round (the process's allocator settings apply to both). "
+                "turn, in alternating order, round by round (both share the process's memory allocator). "
                 if a.in_process else "each round ran one fresh process per commit, in alternating order. ")
              + "`read`: model.memory.read (the model alone); `served`: model.serving.Memory.read (what the service "
              "calls); last energy only.", "",

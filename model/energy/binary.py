@@ -139,7 +139,9 @@ class GatedRNNEnergy(EnergyNet):
         if assign is not None or p["memory_w"].dim() != 2:
             return None
         c = self._cache(p, x, cache)
-        s = cache.setdefault("signed", _signed(x))
+        if "signed" not in cache:
+            cache["signed"] = _signed(x)
+        s = cache["signed"]
         h, saved = self._hops(p, s, c, keep=True)
         gm = self._backward(x.shape[0], c, saved)[:, :p["memory_w"].shape[0]]    # (N, mem)
         return self.head(p, h), {"memory_w": 2.0 * (gm.T @ s), "memory_b": 2.0 * gm.sum(0)}
@@ -242,6 +244,7 @@ class QuadraticEnergy(EnergyNet):
         if "s" not in cache:
             s = _signed(x).flatten(1)
             cache.update(s=s, scale=p["log_scale"].exp(), sb=s @ p["bias"])
+        # a new step's triangle is a new tensor (`write` never updates it in place): its identity marks the step
         if cache.get("step_of") is not p["memory_triu"]:
             cache.update(step_of=p["memory_triu"], r=torch.addmm(p["bias"], cache["s"], self.matrix(p)))
         return cache

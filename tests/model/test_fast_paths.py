@@ -259,7 +259,7 @@ def test_families_without_a_closed_form_write_say_so() -> None:
 
 
 @pytest.mark.parametrize("name", ["binary128", "binary128-rnn", "characters32", "photos32", "photos32-span8k"])
-def test_a_closed_form_write_equals_the_autograd_write(name: str) -> None:
+def test_a_closed_form_write_equals_the_autograd_write(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = load_checkpoint(REPO / "checkpoints" / name)
     model, p = ckpt.model, ckpt.model.params(detach=True)
     torch.manual_seed(3)
@@ -267,7 +267,13 @@ def test_a_closed_form_write_equals_the_autograd_write(name: str) -> None:
     x = (torch.rand(64, *shape) > 0.5).float() if len(shape) == 1 else torch.rand(64, *shape)
     from model.memory import closed_form_write
     assert closed_form_write(model)                     # every shipped family's serving write skips autograd
-    fast, slow = write(model, p, x), write(model, p, x, fast=False)
+
+    def no_autograd(*args, **kwargs):
+        raise AssertionError("the closed-form write called autograd")
+    with monkeypatch.context() as mp:                   # ... and does: autograd is not there to fall back on
+        mp.setattr(torch.autograd, "grad", no_autograd)
+        fast = write(model, p, x)
+    slow = write(model, p, x, fast=False)
     assert len(fast.losses) == len(slow.losses) == model.cfg.loop.write_steps
     for a, b in zip(fast.losses, slow.losses, strict=True):
         assert abs(a - b) <= 1e-5 * max(1.0, abs(b))

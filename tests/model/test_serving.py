@@ -20,10 +20,10 @@ def test_serving_reads_equal_plain_reads_and_leave_the_model_trainable(name):
     x = (torch.rand(8, *m.input_shape, generator=g) < 0.5).float()
     q = x.clone()
     q.view(8, -1)[:, :40] = 0.5
-    w = m.write(x).weights
     p = ck.model.params(detach=True)
+    w = write(ck.model, p, x, fast=False).weights     # autograd: no memo of the fast paths is made before ...
+    served = m.read(w, q)                             # ... the served read, which makes them in inference mode
     plain = read(ck.model, p, w, q)
-    served = m.read(w, q)
     assert torch.equal(served.iterates, plain.iterates) and torch.equal(served.energies, plain.energies)
     assert served.iterates.is_inference() and not plain.iterates.is_inference()
     (many, fam), = m.read_many([w], [q])

@@ -194,9 +194,14 @@ def test_the_recall_is_the_ridge_fit_in_the_span_formed_explicitly():
         e.fits = 2
         got, _ = e.recall(ep, s)
         torch.testing.assert_close(got, second, rtol=1e-6, atol=1e-6)
-        # a read factors the first fit's system once and solves with that factor at every recall
+        # a read factors the first fit's system once and solves with that factor at every recall: the factor
+        # given is the one used (another system's factor gives another recall), and it is the system's own
         span = e.span(ep)
         assert torch.equal(e.recall(ep, s, span, first=e.first_fit(span))[0], e.recall(ep, s, span)[0])
+        e.fits = 1                                      # (with one fit its solution is the recall itself)
+        other = e.first_fit((span[0], span[1] * 50, *span[2:]))
+        assert not torch.allclose(e.recall(ep, s, span, first=other)[0], e.recall(ep, s, span)[0], atol=1e-6)
+        e.fits = 2
         a = torch.stack([b.T @ (k[:, None] * b) for k in known]) + ridge * eye
         want = torch.linalg.solve(a, (b.T @ (known * qt).T).T.unsqueeze(-1)).squeeze(-1) @ b.T + centre
         got, _ = e.recall(ep, s, known=known)
@@ -413,3 +418,17 @@ def test_a_masked_top_k_of_a_span_memory_has_one_distinct_candidate():
     q, known = _fill_constant(x, [(slice(3, 9), slice(7, 13))] * 6, 0.0)
     assert mem.top_k(w, q, 3, known.float()).count.tolist() == [1] * 6
     assert max(mem.top_k(w, q, 3).count.tolist()) > 1
+
+
+def test_the_damaged_window_is_the_one_of_largest_residual_energy():
+    """`_window_position` (integral images) against every window's energy summed pixel by pixel."""
+    e = _model().energy                                                # 16 x 16 images, 6 x 6 windows
+    g = torch.Generator().manual_seed(4)
+    r = torch.randn(50, 256, generator=g) * torch.rand(50, 1, generator=g)
+    r.view(50, 16, 16)[:, 3:9, 7:13] *= 3                              # a damaged block, as a read sees one
+    pos = e._window_position(r)
+    k, n = 6, 16 - 6 + 1
+    sq = r.double().pow(2).view(50, 16, 16)
+    brute = torch.stack([sq[:, i:i + k, j:j + k].sum((1, 2)) for i in range(n) for j in range(n)], 1)   # (50, 121)
+    assert torch.equal(pos, brute.argmax(1))
+    assert (pos == 3 * n + 7).float().mean() > 0.5                    # mostly the damaged block itself
