@@ -55,15 +55,20 @@ def cpu_info() -> dict[str, Any]:
             "peak_gflops": round(cores * per_cycle * ghz, 1), "torch": torch.__version__}
 
 
-def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    """Milliseconds fn() takes, the median of `repeats` calls after one warm-up call."""
-    fn()                                                   # warm-up (allocations, lazy init)
+def _seconds(fn: Callable[[], Any], calls: int) -> list[float]:
+    """Seconds each of `calls` calls of fn() takes."""
     times = []
-    for _ in range(repeats):
+    for _ in range(calls):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    return times
+
+
+def median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Milliseconds fn() takes, the median of `repeats` calls after one warm-up call."""
+    fn()                                                   # warm-up (allocations, lazy init)
+    return statistics.median(_seconds(fn, repeats)) * 1000
 
 
 def interleaved_median_ms(fns: dict[str, Callable[[], Any]], repeats: int, rounds: int = 5) -> dict[str, float]:
@@ -76,10 +81,7 @@ def interleaved_median_ms(fns: dict[str, Callable[[], Any]], repeats: int, round
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
+            times[k] += _seconds(fn, per_round)
     return {k: statistics.median(v) * 1000 for k, v in times.items()}
 
 
@@ -90,12 +92,7 @@ def sgemm_gflops(n: int = 512, repeats: int = 30) -> float:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n ** 3 / min(_seconds(lambda: a @ b, repeats)) / 1e9
 
 
 _aten = torch.ops.aten

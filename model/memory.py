@@ -196,9 +196,8 @@ def write(model: EBMM, p: Params, x: Tensor, create_graph: bool = False,
 def closed_form_write(model: EBMM) -> bool:
     """Whether the model's serving writes run without autograd: its family gives the writing loss's energy term
     in closed form (EnergyNet.write_grad) and, where the loop has it, the gradient-norm term too."""
-    e = type(model.energy)
-    return e.write_grad is not EnergyNet.write_grad and (
-        not model.cfg.loop.grad_norm_term or e.write_grad_norm is not EnergyNet.write_grad_norm)
+    return model.energy.writes_in_closed_form and (
+        not model.cfg.loop.grad_norm_term or type(model.energy).write_grad_norm is not EnergyNet.write_grad_norm)
 
 
 @torch.no_grad()
@@ -218,15 +217,17 @@ def _closed_form_write(model: EBMM, p: Params, x: Tensor, steps: int, theta_bar:
         norm = model.energy.write_grad_norm(ep, x, cache) if use_gn and got is not None else None
         if got is None or (use_gn and norm is None):
             return None
-        (e, g), short = got, len("energy.")
-        loss = e.sum() / per
-        delta = {n: rates[i, 0] * (g[n[short:]] / per) for i, n in enumerate(names)}
-        if norm is not None:
-            gn, gg = norm
-            loss = loss + alpha * gn.sum() / per
-            delta = {n: d + rates[i, 1] * alpha * (gg[n[short:]] / per) for i, (n, d) in enumerate(delta.items())}
-        losses.append(float(loss))
-        w = {n: w[n] - delta[n] - rates[i, 2] * beta * 2 * (w[n] - theta_bar[n]) for i, n in enumerate(names)}
+        e, g = got
+        gn, gg = norm if norm is not None else (None, None)
+        losses.append(float(e.sum() / per + (alpha * gn.sum() / per if gn is not None else 0.0)))
+        new = {}
+        for i, n in enumerate(names):
+            t = n[len("energy."):]
+            delta = rates[i, 0] * g[t] / per + rates[i, 2] * beta * 2 * (w[n] - theta_bar[n])
+            if gg is not None:
+                delta = delta + rates[i, 1] * alpha * gg[t] / per
+            new[n] = w[n] - delta
+        w = new
     return WriteResult(w, losses)
 
 

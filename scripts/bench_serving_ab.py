@@ -1,17 +1,15 @@
-"""Serving reads at two commits, alternated round by round on one host: what a change to the model's fast paths
+"""Serving writes and reads at two commits, side by side on one host: what a change to the model's fast paths
 buys, measured so that a host whose speed drifts (shared cores) moves both sides alike.
 
-    .venv/bin/python scripts/bench_serving_ab.py --before 63770f7 --after HEAD --rounds 6 \
-        --out results/explore/serving-ab-63770f7
     .venv/bin/python scripts/bench_serving_ab.py --before 63770f7 --in-process --rounds 8 \
         --out results/explore/serving-ab-63770f7-in-process
 
-Each commit is checked out in a temporary git worktree; each round runs one fresh process per commit (the order
-flipped every round), one torch thread, that times, per checkpoint, the write of 64 patterns and the reads of 64
-and of 1 query with the last energy only: through `model.memory.read` (the model alone) and through
-`model.serving.Memory.read` (what the service calls). Writes <out>/rounds.json (every round's medians) and
-<out>/README.md (the median over rounds of each, and after / before). --in-process loads both commits' `model`
-packages into one process instead and alternates them op by op: far less drift between the two sides.
+Each commit is checked out in a temporary git worktree and both commits' `model` packages are loaded into this
+one process; per checkpoint, one torch thread, it times the write of 64 patterns and the reads of 64 and of 1
+query with the last energy only, through `model.memory.read` (the model alone) and `model.serving.Memory.read`
+(what the service calls), at both commits in turn, the order flipped every round: fresh processes per commit
+drift apart with the host, one process shares its drift between the sides. Writes
+<out>/rounds.json (every round's medians) and <out>/README.md (the median over rounds, and after / before).
 """
 from __future__ import annotations
 
@@ -27,40 +25,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ("binary128", "binary128-rnn", "characters32", "photos32", "photos32-span8k", "photos32-span16k")
-
-# run inside each worktree: only APIs that both commits have
-SNIPPET = r"""
-import json, statistics, sys, time
-import torch
-torch.set_num_threads(1)
-from model.bench import _episode
-from model.checkpoint import load_checkpoint
-from model.memory import read, write
-from model.serving import Memory
-
-def ms(fn, n):
-    fn()
-    t = []
-    for _ in range(n):
-        t0 = time.perf_counter(); fn(); t.append(time.perf_counter() - t0)
-    return statistics.median(t) * 1000
-
-repeats = int(sys.argv[1])
-out = {}
-for name in sys.argv[2].split(","):
-    ck = load_checkpoint("checkpoints/" + name)
-    model, p = ck.model, ck.model.params(detach=True)
-    x, q = _episode(model, 64, torch.Generator().manual_seed(0))
-    mem = Memory(ck)
-    w = write(model, p, x).weights
-    row = {"write_64_ms": ms(lambda: write(model, p, x), max(3, repeats // 4))}
-    for b in (64, 1):
-        n = repeats if b == 1 else max(5, repeats // 2)
-        row[f"read_{b}_ms"] = ms(lambda: read(model, p, w, q[:b], energies="last"), n)
-        row[f"served_read_{b}_ms"] = ms(lambda: mem.read(w, q[:b], energies="last"), n)
-    out[name] = row
-print(json.dumps(out))
-"""
 
 COLUMNS = ("write_64_ms", "read_64_ms", "served_read_64_ms", "read_1_ms", "served_read_1_ms")
 
@@ -121,7 +85,8 @@ def main() -> int:
     ap.add_argument("--checkpoints", default=",".join(CHECKPOINTS))
     ap.add_argument("--out", required=True)
     ap.add_argument("--in-process", action="store_true",
-                    help="both commits' model packages in this one process, alternated op by op")
+                    help="both commits' model packages in this one process (the only mode; the flag is kept so that "
+                         "the commands recorded in results/ rerun as written)")
     a = ap.parse_args()
     revs = {"before": rev_name(a.before), "after": rev_name(a.after)}
     out = Path(a.out)
@@ -134,17 +99,7 @@ def main() -> int:
             subprocess.run(["git", "worktree", "add", "--detach", str(trees[side]), rev], cwd=REPO, check=True,
                            capture_output=True)
         try:
-            if a.in_process:
-                rounds = in_process(trees, a.checkpoints.split(","), a.rounds, a.repeats)
-            for r in range(0 if a.in_process else a.rounds):
-                order = ("before", "after") if r % 2 == 0 else ("after", "before")
-                got = {}
-                for side in order:
-                    run = subprocess.run([sys.executable, "-c", SNIPPET, str(a.repeats), a.checkpoints],
-                                         cwd=trees[side], check=True, capture_output=True, text=True)
-                    got[side] = json.loads(run.stdout.strip().splitlines()[-1])
-                rounds.append(got)
-                print(f"round {r + 1}/{a.rounds} done", flush=True)
+            rounds = in_process(trees, a.checkpoints.split(","), a.rounds, a.repeats)
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
@@ -157,10 +112,9 @@ def main() -> int:
              f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)", "",
              f"Command: `{command}`", "", f"Machine: {machine['cpu']}, one torch thread, Python {machine['python']}.",
              "", f"Milliseconds: the median over {a.rounds} rounds of each round's median; "
-             + ("both commits' model packages ran in one process, each checkpoint's ops timed at both commits in "
-                "turn, in alternating order, round by round (both share the process's memory allocator). "
-                if a.in_process else "each round ran one fresh process per commit, in alternating order. ")
-             + "`read`: model.memory.read (the model alone); `served`: model.serving.Memory.read (what the service "
+             + "both commits' model packages ran in one process, each checkpoint's ops timed at both commits in "
+             "turn, in alternating order, round by round (both share the process's memory allocator). "
+             "`read`: model.memory.read (the model alone); `served`: model.serving.Memory.read (what the service "
              "calls); last energy only.", "",
              "| checkpoint | " + " | ".join(f"{c[:-3].replace('_', ' ')}: before | after | after/before"
                                            for c in COLUMNS) + " |",

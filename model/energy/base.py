@@ -147,6 +147,12 @@ class EnergyNet(nn.Module):
         (tests/model/test_fast_paths.py)."""
         return None
 
+    @property
+    def writes_in_closed_form(self) -> bool:
+        """Whether `write_grad` gives this network's writes (a family whose closed form holds for some of its
+        configurations says which)."""
+        return type(self).write_grad is not EnergyNet.write_grad
+
     def write_grad_norm(self, p: Params, x: Tensor, cache: dict) -> tuple[Tensor, Params] | None:
         """The writing loss's gradient-norm term in closed form, beside `write_grad` (the same cache): (||grad_x
         E||^2 per pattern (N,), its sum's gradient in each writable tensor), where the family has one; None:

@@ -30,19 +30,19 @@ def _mix_slots(a: Tensor, k: Tensor) -> Tensor:
     return a @ k if k.dim() == 2 else torch.bmm(a.unsqueeze(1), k).squeeze(1)
 
 
-def spd_factor(a: Tensor) -> tuple[Tensor, Tensor | None]:
-    """What `spd_solve` needs of a: (its Cholesky factor, None), or (a, a) where a factor fails."""
+def spd_factor(a: Tensor) -> tuple[Tensor | None, Tensor]:
+    """What `spd_solve` needs of a: (its Cholesky factor, a), or (None, a) where a factor fails."""
     chol, info = torch.linalg.cholesky_ex(a)
-    return (chol, None) if bool((info == 0).all()) else (a, a)
+    return (chol if bool((info == 0).all()) else None), a
 
 
-def spd_solve(a: Tensor, rhs: Tensor, factor: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+def spd_solve(a: Tensor, rhs: Tensor, factor: tuple[Tensor | None, Tensor] | None = None) -> Tensor:
     """a^-1 rhs for symmetric positive definite a (..., n, n), rhs (..., n, k): Cholesky, falling back to LU
     where a factor fails (factor: `spd_factor(a)`, when the caller solves with a more than once). Also a
     workaround: MKL's batched LU failed at n = 179 with 2 threads ("pivots given to lu_solve must all be
     >= 1"), where Cholesky does not."""
-    chol, lu = spd_factor(a) if factor is None else factor
-    return torch.cholesky_solve(rhs, chol) if lu is None else torch.linalg.solve(lu, rhs)
+    chol, a = spd_factor(a) if factor is None else factor
+    return torch.linalg.solve(a, rhs) if chol is None else torch.cholesky_solve(rhs, chol)
 
 
 def orthonormal_rows(owner: object, u: Tensor) -> bool:
@@ -187,11 +187,14 @@ class SubspaceSlotEnergy(EnergyNet):
     def stacks_weights(self) -> bool:
         return True
 
+    def _slot_free_terms(self, p: Params, s: Tensor, st: Tensor, f: Tensor) -> Tensor:
+        """The pixel terms that do not depend on the slots: the residual shrink and the double well."""
+        shrink = 0.5 * F.softplus(p["comp_raw"] * _GAIN) * (st - f @ self.basis).pow(2).sum(-1)
+        return shrink - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
+
     def _pixel_terms(self, p: Params, s: Tensor, st: Tensor, f: Tensor, recall: Tensor) -> Tensor:
-        u = self.basis
-        e = 0.5 * F.softplus(p["comp_raw"] * _GAIN) * (st - f @ u).pow(2).sum(-1)
-        e = e + 0.25 * F.softplus(p["quart_raw"] * _GAIN) * (st - recall @ u).pow(4).sum(-1)
-        return e - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
+        quartic = 0.25 * F.softplus(p["quart_raw"] * _GAIN) * (st - recall @ self.basis).pow(4).sum(-1)
+        return self._slot_free_terms(p, s, st, f) + quartic
 
     def energy(self, p: Params, x: Tensor) -> Tensor:
         s, st, f = self._code(x)
@@ -276,6 +279,10 @@ class SubspaceSlotEnergy(EnergyNet):
         s2 = torch.linalg.vecdot(s, s)
         e = e + 0.5 * c["lam"] * (st2 - f2) + 0.25 * c["quart"] * quart - 0.5 * c["well"] * s2
         return e * (c["scale2"] / 2)
+
+    @property
+    def writes_in_closed_form(self) -> bool:
+        return self.assign == "indexed"             # the shared assignment's occupancy penalty: autograd
 
     @property
     def capacity(self) -> int | None:
@@ -377,7 +384,6 @@ class SubspaceSlotEnergy(EnergyNet):
         recall = (a @ k) / a.sum(-1, keepdim=True).clamp_min(1e-12)
         return (own + self._pixel_terms(p, s, st, f, recall)) * p["log_scale"].exp()
 
-
     def write_grad(self, p: Params, x: Tensor, assign: Tensor | None, cache: dict) -> tuple[Tensor, Params] | None:
         """The indexed write's energy term per pattern and its sum's gradient in the slots K: with a (N, S) the
         assignment, A_n = sum_S a_nS, recall_n = a_n K / A_n, res = s~ - recall U and h = q res^3 U^T,
@@ -391,9 +397,8 @@ class SubspaceSlotEnergy(EnergyNet):
             s, st, f = self._code(x)
             a = (self.assignment(x.shape[0], x.device) if assign is None else assign).to(k.dtype)   # (N, S)
             share = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
-            lam = F.softplus(p["comp_raw"] * _GAIN)
-            fixed = 0.5 * lam * (st - f @ u).pow(2).sum(-1) - 0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1)
-            cache.update(st=st, f=f, a=a, share=share, col=a.sum(0)[:, None], af=a.T @ f, fixed=fixed,
+            cache.update(st=st, f=f, a=a, share=share, col=a.sum(0)[:, None], af=a.T @ f,
+                         fixed=self._slot_free_terms(p, s, st, f),
                          quart=F.softplus(p["quart_raw"] * _GAIN), scale=p["log_scale"].exp())
         c = cache
         res = torch.addmm(c["st"], c["share"] @ k, u, alpha=-1.0)                # s~ - recall U, (N, D)
@@ -521,14 +526,14 @@ class SubspaceSpanEnergy(EnergyNet):
     def reads_known_pixels(self) -> bool:
         return True
 
-    def first_fit(self, span: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+    def first_fit(self, span: tuple[Tensor, ...]) -> tuple[Tensor | None, Tensor]:
         """`spd_factor` of the first fit's system gram + ridge I, which depends on the memory alone: a read
         that recalls more than once (the look-ahead, then the energy of the result) factors it once."""
         gram, ridge = span[0], span[1]
         return spd_factor(gram + ridge * torch.eye(self.rank, dtype=gram.dtype, device=gram.device))
 
     def recall(self, p: Params, s: Tensor, span: tuple[Tensor, ...] | None = None,
-               known: Tensor | None = None, first: tuple[Tensor, Tensor | None] | None = None
+               known: Tensor | None = None, first: tuple[Tensor | None, Tensor] | None = None
                ) -> tuple[Tensor, Tensor]:
         """Signed images s (B, D) -> their recall R (B, D) in the span of M, and the keep mask (B, D).
         known (B, D) {0, 1}: a masked read's known pixels; the fit then leaves out exactly the others (no
@@ -682,16 +687,11 @@ class SubspaceSpanEnergy(EnergyNet):
         i <= j: the same at every step (the write energy is linear in M), computed once per write."""
         if assign is not None:
             return None
-        if "pairs" not in cache:
-            s = _signed(x).flatten(1)
-            f = (s - self.centre) @ self.basis.T
-            pairs = f[:, self.iu[0]] * f[:, self.iu[1]]                          # (N, r(r+1)/2)
-            hebb, scale = 0.5 * F.softplus(p["hebb_raw"] * _GAIN), p["log_scale"].exp()
-            cache.update(pairs=pairs, hebb=hebb, scale=scale, well=0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1),
-                         grad=-hebb * scale * (f.T @ f)[self.iu[0], self.iu[1]])
-        c = cache
-        e = (-c["hebb"] * (c["pairs"] @ p["memory_triu"]) - c["well"]) * c["scale"]
-        return e, {"memory_triu": c["grad"]}
+        if "grad" not in cache:
+            f = (_signed(x).flatten(1) - self.centre) @ self.basis.T
+            hebb = 0.5 * F.softplus(p["hebb_raw"] * _GAIN) * p["log_scale"].exp()
+            cache["grad"] = -hebb * (f.T @ f)[self.iu[0], self.iu[1]]
+        return self.write_energy(p, x), {"memory_triu": cache["grad"]}
 
     @property
     def writes_additively(self) -> bool:
