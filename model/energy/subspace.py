@@ -687,11 +687,15 @@ class SubspaceSpanEnergy(EnergyNet):
         i <= j: the same at every step (the write energy is linear in M), computed once per write."""
         if assign is not None:
             return None
-        if "grad" not in cache:
-            f = (_signed(x).flatten(1) - self.centre) @ self.basis.T
-            hebb = 0.5 * F.softplus(p["hebb_raw"] * _GAIN) * p["log_scale"].exp()
-            cache["grad"] = -hebb * (f.T @ f)[self.iu[0], self.iu[1]]
-        return self.write_energy(p, x), {"memory_triu": cache["grad"]}
+        if "pairs" not in cache:            # the codes once: the energy's pairs and the gradient's sum
+            s = _signed(x).flatten(1)
+            f = (s - self.centre) @ self.basis.T
+            hebb, scale = 0.5 * F.softplus(p["hebb_raw"] * _GAIN), p["log_scale"].exp()
+            cache.update(pairs=f[:, self.iu[0]] * f[:, self.iu[1]], hebb=hebb, scale=scale,
+                         well=0.5 * (p["well"] * _GAIN) * s.pow(2).sum(-1),
+                         grad=-hebb * scale * (f.T @ f)[self.iu[0], self.iu[1]])
+        c = cache
+        return (-c["hebb"] * (c["pairs"] @ p["memory_triu"]) - c["well"]) * c["scale"], {"memory_triu": c["grad"]}
 
     @property
     def writes_additively(self) -> bool:
