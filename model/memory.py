@@ -272,11 +272,20 @@ def _fast_grad(model: EBMM, q: Params, create_graph: bool, known: Tensor | None 
     """The energy's closed-form grad_x (EnergyNet.energy_grad) and its energy, bound to the read's
     parameters and one cache, when the read needs no graph to them (serving, evaluation) and the family
     has one; else None (autograd). known: the masked read's known pixels (B, D), in the cache."""
+    parts = _fast_parts(model, q, create_graph, known)
+    if parts is None:
+        return None
+    ep, cache = parts
+    return (lambda x: model.energy.energy_grad(ep, x, cache)), (lambda x: model.energy.energy_cached(ep, x, cache))
+
+
+def _fast_parts(model: EBMM, q: Params, create_graph: bool, known: Tensor | None = None) -> tuple[Params, dict] | None:
+    """What `_fast_grad` binds: the energy's detached parameters and the read's cache; None: autograd."""
     if create_graph or type(model.energy).energy_grad is EnergyNet.energy_grad:
         return None
     ep = {n: t.detach() for n, t in model._energy_params(q).items()}
     cache: dict = {} if known is None or not model.energy.reads_known_pixels else {"known": known}
-    return (lambda x: model.energy.energy_grad(ep, x, cache)), (lambda x: model.energy.energy_cached(ep, x, cache))
+    return ep, cache
 
 
 def _autograd_steps(model: EBMM, q: Params, queries: Tensor, keep: Tensor | None, gamma: Tensor, psi: Tensor,
@@ -367,6 +376,15 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     q = {**p, **weights}
     keep = None if mask is None else mask.to(queries.dtype)
     known = _known_pixels(keep, queries)
+    compiled = model.__dict__.get("compiled_reads")              # model/compiled.py, where enabled
+    if (compiled is not None and fast and not create_graph and temperature == 0 and not stacked
+            and (known is None or not model.energy.reads_known_pixels) and compiled.applies(queries.shape[0])):
+        parts = _fast_parts(model, q, create_graph)
+        if parts is not None:
+            gamma_f, psi_f = _step_floats(model, p, steps)
+            out = compiled.read(*parts, queries, keep, gamma_f, psi_f, energies)
+            if out is not None:
+                return ReadResult(*out)
     fast_fns = _fast_grad(model, q, create_graph, known) if fast else None
     if fast_fns is not None:
         gamma_f, psi_f = _step_floats(model, p, steps)

@@ -14,7 +14,7 @@ from model.cli import main as model_main
 SERVE_OPTIONS = {  # CLI flag -> setting; a flag given overrides the EBMM_* environment variable
     "host": "host", "port": "port", "workers": "workers", "store_url": "store_url",
     "checkpoint_dir": "checkpoint_dir", "device": "device", "torch_threads": "torch_threads",
-    "pool_size": "pool_size", "log_level": "log_level",
+    "pool_size": "pool_size", "log_level": "log_level", "compile_reads": "compile_reads",
 }
 
 
@@ -58,6 +58,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, help="intra-op threads per request (EBMM_TORCH_THREADS)")
     p.add_argument("--pool-size", type=int, help="model worker threads (EBMM_POOL_SIZE)")
     p.add_argument("--log-level", help="uvicorn log level (EBMM_LOG_LEVEL)")
+    p.add_argument("--compile-reads", help="models whose 1-query reads run through torch.compile, checked at "
+                   "start-up: all, or comma-separated names (EBMM_COMPILE_READS, default none)")
     p.set_defaults(func=_serve)
     b = sub.add_parser("bench-service", help="drive a running service with concurrent clients")
     b.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the running service")

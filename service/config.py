@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     pool_size: int = Field(2, ge=1, le=64)         # threads running model work
     pool_queue: int = Field(8, ge=0, le=1024)      # requests allowed to wait for a thread; more -> 503
     torch_threads: int = Field(1, ge=1, le=64)     # intra-op threads of each model call
+    # opt-in: models whose 1-query reads run through torch.compile, each compile checked against the eager
+    # read at start-up (model/compiled.py): "" none, "all", or comma-separated model names
+    compile_reads: str = Field("", max_length=4096, pattern=r"^[A-Za-z0-9_.,\- ]*$")
     batch_reads: bool = True                       # plain reads of one model from several sessions: one call
     # batches running at once: threads of the batch lane, and as many model processes; shared by every kind
     # of batch (results/bench_service_batching_rounds.md: two against one, with model processes and without)

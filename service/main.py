@@ -47,7 +47,7 @@ def _lifespan(settings: Settings, metrics: Metrics):
         torch.set_num_threads(settings.torch_threads)
         device = resolve_device(settings.device)
         try:
-            loaded = load_models(settings.checkpoint_dir, device)
+            loaded = load_models(settings.checkpoint_dir, device, settings.compile_reads)
         except StartupError as e:
             log.error("ebmm service cannot start: %s", e)
             raise
@@ -59,7 +59,8 @@ def _lifespan(settings: Settings, metrics: Metrics):
         procs = None
         if settings.batch_reads and settings.model_process and any(m.memory.stacks_weights for m in loaded.values()):
             procs = ModelProcesses(settings.batch_concurrency, settings.checkpoint_dir, device,
-                                   settings.torch_threads, {n: m.sha256 for n, m in loaded.items()})
+                                   settings.torch_threads, {n: m.sha256 for n, m in loaded.items()},
+                                   settings.compile_reads)
         if settings.batch_reads:
             app.state.ebmm.batcher = ReadBatcher(
                 partial(runner.run, lane="batch"), settings.batch_concurrency, settings.batch_window_ms / 1000,

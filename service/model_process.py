@@ -77,13 +77,13 @@ def unpack(buf: bytes) -> tuple[dict[str, Any], list[Tensor]]:
         raise ModelProcessError(f"malformed model-process message: {e}") from e
 
 
-def _main(conn: Connection, folder: str, device: str, torch_threads: int) -> None:
+def _main(conn: Connection, folder: str, device: str, torch_threads: int, compile_reads: str = "") -> None:
     """The model process: load the checkpoints, say which, then answer read_many requests until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C stops the server, which closes the pipe
     torch.set_num_threads(torch_threads)
     logging.basicConfig(level=logging.WARNING, format="ebmm model process: %(message)s")
     from .registry import load_models                  # imported here: the child imports what it needs
-    models = load_models(Path(folder), torch.device(device))
+    models = load_models(Path(folder), torch.device(device), compile_reads)
     try:
         conn.send_bytes(pack({"models": {n: m.sha256 for n, m in models.items()}}, []))
     except OSError:                                    # the server went away while this one loaded
@@ -116,14 +116,14 @@ class ModelProcess:
     """One model process and the pipe to it; one call at a time (the batch lane's thread holds it).
     Construction launches it; `wait_ready` waits until it has loaded the checkpoints."""
 
-    def __init__(self, folder: Path, device: torch.device, torch_threads: int):
+    def __init__(self, folder: Path, device: torch.device, torch_threads: int, compile_reads: str = ""):
         # a fresh interpreter (not fork: the parent runs threads and an event loop; not multiprocessing's
         # spawn: that re-imports the parent's main module), one end of a socket pair as its pipe
         ours, theirs = socket.socketpair()
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "service.model_process", str(theirs.fileno()), str(folder), str(device),
-                 str(torch_threads)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                 str(torch_threads), compile_reads], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except OSError as e:
             ours.close()
             raise ModelProcessError(f"could not start a model process: {e}") from e
@@ -222,8 +222,9 @@ class ModelProcesses:
     (a few seconds: a fresh interpreter imports torch and loads every checkpoint), and while a broken one is
     replaced, `read_many` finds none and the lane reads in the server's process."""
 
-    def __init__(self, n: int, folder: Path, device: torch.device, torch_threads: int, expected: dict[str, str]):
-        self._args, self._expected = (folder, device, torch_threads), expected
+    def __init__(self, n: int, folder: Path, device: torch.device, torch_threads: int, expected: dict[str, str],
+                 compile_reads: str = ""):
+        self._args, self._expected = (folder, device, torch_threads, compile_reads), expected
         self._idle: list[ModelProcess] = []        # up and waiting for a batch
         self._all: set[ModelProcess] = set()         # every process not yet given up: starting, idle or busy
         self._up: set[ModelProcess] = set()          # ... of which those that loaded the checkpoints
@@ -347,5 +348,5 @@ class ModelProcesses:
             p.close()
 
 
-if __name__ == "__main__":               # python -m service.model_process FD FOLDER DEVICE TORCH_THREADS
-    _main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4]))
+if __name__ == "__main__":               # python -m service.model_process FD FOLDER DEVICE TORCH_THREADS [COMPILE]
+    _main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from model import compiled
 from model.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 from model.serving import Memory
 
@@ -59,8 +60,40 @@ def _warm_up(m: LoadedModel) -> None:
     m.memory.read(res.weights, x, steps=1)
 
 
-def load_models(folder: Path, device: torch.device) -> dict[str, LoadedModel]:
-    """Load every checkpoint in folder; skip (and log) broken ones; refuse to start with none."""
+def _compile_reads(m: LoadedModel) -> None:
+    """Compile m's 1-query reads (model/compiled.py) and check each kind a retrieve makes (masked or not, every
+    iterate's energy or the last's) once now, on random patterns, so that no request pays for a compile."""
+    kinds = compiled.enable(m.memory.ckpt.model)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, *m.input_shape, generator=g)
+    if m.kind == "binary":
+        x = x.round()
+    w = m.memory.write(x.to(m.memory.device)).weights
+    q = x[:1].to(m.memory.device)
+    mask = (torch.rand(q.shape, generator=g) < 0.5).to(m.memory.device)
+    for mk in (None, mask):
+        for energies in ("all", "last"):
+            m.memory.read(w, q, mk, energies=energies)
+    for k in kinds.summary():
+        log.info("model %s: compiled read of %d %s (energies %s): %s in %.1f s%s", m.name, k["batch"],
+                 "masked query" if k["masked"] else "query", k["energies"], k["status"], k["seconds"],
+                 f" ({k['reason']})" if k["reason"] else "")
+
+
+def compile_names(setting: str, names: list[str]) -> list[str]:
+    """EBMM_COMPILE_READS ("", "all", or comma-separated names) -> the loaded models it names."""
+    wanted = [n.strip() for n in setting.split(",") if n.strip()]
+    if wanted == ["all"]:
+        return list(names)
+    for n in wanted:
+        if n not in names:
+            log.warning("EBMM_COMPILE_READS names %r, which is not loaded; loaded: %s", n, ", ".join(names))
+    return [n for n in names if n in wanted]
+
+
+def load_models(folder: Path, device: torch.device, compile_reads: str = "") -> dict[str, LoadedModel]:
+    """Load every checkpoint in folder; skip (and log) broken ones; refuse to start with none. compile_reads:
+    the models whose 1-query reads run compiled (`compile_names`)."""
     folder = Path(folder)
     models: dict[str, LoadedModel] = {}
     problems: list[str] = []
@@ -81,6 +114,8 @@ def load_models(folder: Path, device: torch.device) -> dict[str, LoadedModel]:
     if not models:
         why = "; ".join(problems) if problems else "no sub-folder holds a card.json"
         raise StartupError(f"no checkpoint could be loaded from {folder}: {why}")
+    for name in compile_names(compile_reads, list(models)):
+        _compile_reads(models[name])
     return models
 
 

@@ -126,6 +126,13 @@ class EnergyNet(nn.Module):
         Each family's form is tested equal to autograd (tests/model/test_fast_paths.py)."""
         return None
 
+    def fill_read_cache(self, p: Params, x: Tensor, cache: dict) -> bool:
+        """Fill a read's `cache` with what `energy_grad` and `energy_cached` compute once per read, without
+        computing a gradient, and say whether they then run as a fixed sequence of tensor ops on x: no branch
+        on x's values, no Python value read back from a tensor. Such a read can be compiled (model/compiled.py);
+        False (the default): it runs eagerly."""
+        return False
+
     @property
     def reads_known_pixels(self) -> bool:
         """True where `energy` takes `known=` (B, D) {0, 1}, the pixels a masked read keeps (the read's mask),

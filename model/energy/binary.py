@@ -76,6 +76,10 @@ class GatedRNNEnergy(EnergyNet):
                          top=p["out_w"][0] * p["log_scale"].exp())
         return cache
 
+    def fill_read_cache(self, p: Params, x: Tensor, cache: dict) -> bool:
+        self._cache(p, x, cache)
+        return True
+
     def _hops(self, p: Params, s: Tensor, c: dict, keep: bool) -> tuple[Tensor, list]:
         """The forward hops from the rearranged weights, one sigmoid per hop for both halves: with the
         candidate's rows doubled, sig = sigmoid(pre) = [sc, u] and c = tanh = 2 sc - 1 (torch's sigmoid is
@@ -279,11 +283,15 @@ class QuadraticEnergy(EnergyNet):
         e = -0.5 * (self._times(s, self.matrix(p)) * s).sum(-1) - s @ p["bias"]
         return e * p["log_scale"].exp()
 
-    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
-        """dE/dx = 2 scale (-M s - b), M symmetric: one matrix product per step."""
+    def fill_read_cache(self, p: Params, x: Tensor, cache: dict) -> bool:
         if "m2" not in cache:
             cache["m2"] = -2 * p["log_scale"].exp() * self.matrix(p)          # (D, D) or (B, D, D)
             cache["b2"] = -2 * p["log_scale"].exp() * p["bias"]
+        return True
+
+    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
+        """dE/dx = 2 scale (-M s - b), M symmetric: one matrix product per step."""
+        self.fill_read_cache(p, x, cache)
         s = _signed(x).flatten(1)
         if cache["m2"].dim() == 3:
             return (self._times(s, cache["m2"]) + cache["b2"]).view_as(x)

@@ -208,17 +208,9 @@ class SubspaceSlotEnergy(EnergyNet):
         kbar = _mix_slots(torch.softmax(-beta * d, dim=-1), k)        # (B, r)
         return (e + self._pixel_terms(p, s, st, f, kbar)) * p["log_scale"].exp()
 
-    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
-        """dE/dx written out. With att = softmax(-beta d), kbar = att K, res = s~ - kbar U and h = dE/dkbar =
-        -q res^3 U^T: dE/df = f - kbar + beta (att (h.k_i) K - (h.kbar) kbar) (the attention term, and the
-        quartic term through kbar), dE/ds~ = lambda (r - r U^T U) + q res^3 + (dE/df) U with r = s~ - f U,
-        dE/ds = dE/ds~ - w s, and dE/dx = 2 scale dE/ds. The slots' occupancy penalty does not depend on x.
-
-        As computed: the softmax drops the row constant |f|^2 / 2 of d, and for orthonormal rows of U
-        (r U^T = 0) dE/ds~ = (lambda - w) s~ + q res^3 - w centre + (dE/df - lambda f) U, so a step makes four
-        products with U and folds the rest into them."""
-        k, u = p["memory_slots"], self.basis
+    def fill_read_cache(self, p: Params, x: Tensor, cache: dict) -> bool:
         if "beta" not in cache:
+            k, u = p["memory_slots"], self.basis
             beta = float((p["log_beta"] * _GAIN).exp())
             logit_bias = -0.5 * beta * k.pow(2).sum(-1)                        # (S,), or (B, S) stacked
             if self.assign == "shared":
@@ -233,6 +225,19 @@ class SubspaceSlotEnergy(EnergyNet):
                          lam=lam, well=well, quart=float(F.softplus(p["quart_raw"] * _GAIN)),
                          scale2=float(2 * p["log_scale"].exp()), shift=-(1 + self.centre), wc=well * self.centre,
                          ortho=orthonormal_rows(self, u))
+        return True
+
+    def energy_grad(self, p: Params, x: Tensor, cache: dict) -> Tensor | None:
+        """dE/dx written out. With att = softmax(-beta d), kbar = att K, res = s~ - kbar U and h = dE/dkbar =
+        -q res^3 U^T: dE/df = f - kbar + beta (att (h.k_i) K - (h.kbar) kbar) (the attention term, and the
+        quartic term through kbar), dE/ds~ = lambda (r - r U^T U) + q res^3 + (dE/df) U with r = s~ - f U,
+        dE/ds = dE/ds~ - w s, and dE/dx = 2 scale dE/ds. The slots' occupancy penalty does not depend on x.
+
+        As computed: the softmax drops the row constant |f|^2 / 2 of d, and for orthonormal rows of U
+        (r U^T = 0) dE/ds~ = (lambda - w) s~ + q res^3 - w centre + (dE/df - lambda f) U, so a step makes four
+        products with U and folds the rest into them."""
+        self.fill_read_cache(p, x, cache)
+        k, u = p["memory_slots"], self.basis
         c = cache
         st = torch.add(c["shift"], x.flatten(1), alpha=2.0)                   # s~ = 2x - 1 - centre
         f = st @ c["ut"]                                                       # (B, r)

@@ -43,6 +43,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     ("EBMM_LOG_LEVEL", "loud"),
     ("EBMM_STORE_PREFIX", "ebmm:{a}:"),          # braces would change a cluster key's hash tag
     ("EBMM_STORE_MIN_REPLICAS", "-1"),
+    ("EBMM_COMPILE_READS", "binary128;rm"),
 ])
 def test_unsafe_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)

@@ -1,0 +1,131 @@
+"""Compiled serving reads (opt-in): the fast read loop through torch.compile, each compile checked first.
+
+A one-query read is a few hundred small tensor ops (the closed-form gradient's hops or products, the Nesterov
+steps, the diagnostic energy), so its time is dispatch, not arithmetic. torch.compile (inductor) fuses the
+element-wise ops around the matrix products. Once `enable` has been called on a model, its reads of the batch
+sizes named run compiled. Each new kind of read (batch size, masked or not, energies, steps, grad and inference
+mode) is compiled on its first call and run eagerly beside it on the same inputs. A compile that fails, or whose
+iterates or energies differ from the eager loop's by more than `TOLERANCE`, is not used again, and that kind of
+read stays eager. A checked read that would need compiling again (inputs of other strides, say) runs eagerly
+from then on instead of recompiling unchecked.
+
+`ebmm bench-serving` (results/bench_serving.md) measures the compiled one-query read of every shipped model and
+says what became of its compile: with torch 2.13's inductor the slot memories' gradient compiles wrong, and the
+check refuses it. Families whose read branches on the query's values (the span memories' damaged window) are
+not compiled (`EnergyNet.fill_read_cache`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TOLERANCE = 1e-5
+DEFAULT_BATCH_SIZES = (1,)
+
+
+@dataclass
+class CompiledKind:
+    """One kind of read's compile: status "used" (checked and in use), "refused" (it differed from the eager
+    loop), "failed" (compiling raised) or "eager" (a recompile was needed after the check); seconds to compile
+    and check; the largest difference from the eager loop, iterates and energies (relative); the reason."""
+    status: str
+    seconds: float
+    iterate_diff: float | None = None
+    energy_diff: float | None = None
+    reason: str | None = None
+    fn: Callable[..., tuple[Tensor, Tensor]] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"status": self.status, "seconds": round(self.seconds, 2), "iterate_diff": self.iterate_diff,
+                "energy_diff": self.energy_diff, "reason": self.reason}
+
+
+def _loop(energy: torch.nn.Module, ep: dict, cache: dict, queries: Tensor, keep: Tensor | None,
+          gamma: list[float], psi: list[float], last: bool) -> tuple[Tensor, Tensor]:
+    """The fast read (memory.read with a closed-form gradient, no noise, one memory for all queries): the
+    trajectory (K+1, B, *S) and the energies of its iterates ((K+1 or 1), B)."""
+    from .memory import _fast_steps
+    iterates = _fast_steps(lambda x: energy.energy_grad(ep, x, cache), queries, keep, gamma, psi, 0.0, None)
+    traj = torch.stack(iterates)
+    seen = traj[-1:] if last else traj
+    return traj, energy.energy_cached(ep, seen.flatten(0, 1), cache).view(seen.shape[:2])
+
+
+def _diff(a: Tensor, b: Tensor, relative: bool) -> float:
+    d = (a - b).abs().max().item()
+    return d / max(1.0, b.abs().max().item()) if relative else d
+
+
+class CompiledReads:
+    """A model's compiled reads, one per kind (see the module's docstring); `kinds` says what each became."""
+
+    def __init__(self, energy: torch.nn.Module, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES) -> None:
+        self.energy, self.batch_sizes = energy, frozenset(batch_sizes)
+        self.kinds: dict[tuple, CompiledKind] = {}
+        self._lock = threading.Lock()
+
+    def applies(self, batch: int) -> bool:
+        return batch in self.batch_sizes
+
+    def read(self, ep: dict, cache: dict, queries: Tensor, keep: Tensor | None, gamma: list[float],
+             psi: list[float], energies: str) -> tuple[Tensor, Tensor] | None:
+        """The read compiled, or None where this kind of read runs eagerly (the caller then does)."""
+        last = energies == "last"
+        key = (tuple(queries.shape), queries.dtype, str(queries.device), keep is not None, last, len(gamma),
+               torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        if not self.energy.fill_read_cache(ep, queries, cache):
+            self.kinds.setdefault(key, CompiledKind("eager", 0.0, reason="the family's read branches on the query's "
+                                                    "values (EnergyNet.fill_read_cache)"))
+            return None
+        kind = self.kinds.get(key)
+        if kind is None:
+            with self._lock:
+                kind = self.kinds.get(key)
+                if kind is None:
+                    kind, out = self._compile(ep, cache, queries, keep, gamma, psi, last)
+                    self.kinds[key] = kind
+                    return out
+        if kind.fn is None:
+            return None
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                return kind.fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
+        except Exception as e:  # noqa: BLE001 (a recompile, or anything else the compiled code raises)
+            kind.fn, kind.status, kind.reason = None, "eager", f"after its check: {type(e).__name__}: {e}"[:300]
+            return None
+
+    def _compile(self, ep: dict, cache: dict, queries: Tensor, keep: Tensor | None, gamma: list[float],
+                 psi: list[float], last: bool) -> tuple[CompiledKind, tuple[Tensor, Tensor]]:
+        t0 = time.perf_counter()
+        eager = _loop(self.energy, ep, cache, queries, keep, gamma, psi, last)
+        fn = torch.compile(_loop, dynamic=False)
+        try:
+            out = fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
+        except Exception as e:  # noqa: BLE001 (no C++ compiler, an op inductor lacks: the read stays eager)
+            return CompiledKind("failed", time.perf_counter() - t0, reason=f"{type(e).__name__}: {e}"[:300]), eager
+        seconds = time.perf_counter() - t0
+        di, de = _diff(out[0], eager[0], relative=False), _diff(out[1], eager[1], relative=True)
+        if not (di <= TOLERANCE and de <= TOLERANCE):           # a NaN difference is refused too
+            return CompiledKind("refused", seconds, di, de, f"differs from the eager loop by {max(di, de):.3g} "
+                                f"(tolerance {TOLERANCE:g})"), eager
+        return CompiledKind("used", seconds, di, de, fn=fn), eager
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"batch": k[0][0], "masked": k[3], "energies": "last" if k[4] else "all", "steps": k[5],
+                 "grad_mode": k[6], "inference_mode": k[7], **v.summary()} for k, v in self.kinds.items()]
+
+
+def enable(model: torch.nn.Module, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES) -> CompiledReads:
+    """Compile `model`'s serving reads of these batch sizes from now on (memory.read picks them up)."""
+    model.compiled_reads = CompiledReads(model.energy, batch_sizes)
+    return model.compiled_reads
+
+
+def disable(model: torch.nn.Module) -> None:
+    model.__dict__.pop("compiled_reads", None)

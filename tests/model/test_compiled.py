@@ -1,0 +1,149 @@
+"""Compiled serving reads (model/compiled.py): where used they equal the eager read; a compile that differs,
+fails or would recompile after its check is not used, and the read stays eager and right."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import compiled
+from model.checkpoint import load_checkpoint
+from model.memory import read, write
+
+REPO = Path(__file__).resolve().parents[2]
+
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                    reason="torch.compile's CPU backend needs a C compiler")
+
+
+def episode(name: str, n: int = 16):
+    ckpt = load_checkpoint(REPO / "checkpoints" / name)
+    model, p = ckpt.model, ckpt.model.params(detach=True)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(n, *model.cfg.input_shape, generator=g) < 0.5).float()
+    q = x[:1].clone()
+    q[:, :16] = 1 - q[:, :16]
+    return model, p, write(model, p, x).weights, q
+
+
+def counting(kind: compiled.CompiledKind) -> list[int]:
+    """Wrap a kind's compiled function so that the test sees it called."""
+    calls, fn = [], kind.fn
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        return fn(*a, **k)
+    kind.fn = wrapped
+    return calls
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["binary128", "binary128-rnn"])
+def test_compiled_read_equals_the_eager_read_and_is_used(name: str) -> None:
+    model, p, w, q = episode(name)
+    mask = torch.zeros_like(q, dtype=torch.bool)
+    mask[:, 64:] = True
+    want_last, want_masked = read(model, p, w, q, energies="last"), read(model, p, w, q, mask, energies="last")
+    want_all = read(model, p, w, q)
+    kinds = compiled.enable(model)
+    try:
+        with torch.inference_mode():
+            first = read(model, p, w, q, energies="last")             # compiles and checks
+            (kind,) = kinds.kinds.values()
+            assert kind.status == "used", kind.summary()
+            calls = counting(kind)
+            again = read(model, p, w, q, energies="last")
+            assert calls == [1]                                      # the second read ran compiled
+            masked = read(model, p, w, q, mask, energies="last")
+            every = read(model, p, w, q)
+        for got, ref in ((first, want_last), (again, want_last), (masked, want_masked), (every, want_all)):
+            assert got.iterates.shape == ref.iterates.shape and got.energies.shape == ref.energies.shape
+            torch.testing.assert_close(got.iterates, ref.iterates, atol=1e-5, rtol=0)
+            torch.testing.assert_close(got.energies, ref.energies, atol=1e-5, rtol=1e-5)
+        assert (masked.iterates[-1][mask] == q[mask]).all()            # the known bits stayed put
+        assert {k["status"] for k in kinds.summary()} == {"used"} and len(kinds.summary()) == 3
+    finally:
+        compiled.disable(model)
+
+
+def test_a_compile_that_differs_is_refused_and_the_read_stays_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, p, w, q = episode("binary128")
+    want = read(model, p, w, q)
+
+    def wrong_compile(fn, **kw):
+        return lambda *a: tuple(t + 1e-3 for t in fn(*a))
+    monkeypatch.setattr(compiled.torch, "compile", wrong_compile)
+    kinds = compiled.enable(model)
+    try:
+        for _ in range(2):
+            got = read(model, p, w, q)
+            torch.testing.assert_close(got.iterates, want.iterates, atol=0, rtol=0)
+        (k,) = kinds.summary()
+        assert k["status"] == "refused" and k["iterate_diff"] == pytest.approx(1e-3, rel=1e-3)
+        assert "differs from the eager loop" in k["reason"]
+    finally:
+        compiled.disable(model)
+
+
+def test_a_compile_that_fails_leaves_the_read_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, p, w, q = episode("binary128")
+    want = read(model, p, w, q)
+
+    def broken(*a):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(compiled.torch, "compile", lambda fn, **kw: broken)
+    kinds = compiled.enable(model)
+    try:
+        torch.testing.assert_close(read(model, p, w, q).iterates, want.iterates, atol=0, rtol=0)
+        (k,) = kinds.summary()
+        assert k["status"] == "failed" and "no C++ compiler" in k["reason"]
+    finally:
+        compiled.disable(model)
+
+
+@needs_compiler
+def test_a_read_that_would_recompile_after_its_check_runs_eagerly() -> None:
+    model, p, w, q = episode("binary128")
+    kinds = compiled.enable(model)
+    try:
+        read(model, p, w, q)                                   # compiled and checked on contiguous weights
+        assert kinds.summary()[0]["status"] == "used"
+        buf = torch.zeros(1, 2 * q.shape[1])                     # the same query, every other float of a buffer
+        buf[:, ::2] = q
+        got = read(model, p, w, buf[:, ::2])
+        compiled.disable(model)
+        torch.testing.assert_close(got.iterates, read(model, p, w, q).iterates, atol=0, rtol=0)
+        (k,) = kinds.summary()
+        assert k["status"] == "eager" and "after its check" in k["reason"]
+    finally:
+        compiled.disable(model)
+
+
+def test_a_family_whose_read_branches_on_the_query_is_not_compiled() -> None:
+    ckpt = load_checkpoint(REPO / "checkpoints" / "photos32-span8k")
+    model, p = ckpt.model, ckpt.model.params(detach=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, *model.cfg.input_shape, generator=g)
+    w = write(model, p, x).weights
+    q = x[:1].clone()
+    q[..., 8:24, 8:24] = 0
+    want = read(model, p, w, q)
+    kinds = compiled.enable(model)
+    try:
+        torch.testing.assert_close(read(model, p, w, q).iterates, want.iterates, atol=0, rtol=0)
+        (k,) = kinds.summary()
+        assert k["status"] == "eager" and "branches on the query" in k["reason"]
+    finally:
+        compiled.disable(model)
+
+
+def test_other_batch_sizes_are_not_compiled() -> None:
+    model, p, w, q = episode("binary128")
+    kinds = compiled.enable(model, batch_sizes=(1,))
+    try:
+        read(model, p, w, q.expand(3, -1).contiguous())
+        assert kinds.summary() == []
+    finally:
+        compiled.disable(model)
