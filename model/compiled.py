@@ -10,14 +10,15 @@ read stays eager. A checked read that would need compiling again (inputs of othe
 from then on instead of recompiling unchecked.
 
 `ebmm bench-serving` (results/bench_serving.md) measures the compiled one-query read of every shipped model and
-says what became of its compile: with torch 2.13's inductor the slot memories' gradient compiles wrong, and the
-check refuses it. Families whose read branches on the query's values (the span memories' damaged window) are
-not compiled (`EnergyNet.fill_read_cache`).
+says what became of its compile. Families whose read branches on the query's values (the span memories' damaged
+window) are not compiled (`EnergyNet.fill_read_cache`).
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,11 @@ from torch import Tensor
 
 TOLERANCE = 1e-5
 DEFAULT_BATCH_SIZES = (1,)
+# inductor's pattern matcher rewrites torch.add(x, a @ b, alpha=c) as addmm(x, a, b), dropping c (torch 2.13:
+# 3 lines in scripts/inductor_alpha_check.py reproduce it; pytorch issues 167313 and 196577 report its kin for
+# addmm's own alpha and beta): with it on, the slot memories' gradient came out wrong by 25.6 on a gradient of
+# size 3.65, and the check refused it
+INDUCTOR_OPTIONS = {"pattern_matcher": False}
 
 
 @dataclass
@@ -55,6 +61,17 @@ def _loop(energy: torch.nn.Module, ep: dict, cache: dict, queries: Tensor, keep:
     traj = torch.stack(iterates)
     seen = traj[-1:] if last else traj
     return traj, energy.energy_cached(ep, seen.flatten(0, 1), cache).view(seen.shape[:2])
+
+
+_LOOPS = itertools.count()
+
+
+def _own_loop(n: int) -> Callable[..., tuple[Tensor, Tensor]]:
+    """`_loop` with a code object of its own: torch.compile keeps its compiled graphs on the code object, up
+    to a limit (8) shared by every model and kind of read, past which it runs the function eagerly without a
+    word; one code object per kind holds exactly its one graph."""
+    code = _loop.__code__.replace(co_name=f"_loop_{n}")
+    return types.FunctionType(code, _loop.__globals__, code.co_name, _loop.__defaults__, _loop.__closure__)
 
 
 def _diff(a: Tensor, b: Tensor, relative: bool) -> float:
@@ -104,7 +121,7 @@ class CompiledReads:
                  psi: list[float], last: bool) -> tuple[CompiledKind, tuple[Tensor, Tensor]]:
         t0 = time.perf_counter()
         eager = _loop(self.energy, ep, cache, queries, keep, gamma, psi, last)
-        fn = torch.compile(_loop, dynamic=False)
+        fn = torch.compile(_own_loop(next(_LOOPS)), dynamic=False, fullgraph=True, options=INDUCTOR_OPTIONS)
         try:
             out = fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
         except Exception as e:  # noqa: BLE001 (no C++ compiler, an op inductor lacks: the read stays eager)

@@ -24,7 +24,7 @@ def episode(name: str, n: int = 16):
     g = torch.Generator().manual_seed(3)
     x = (torch.rand(n, *model.cfg.input_shape, generator=g) < 0.5).float()
     q = x[:1].clone()
-    q[:, :16] = 1 - q[:, :16]
+    q.view(1, -1)[:, :16] = 1 - q.view(1, -1)[:, :16]              # a few values flipped
     return model, p, write(model, p, x).weights, q
 
 
@@ -40,11 +40,11 @@ def counting(kind: compiled.CompiledKind) -> list[int]:
 
 
 @needs_compiler
-@pytest.mark.parametrize("name", ["binary128", "binary128-rnn"])
+@pytest.mark.parametrize("name", ["binary128", "binary128-rnn", "characters32"])
 def test_compiled_read_equals_the_eager_read_and_is_used(name: str) -> None:
     model, p, w, q = episode(name)
     mask = torch.zeros_like(q, dtype=torch.bool)
-    mask[:, 64:] = True
+    mask.view(1, -1)[:, q[0].numel() // 2:] = True                  # the second half known
     want_last, want_masked = read(model, p, w, q, energies="last"), read(model, p, w, q, mask, energies="last")
     want_all = read(model, p, w, q)
     kinds = compiled.enable(model)
@@ -145,5 +145,26 @@ def test_other_batch_sizes_are_not_compiled() -> None:
     try:
         read(model, p, w, q.expand(3, -1).contiguous())
         assert kinds.summary() == []
+    finally:
+        compiled.disable(model)
+
+
+@needs_compiler
+def test_every_kind_compiles_however_many_there_are() -> None:
+    """torch.compile runs a function past its eighth compiled graph eagerly without a word; each kind of read has
+    a function of its own, so the tenth batch size compiles like the first."""
+    from torch._dynamo.utils import counters
+    model, p, w, q = episode("binary128")
+    sizes = tuple(range(1, 11))
+    kinds = compiled.enable(model, batch_sizes=sizes)
+    try:
+        before = counters["stats"]["unique_graphs"]
+        for b in sizes:
+            x = q.expand(b, -1).contiguous()
+            got = read(model, p, w, x, energies="last")
+            torch.testing.assert_close(got.iterates[-1], read(model, p, w, x, energies="last", fast=False).iterates[-1],
+                                       atol=1e-5, rtol=0)
+        assert counters["stats"]["unique_graphs"] - before == len(sizes)
+        assert [k["status"] for k in kinds.summary()] == ["used"] * len(sizes)
     finally:
         compiled.disable(model)
