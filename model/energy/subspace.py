@@ -564,7 +564,7 @@ class SubspaceSpanEnergy(EnergyNet):
             if i == self.fits - 1:              # the last window only sets the mask: no system to build
                 break
             # the window's rows of b left out: b_w^T b_w = M (sum over the window of u_p u_p^T) M
-            mgm = m @ self.window_grams()[pos] @ m                                 # (B, r, r)
+            mgm = m @ self.window_grams().index_select(0, pos) @ m                 # (B, r, r)
             a_mat = gram + ridge * eye - mgm
             in_win = torch.zeros_like(qt).scatter(1, win, 1.0)
             rhs = qb - ((qt * in_win) @ u.T) @ m                                   # b_w^T qt_w
@@ -674,9 +674,19 @@ class SubspaceSpanEnergy(EnergyNet):
         return r, keep
 
     def energy_cached(self, p: Params, x: Tensor, cache: dict) -> Tensor:
+        """E(x) from the gradient's cache: the Hebb term as 1/2 f H f with the gradient's H = -h/2 (M + diag M)
+        (the same sum over the upper triangle, sum_{i<=j} T_ij f_i f_j = f (M + diag M) f / 2), one (B, r) x
+        (r, r) product instead of gathering every pair f_i f_j, B r (r + 1) / 2 values."""
         if "span" not in cache:
             return self.energy(p, x, known=cache.get("known"))
-        return self.energy(p, x, cache["span"], self._recall_memo(p, _signed(x).flatten(1), cache))
+        c = cache
+        s = _signed(x).flatten(1)
+        r, keep = self._recall_memo(p, s, c)
+        f = (s - self.centre) @ self.basis.T
+        e = 0.5 * torch.linalg.vecdot(f @ c["hebb_m"], f)
+        e = e + 0.5 * c["pull"] * torch.linalg.vecdot((1 - keep) * (s - r), s - r) - 0.5 * c["well"] * \
+            torch.linalg.vecdot(s, s)
+        return e * (0.5 * c["scale2"])
 
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
         """E without its pull term, whose gradient in the written weights is zero (the recall is held fixed
@@ -751,7 +761,7 @@ class SubspaceSpanEnergy(EnergyNet):
         win = self._window_pixels(pos)
         v = self._span_basis(p, qt.dtype)                                         # (r, n) the span's basis
         keep = torch.ones_like(qt).scatter(1, win, 0.0)
-        a = eye - self.window_grams()[pos]                                        # U K U^T, window left out
+        a = eye - self.window_grams().index_select(0, pos)                        # U K U^T, window left out
         rhs = ((qt * keep) @ u.T)                                                 # U K (s - centre)
         f_pca = spd_solve(a + 1e-4 * eye, rhs.unsqueeze(-1)).squeeze(-1)
         f_span = spd_solve(v.T @ a @ v, (rhs @ v).unsqueeze(-1)).squeeze(-1) @ v.T
