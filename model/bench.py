@@ -232,39 +232,42 @@ def bench_checkpoint(folder: str | Path, repeats: int = 20) -> dict[str, Any]:
         # the floor under the fast read: its matrix products and solves alone, on the same tensors
         la_ms, calls = linear_algebra_ms(lambda b=b: read(model, p, w, q[:b], **READ_VARIANTS["fast_last"]), repeats)
         row[f"read_{b}_linear_algebra_ms"], row[f"read_{b}_linear_algebra_calls"] = round(la_ms, 3), calls
-    row.update(_compiled_read_1(model, p, w, q[:1], repeats))
+    row.update(_compiled_reads(model, p, w, q, repeats))
     flops = _flops(lambda: read(model, p, w, q, **READ_VARIANTS["fast_last"]))
     row["read_64_gflop"] = round(flops / 1e9, 5)
     row["read_64_gflops_per_s"] = round(flops / 1e9 / (row["read_64_fast_last_ms"] / 1000), 2)
     return row
 
 
-def _compiled_read_1(model: EBMM, p: dict, w: dict, q: torch.Tensor, repeats: int) -> dict[str, Any]:
-    """The fast one-query read (last energy only) compiled (model/compiled.py), against itself eager in the same
-    rounds: what became of the compile, its seconds (compile and check) and both times where it is used."""
+def _compiled_reads(model: EBMM, p: dict, w: dict, q: torch.Tensor, repeats: int) -> dict[str, Any]:
+    """The fast reads of 1 and of 64 queries (last energy only) compiled (model/compiled.py), each against itself
+    eager in the same rounds: what became of the compile, its seconds (compile and check) and both times where
+    it is used."""
     from . import compiled
-    kinds = compiled.enable(model)
-    try:
-        read(model, p, w, q, **READ_VARIANTS["fast_last"])                  # compiles and checks
-        (kind,) = kinds.summary()
-        out = {"read_1_compiled_status": kind["status"], "read_1_compiled_seconds": kind["seconds"],
-               "read_1_compiled_diff": None if kind["iterate_diff"] is None
-               else max(kind["iterate_diff"], kind["energy_diff"]),
-               "read_1_compiled_reason": kind["reason"]}
-        if kind["status"] == "used":
-            def timed(on: bool):
-                if on:
-                    model.compiled_reads = kinds
-                else:
-                    compiled.disable(model)
-                return lambda: read(model, p, w, q, **READ_VARIANTS["fast_last"])
-            # each variant switches the compiled reads on or off as it starts: the rounds alternate them
-            ms = interleaved_median_ms({"eager": lambda: timed(False)(), "compiled": lambda: timed(True)()}, repeats)
-            out["read_1_compiled_ms"], out["read_1_eager_same_rounds_ms"] = round(ms["compiled"], 3), \
-                round(ms["eager"], 3)
-        return out
-    finally:
-        compiled.disable(model)
+    out: dict[str, Any] = {}
+    for b in (1, 64):
+        kinds = compiled.enable(model, batch_sizes=(b,))
+        try:
+            read(model, p, w, q[:b], **READ_VARIANTS["fast_last"])               # compiles and checks
+            (kind,) = kinds.summary()
+            pre = f"read_{b}_compiled"
+            out.update({f"{pre}_status": kind["status"], f"{pre}_seconds": kind["seconds"],
+                        f"{pre}_diff": None if kind["iterate_diff"] is None
+                        else max(kind["iterate_diff"], kind["energy_diff"]), f"{pre}_reason": kind["reason"]})
+            if kind["status"] == "used":
+                def timed(on: bool, b: int = b, kinds: compiled.CompiledReads = kinds) -> Any:
+                    if on:
+                        model.compiled_reads = kinds
+                    else:
+                        compiled.disable(model)
+                    return read(model, p, w, q[:b], **READ_VARIANTS["fast_last"])
+                # each variant switches the compiled reads on or off as it starts: the rounds alternate them
+                ms = interleaved_median_ms({"eager": lambda: timed(False), "compiled": lambda: timed(True)}, repeats)
+                out[f"{pre}_ms"], out[f"read_{b}_eager_same_rounds_ms"] = round(ms["compiled"], 3), \
+                    round(ms["eager"], 3)
+        finally:
+            compiled.disable(model)
+    return out
 
 
 def serving(checkpoints: tuple[str, ...] = SERVING_CHECKPOINTS, repeats: int = 20) -> dict[str, Any]:
@@ -314,22 +317,24 @@ def serving_table(out: dict[str, Any]) -> list[str]:
               "shapes, strides and weight tensors, recorded from one read) replayed back to back: the read with "
               "every element-wise op, dispatch and Python step free. Where it exceeds an aim, no trimming of those "
               "reaches the aim; the gap between it and the read is what they cost."]
-    lines += ["", "Compiled one-query reads (opt-in: `EBMM_COMPILE_READS`, model/compiled.py): the fast read with the "
-              "last energy only through torch.compile, checked against the eager loop once (tolerance 1e-5) and "
-              "used only where it passed; the eager column is the same read timed in the same rounds.", "",
-              "| checkpoint | compile | compile and check, s | largest difference | read 1: eager | compiled "
-              "| compiled / eager |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Compiled reads (opt-in: `EBMM_COMPILE_READS` compiles 1-query reads, model/compiled.py): the fast "
+              "read with the last energy only through torch.compile, checked against the eager loop once (tolerance "
+              "1e-5) and used only where it passed; the eager column is the same read timed in the same rounds.", "",
+              "| checkpoint | queries | compile | compile and check, s | largest difference | eager | compiled "
+              "| compiled / eager |", "|---|---|---|---|---|---|---|---|"]
     for r in out["results"]:
-        st = r.get("read_1_compiled_status")
-        if st is None:
-            continue
-        what = st if st == "used" else f"{st}: {r.get('read_1_compiled_reason')}"
-        diff = r.get("read_1_compiled_diff")
-        if st == "used":
-            e, c = r["read_1_eager_same_rounds_ms"], r["read_1_compiled_ms"]
-            times = f"{e:.3f} | {c:.3f} | {c / e:.2f}"
-        else:
-            times = "- | - | -"
-        lines.append(f"| {r['checkpoint']} | {what} | {r['read_1_compiled_seconds']:.1f} | "
-                     f"{'-' if diff is None else f'{diff:.2g}'} | {times} |")
+        for b in (1, 64):
+            st = r.get(f"read_{b}_compiled_status")
+            if st is None:
+                continue
+            reason = str(r.get(f"read_{b}_compiled_reason")).replace("|", "/")
+            what = st if st == "used" else f"{st}: {reason}"
+            diff = r.get(f"read_{b}_compiled_diff")
+            if st == "used":
+                e, c = r[f"read_{b}_eager_same_rounds_ms"], r[f"read_{b}_compiled_ms"]
+                times = f"{e:.3f} | {c:.3f} | {c / e:.2f}"
+            else:
+                times = "- | - | -"
+            lines.append(f"| {r['checkpoint']} | {b} | {what} | {r[f'read_{b}_compiled_seconds']:.1f} | "
+                         f"{'-' if diff is None else f'{diff:.2g}'} | {times} |")
     return lines

@@ -74,6 +74,12 @@ def _own_loop(n: int) -> Callable[..., tuple[Tensor, Tensor]]:
     return types.FunctionType(code, _loop.__globals__, code.co_name, _loop.__defaults__, _loop.__closure__)
 
 
+def _why(e: Exception) -> str:
+    """An exception in one line: its type and the first line of its message (torch.compile's run to pages)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def _diff(a: Tensor, b: Tensor, relative: bool) -> float:
     d = (a - b).abs().max().item()
     return d / max(1.0, b.abs().max().item()) if relative else d
@@ -114,7 +120,7 @@ class CompiledReads:
             with torch.compiler.set_stance("fail_on_recompile"):
                 return kind.fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
         except Exception as e:  # noqa: BLE001 (a recompile, or anything else the compiled code raises)
-            kind.fn, kind.status, kind.reason = None, "eager", f"after its check: {type(e).__name__}: {e}"[:300]
+            kind.fn, kind.status, kind.reason = None, "eager", f"after its check: {_why(e)}"
             return None
 
     def _compile(self, ep: dict, cache: dict, queries: Tensor, keep: Tensor | None, gamma: list[float],
@@ -125,7 +131,7 @@ class CompiledReads:
         try:
             out = fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
         except Exception as e:  # noqa: BLE001 (no C++ compiler, an op inductor lacks: the read stays eager)
-            return CompiledKind("failed", time.perf_counter() - t0, reason=f"{type(e).__name__}: {e}"[:300]), eager
+            return CompiledKind("failed", time.perf_counter() - t0, reason=_why(e)), eager
         seconds = time.perf_counter() - t0
         di, de = _diff(out[0], eager[0], relative=False), _diff(out[1], eager[1], relative=True)
         if not (di <= TOLERANCE and de <= TOLERANCE):           # a NaN difference is refused too

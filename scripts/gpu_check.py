@@ -3,7 +3,8 @@
 1. every shipped checkpoint writes and reads the same episode on cuda and on the cpu, and the restored
    patterns agree (max |difference| <= 1e-4; errors per pattern printed for both);
 2. one model's write/read timed on both devices;
-3. a short meta-training run (`train` with device="cuda") takes steps and its loss is finite.
+3. a short meta-training run (`train` with device="cuda") takes steps and its loss is finite;
+4. compiled one-query reads (model/compiled.py) on cuda: what became of each compile, and its time.
 Prints a Markdown report on stdout.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from model import compiled  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.memory import read, write  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
@@ -67,6 +69,28 @@ def main() -> int:
     train(cfg, progress=False)
     rows = (Path(cfg.state_dir) / "metrics.jsonl").read_text().splitlines()
     print(f"\nmeta-training on cuda: {len(rows)} steps in {time.perf_counter() - t0:.1f} s, last row {rows[-1]}")
+    print("\n| checkpoint | compiled 1-query read on cuda | eager ms | compiled ms |\n|---|---|---|---|")
+    for name in ("binary128-rnn", "characters32"):
+        ck = load_checkpoint(REPO / "checkpoints" / name, "cuda")
+        p = ck.model.params(detach=True)
+        x, q = episode(tuple(ck.model.cfg.input_shape))
+        w = write(ck.model, p, x.cuda()).weights
+        q1 = q[:1].cuda()
+
+        def ms(q1=q1, model=ck.model, p=p, w=w) -> float:
+            read(model, p, w, q1, energies="last")
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                read(model, p, w, q1, energies="last")
+            torch.cuda.synchronize()
+            return (time.perf_counter() - t0) / 50 * 1000
+        eager = ms()
+        kinds = compiled.enable(ck.model)
+        read(ck.model, p, w, q1, energies="last")                      # compiles and checks
+        (k,) = kinds.summary()
+        timed = f"{ms():.3f}" if k["status"] == "used" else "-"
+        print(f"| {name} | {k['status']}{'' if not k['reason'] else ': ' + k['reason']} | {eager:.3f} | {timed} |")
     ok = worst <= 1e-4
     print(f"\n{'PASS' if ok else 'FAIL'}: worst cpu/cuda difference {worst:.2e} (limit 1e-4)")
     return 0 if ok else 1
