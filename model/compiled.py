@@ -6,8 +6,8 @@ element-wise ops around the matrix products. Once `enable` has been called on a 
 sizes named run compiled. Each new kind of read (batch size, masked or not, energies, steps, grad and inference
 mode) is compiled on its first call and run eagerly beside it on the same inputs. A compile that fails, or whose
 iterates or energies differ from the eager loop's by more than `TOLERANCE`, is not used again, and that kind of
-read stays eager. A checked read that would need compiling again (inputs of other strides, say) runs eagerly
-from then on instead of recompiling unchecked.
+read stays eager. A checked graph runs in torch.compile's run-only mode: a call whose inputs its guards refuse
+(other strides, say) runs the same loop eagerly instead of compiling an unchecked graph.
 
 `ebmm bench-serving` (results/bench_serving.md) measures the compiled one-query read of every shipped model and
 says what became of its compile. Families whose read branches on the query's values (the span memories' damaged
@@ -91,7 +91,13 @@ class CompiledReads:
     def __init__(self, energy: torch.nn.Module, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES) -> None:
         self.energy, self.batch_sizes = energy, frozenset(batch_sizes)
         self.kinds: dict[tuple, CompiledKind] = {}
+        self.frozen = False                 # True: compile no new kind (`freeze`)
         self._lock = threading.Lock()
+
+    def freeze(self) -> None:
+        """From now on compile no new kind of read: kinds not compiled yet (another number of steps, say) run
+        eagerly. The service freezes each model's compiled reads once their start-up compiles are done."""
+        self.frozen = True
 
     def applies(self, batch: int) -> bool:
         return batch in self.batch_sizes
@@ -108,6 +114,8 @@ class CompiledReads:
             return None
         kind = self.kinds.get(key)
         if kind is None:
+            if self.frozen:                 # a kind not compiled at start-up: no request waits for a compile
+                return None
             with self._lock:
                 kind = self.kinds.get(key)
                 if kind is None:
@@ -117,9 +125,10 @@ class CompiledReads:
         if kind.fn is None:
             return None
         try:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                return kind.fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
-        except Exception as e:  # noqa: BLE001 (a recompile, or anything else the compiled code raises)
+            # run only the checked graph: on inputs its guards refuse (other strides, say) the same function
+            # runs eagerly for that call instead of compiling an unchecked graph (per thread, unlike a stance)
+            return kind.fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
+        except Exception as e:  # noqa: BLE001 (anything the compiled code raises: eager from then on)
             kind.fn, kind.status, kind.reason = None, "eager", f"after its check: {_why(e)}"
             return None
 
@@ -137,7 +146,7 @@ class CompiledReads:
         if not (di <= TOLERANCE and de <= TOLERANCE):           # a NaN difference is refused too
             return CompiledKind("refused", seconds, di, de, f"differs from the eager loop by {max(di, de):.3g} "
                                 f"(tolerance {TOLERANCE:g})"), eager
-        return CompiledKind("used", seconds, di, de, fn=fn), eager
+        return CompiledKind("used", seconds, di, de, fn=torch._dynamo.run(fn)), eager
 
     def summary(self) -> list[dict[str, Any]]:
         return [{"batch": k[0][0], "masked": k[3], "energies": "last" if k[4] else "all", "steps": k[5],

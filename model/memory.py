@@ -267,20 +267,15 @@ def _known_pixels(keep: Tensor | None, queries: Tensor) -> Tensor | None:
     return None if keep is None else (keep.expand_as(queries).flatten(1) >= 0.5).to(queries.dtype)
 
 
-def _fast_grad(model: EBMM, q: Params, create_graph: bool, known: Tensor | None = None
-               ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
-    """The energy's closed-form grad_x (EnergyNet.energy_grad) and its energy, bound to the read's
-    parameters and one cache, when the read needs no graph to them (serving, evaluation) and the family
-    has one; else None (autograd). known: the masked read's known pixels (B, D), in the cache."""
-    parts = _fast_parts(model, q, create_graph, known)
-    if parts is None:
-        return None
-    ep, cache = parts
+def _bound(model: EBMM, ep: Params, cache: dict) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """The energy's closed-form grad_x (EnergyNet.energy_grad) and its energy, bound to `_fast_parts`."""
     return (lambda x: model.energy.energy_grad(ep, x, cache)), (lambda x: model.energy.energy_cached(ep, x, cache))
 
 
 def _fast_parts(model: EBMM, q: Params, create_graph: bool, known: Tensor | None = None) -> tuple[Params, dict] | None:
-    """What `_fast_grad` binds: the energy's detached parameters and the read's cache; None: autograd."""
+    """The energy's detached parameters and one read's cache, for its closed-form gradient (`_bound`), when the
+    read needs no graph to them (serving, evaluation) and the family has one; else None (autograd). known: the
+    masked read's known pixels (B, D), in the cache."""
     if create_graph or type(model.energy).energy_grad is EnergyNet.energy_grad:
         return None
     ep = {n: t.detach() for n, t in model._energy_params(q).items()}
@@ -376,16 +371,15 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     q = {**p, **weights}
     keep = None if mask is None else mask.to(queries.dtype)
     known = _known_pixels(keep, queries)
+    parts = _fast_parts(model, q, create_graph, known) if fast else None
     compiled = model.__dict__.get("compiled_reads")              # model/compiled.py, where enabled
-    if (compiled is not None and fast and not create_graph and temperature == 0 and not stacked
+    if (parts is not None and compiled is not None and temperature == 0 and not stacked
             and (known is None or not model.energy.reads_known_pixels) and compiled.applies(queries.shape[0])):
-        parts = _fast_parts(model, q, create_graph)
-        if parts is not None:
-            gamma_f, psi_f = _step_floats(model, p, steps)
-            out = compiled.read(*parts, queries, keep, gamma_f, psi_f, energies)
-            if out is not None:
-                return ReadResult(*out)
-    fast_fns = _fast_grad(model, q, create_graph, known) if fast else None
+        gamma_f, psi_f = _step_floats(model, p, steps)
+        out = compiled.read(*parts, queries, keep, gamma_f, psi_f, energies)
+        if out is not None:
+            return ReadResult(*out)
+    fast_fns = None if parts is None else _bound(model, *parts)
     if fast_fns is not None:
         gamma_f, psi_f = _step_floats(model, p, steps)
         iterates = _fast_steps(fast_fns[0], queries, keep, gamma_f, psi_f, temperature, generator)

@@ -293,7 +293,7 @@ class ModelProcesses:
             self._start(self._failed())
             return
         try:
-            p.wait_ready(self._expected)
+            p.wait_ready(self._expected, STARTUP_SECONDS * (5 if self._args[3] else 1))   # compiles too
         except ModelProcessError as e:
             with self._lock:
                 self._all.discard(p)

@@ -61,8 +61,9 @@ def _warm_up(m: LoadedModel) -> None:
 
 
 def _compile_reads(m: LoadedModel) -> None:
-    """Compile m's 1-query reads (model/compiled.py) and check each kind a retrieve makes (masked or not, every
-    iterate's energy or the last's) once now, on random patterns, so that no request pays for a compile."""
+    """Compile m's 1-query reads (model/compiled.py) and check each kind a retrieve of the model's own number of
+    steps makes (masked or not, every iterate's energy or the last's) once now, on random patterns; then compile
+    no more, so that no request waits for a compile (a retrieve asking for other steps reads eagerly)."""
     kinds = compiled.enable(m.memory.ckpt.model)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, *m.input_shape, generator=g)
@@ -74,6 +75,7 @@ def _compile_reads(m: LoadedModel) -> None:
     for mk in (None, mask):
         for energies in ("all", "last"):
             m.memory.read(w, q, mk, energies=energies)
+    kinds.freeze()          # other kinds (another number of steps) read eagerly: no request waits for a compile
     for k in kinds.summary():
         log.info("model %s: compiled read of %d %s (energies %s): %s in %.1f s%s", m.name, k["batch"],
                  "masked query" if k["masked"] else "query", k["energies"], k["status"], k["seconds"],

@@ -39,7 +39,14 @@ def test_the_models_named_read_compiled_and_as_the_eager_read(checkpoint_dir: Pa
     w = m.memory.write(x).weights
     q = x[:1].clone()
     q[:, :20] = 1 - q[:, :20]
+    (kind,) = [v for k, v in kinds.kinds.items() if not k[3] and not k[4]]   # unmasked, every energy
+    calls = []
+    fn = kind.fn
+    kind.fn = lambda *a: calls.append(1) or fn(*a)
     served = m.memory.read(w, q)
+    assert calls == [1]                                                        # it ran compiled
+    assert m.memory.read(w, q, steps=2).iterates.shape[0] == 3                 # other steps: eager, no new kind
+    assert len(kinds.summary()) == 4
     compiled.disable(m.memory.ckpt.model)
     eager = m.memory.read(w, q)
     torch.testing.assert_close(served.iterates, eager.iterates, atol=1e-5, rtol=0)
