@@ -87,20 +87,23 @@ def test_a_compile_that_differs_is_refused_and_the_read_stays_right(monkeypatch:
         compiled.disable(model)
 
 
-def test_a_compile_that_fails_leaves_the_read_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    model, p, w, q = episode("binary128")
+def assert_one_eager_kind(model, p: dict, w: dict, q: torch.Tensor, status: str, why: str) -> None:
+    """With compiled reads on, the read equals the plain read and its one kind became `status` for `why`."""
     want = read(model, p, w, q)
-
-    def broken(*a):
-        raise RuntimeError("no C++ compiler")
-    monkeypatch.setattr(compiled.torch, "compile", lambda fn, **kw: broken)
     kinds = compiled.enable(model)
     try:
         torch.testing.assert_close(read(model, p, w, q).iterates, want.iterates, atol=0, rtol=0)
         (k,) = kinds.summary()
-        assert k["status"] == "failed" and "no C++ compiler" in k["reason"]
+        assert k["status"] == status and why in k["reason"]
     finally:
         compiled.disable(model)
+
+
+def test_a_compile_that_fails_leaves_the_read_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(compiled.torch, "compile", lambda fn, **kw: broken)
+    assert_one_eager_kind(*episode("binary128"), status="failed", why="no C++ compiler")
 
 
 @needs_compiler
@@ -194,17 +197,9 @@ def test_a_family_whose_read_branches_on_the_query_is_not_compiled() -> None:
     model, p = ckpt.model, ckpt.model.params(detach=True)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, *model.cfg.input_shape, generator=g)
-    w = write(model, p, x).weights
     q = x[:1].clone()
     q[..., 8:24, 8:24] = 0
-    want = read(model, p, w, q)
-    kinds = compiled.enable(model)
-    try:
-        torch.testing.assert_close(read(model, p, w, q).iterates, want.iterates, atol=0, rtol=0)
-        (k,) = kinds.summary()
-        assert k["status"] == "eager" and "branches on the query" in k["reason"]
-    finally:
-        compiled.disable(model)
+    assert_one_eager_kind(model, p, write(model, p, x).weights, q, status="eager", why="branches on the query")
 
 
 def test_other_batch_sizes_are_not_compiled() -> None:
