@@ -63,8 +63,7 @@ class GatedRNNEnergy(EnergyNet):
             c_h = torch.cat([w_sh.new_zeros(p["memory_w"].shape[-2], hidden), w_sh[:, d:]])
             return {"a_s": w_sh[:, :d].contiguous(), "a_st": w_sh[:, :d].T.contiguous(),
                     "b_sh": torch.cat([2.0 * p["static_b"], p["gate_b"]]), "c_h": c_h.contiguous(),
-                    "c_ht": c_h.T.contiguous(), "minus_one": w_sh.new_full((), -1.0),
-                    "shift": torch.cat([w_sh.new_zeros(hidden), w_sh.new_full((hidden,), -1.0)])}
+                    "c_ht": c_h.T.contiguous(), "minus_one": w_sh.new_full((), -1.0)}
         own = tuple(getattr(self, n) for n in self._STATIC)
         if not all(p[n].data_ptr() == t.data_ptr() and p[n].dtype == t.dtype and p[n].shape == t.shape
                    for n, t in zip(self._STATIC, own, strict=True)):
@@ -93,10 +92,10 @@ class GatedRNNEnergy(EnergyNet):
             sig = torch.sigmoid(base if h is None else torch.addmm(base, h, c["c_ht"]))   # [sc, u], (B, P)
             sc, u = sig[:, :hidden], sig[:, hidden:]
             if keep:
-                # [2u, 2 sc - 1] = [0, -1] + 2 [u, sc]: two ops and no writes into column slices (which
-                # torch.compile refuses for more than one row)
-                up_gap = torch.add(c["shift"], sig.roll(hidden, 1), alpha=2.0)
-                gap = up_gap[:, hidden:]                                        # c, then c - h
+                up_gap = torch.empty_like(sig)                                 # [2u, c - h]
+                up, gap = up_gap[:, :hidden], up_gap[:, hidden:]
+                torch.mul(u, 2.0, out=up)
+                torch.add(c["minus_one"], sc, alpha=2.0, out=gap)
                 h = torch.mul(u, gap) if h is None else torch.addcmul(h, u, gap.sub_(h))
                 saved.append((torch.addcmul(sig, sig, sig, value=-1.0).mul_(up_gap), u))
             else:
