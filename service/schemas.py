@@ -77,6 +77,19 @@ class RetrieveRequest(RetrieveOptions):
                                       "per query", examples=[{"bits": ["1" * 64 + "0" * 64]}])
 
 
+class CompiledRead(BaseModel):
+    """One kind of read compiled at start-up (EBMM_COMPILE_READS, model/compiled.py) and what became of it."""
+    batch: int = Field(description="Queries per read", examples=[1])
+    masked: bool = Field(description="Whether the read keeps known pixels (a mask)", examples=[False])
+    energies: str = Field(description="all (every iterate's) or last (the result's)", examples=["all"])
+    steps: int = Field(description="Read steps (other steps read eagerly)", examples=[5])
+    status: str = Field(description="used (checked and in use), refused (it differed from the eager read), failed "
+                        "(compiling raised: no C compiler, say), eager (the family is not compiled)",
+                        examples=["used"])
+    seconds: float = Field(description="Seconds to compile and check", examples=[2.7])
+    reason: str | None = Field(None, description="Why it is not used", examples=[None])
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     name: str = Field(examples=["characters32"])
@@ -101,6 +114,10 @@ class ModelInfo(BaseModel):
         examples=[[{"task": "characters", "patterns": 64, "distortion": "block:16", "metric": "hamming",
                     "error_mean": 2.86, "error_p5": 2.06, "error_p95": 3.7, "memory_floats": 16128}]])
     card: dict[str, Any] = Field(description="The full model card", examples=[{"name": "characters32"}])
+    compiled_reads: list[CompiledRead] | None = Field(
+        None, description="The kinds of 1-query read compiled at start-up in the server's process "
+        "(EBMM_COMPILE_READS) and what became of each; null: this model's reads are not compiled",
+        examples=[None])
 
 
 class ModelList(BaseModel):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from ..auth import Caller, State
 from ..errors import error_responses
 from ..registry import LoadedModel
-from ..schemas import ModelInfo, ModelList
+from ..schemas import CompiledRead, ModelInfo, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -20,7 +20,15 @@ def model_info(m: LoadedModel, default: str) -> ModelInfo:
                      capacity_patterns=m.memory.capacity,
                      parameters=int(c.get("parameters", 0)), default_read_steps=m.default_read_steps,
                      write_steps=m.write_steps, weights_sha256=m.sha256, evaluation=c.get("evaluation"),
-                     card=c)
+                     card=c, compiled_reads=_compiled(m))
+
+
+def _compiled(m: LoadedModel) -> list[CompiledRead] | None:
+    kinds = m.memory.ckpt.model.__dict__.get("compiled_reads")
+    if kinds is None:
+        return None
+    fields = CompiledRead.model_fields
+    return [CompiledRead(**{k: v for k, v in row.items() if k in fields}) for row in kinds.summary()]
 
 
 @router.get("/models", response_model=ModelList, summary="Loaded models and their cards",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,6 +72,18 @@ async def test_models_list_cards_and_falls_back_to_first_model(checkpoint_dir: P
     # the card's evaluation is the list of protocol cells that `ebmm evaluate --update-card` writes
     assert isinstance(first["evaluation"], list) and first["evaluation"][0]["metric"] == "error_bits"
     assert first["evaluation"][0]["memory_floats"] == 8256
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend needs a C compiler")
+async def test_models_say_which_reads_were_compiled_at_start_up(checkpoint_dir: Path) -> None:
+    async with running(checkpoint_dir, compile_reads="binary128") as (c, _):
+        models = {m["name"]: m for m in (await c.get("/v1/models")).json()["models"]}
+    kinds = models["binary128"]["compiled_reads"]
+    assert sorted((k["masked"], k["energies"]) for k in kinds) == [(False, "all"), (False, "last"), (True, "all"),
+                                                                   (True, "last")]
+    assert {(k["batch"], k["steps"], k["status"], k["reason"]) for k in kinds} == {(1, 5, "used", None)}
+    assert models["shapes16"]["compiled_reads"] is None and models["colour8"]["compiled_reads"] is None
 
 
 async def test_a_memory_without_slots_never_warns_about_capacity(checkpoint_dir: Path) -> None:
