@@ -46,10 +46,11 @@ class CompiledKind:
     energy_diff: float | None = None
     reason: str | None = None
     fn: Callable[..., tuple[Tensor, Tensor]] | None = None
+    reads: int = 0                  # reads it has answered through `fn` since its check
 
     def summary(self) -> dict[str, Any]:
         return {"status": self.status, "seconds": round(self.seconds, 2), "iterate_diff": self.iterate_diff,
-                "energy_diff": self.energy_diff, "reason": self.reason}
+                "energy_diff": self.energy_diff, "reason": self.reason, "reads": self.reads}
 
 
 def _loop(energy: torch.nn.Module, ep: dict, cache: dict, queries: Tensor, keep: Tensor | None,
@@ -127,7 +128,9 @@ class CompiledReads:
         try:
             # run only the checked graph: on inputs its guards refuse (other strides, say) the same function
             # runs eagerly for that call instead of compiling an unchecked graph (per thread, unlike a stance)
-            return kind.fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
+            out = kind.fn(self.energy, ep, cache, queries, keep, gamma, psi, last)
+            kind.reads += 1
+            return out
         except Exception as e:  # noqa: BLE001 (anything the compiled code raises: eager from then on)
             kind.fn, kind.status, kind.reason = None, "eager", f"after its check: {_why(e)}"
             return None

@@ -26,9 +26,10 @@ MAX_FORM_FIELDS = 16
 NPY_TYPES = ("application/x-npy", "application/npy")
 
 
-def parse_npy(raw: bytes, field: str) -> np.ndarray:
-    """A .npy body (no pickles) -> float32 (N, ...) in [0, 1]: float arrays as they are, uint8 / 255, bool
-    as 0/1. One array holds the whole batch along its first axis."""
+def parse_npy(raw: bytes, field: str) -> tuple[np.ndarray, list[str]]:
+    """A .npy body (no pickles) -> float32 (N, ...) in [0, 1] and what was done to it: float arrays as they are,
+    bool as 0/1, uint8 / 255, except a uint8 array of 0s and 1s alone, which is bits (0/1) read as 0/1 (as
+    pixel values 0 and 1 of 255 it would be black). One array holds the whole batch along its first axis."""
     try:
         a = npy.load(raw)
     except (ValueError, OSError, EOFError) as e:
@@ -37,13 +38,16 @@ def parse_npy(raw: bytes, field: str) -> np.ndarray:
         raise BadInput(f"{field}: a .npy body is one array (N, ...) with the patterns along its first axis, "
                        f"got shape {list(getattr(a, 'shape', []))}", field, list(getattr(a, "shape", [])))
     if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
+        if a.size and int(a.max()) == 1:
+            return a.astype(np.float32), [f"{field}: uint8 values all 0 or 1, read as 0/1 (bits), not as pixel "
+                                          "values of 255"]
+        return a.astype(np.float32) / 255.0, []
     if a.dtype == np.bool_:
-        return a.astype(np.float32)
+        return a.astype(np.float32), []
     if a.dtype.kind not in "fiu":
         raise BadInput(f"{field}: dtype {a.dtype} is not a number type (send float32, uint8 or bool)",
                        field, str(a.dtype))
-    return a.astype(np.float32, copy=False)
+    return a.astype(np.float32, copy=False), []
 
 
 def _query_options(request: Request, names: tuple[str, ...]) -> dict[str, str]:
@@ -198,8 +202,9 @@ INLINE_NPY_BYTES = 4 * 1024 * 1024   # reading a .npy body is a copy: about 0.1 
 
 async def _npy_batch(request: Request) -> RawBatch:
     raw = await request.body()
-    a = parse_npy(raw, "body") if len(raw) <= INLINE_NPY_BYTES else await _parse(request, raw, parse_npy, raw, "body")
-    return RawBatch("arrays", list(a), "body", block=a)
+    a, notes = (parse_npy(raw, "body") if len(raw) <= INLINE_NPY_BYTES
+                else await _parse(request, raw, parse_npy, raw, "body"))
+    return RawBatch("arrays", list(a), "body", block=a, notes=notes)
 
 
 async def read_write(request: Request, max_patterns: int) -> WriteInput:

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=64)     # intra-op threads of each model call
     # opt-in: models whose 1-query reads run through torch.compile, each compile checked against the eager
     # read at start-up (model/compiled.py): "" none, "all", or comma-separated model names
-    compile_reads: str = Field("", max_length=4096, pattern=r"^[A-Za-z0-9_.,\- ]*$")
+    compile_reads: str = Field("", max_length=4096)
     batch_reads: bool = True                       # plain reads of one model from several sessions: one call
     # batches running at once: threads of the batch lane, and as many model processes; shared by every kind
     # of batch (results/bench_service_batching_rounds.md: two against one, with model processes and without)
@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     def _known_store(cls, v: str) -> str:
         if not v.startswith(STORE_SCHEMES):
             raise ValueError(f"store_url {v!r} must start with one of {', '.join(STORE_SCHEMES)}")
+        return v
+
+    @field_validator("compile_reads")
+    @classmethod
+    def _compile_reads(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.,\- ]*", v):
+            raise ValueError(f"compile_reads {v!r} (EBMM_COMPILE_READS, --compile-reads) must be all, or model "
+                             "names separated by commas")
         return v
 
     @field_validator("device")

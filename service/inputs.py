@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +23,7 @@ class RawBatch:
     items: list[Any]          # bytes (images), nested lists (arrays) or str (bits)
     field: str                # e.g. "patterns.images" or "files"
     block: np.ndarray | None = None   # a .npy body: the whole float32 (N, ...) batch, items its rows
+    notes: list[str] = field(default_factory=list)   # what reading the body did to it (said in conversions)
 
 
 def check_count(batch: RawBatch, limit: int) -> None:
@@ -98,7 +99,7 @@ def to_tensor(batch: RawBatch, model: LoadedModel, role: Role, max_pixels: int
                            model.name)
         x, notes = _bits(batch.items, f, shape), []
     elif batch.block is not None:
-        x, notes = _array_block(batch.block, f, shape), []
+        x, notes = _array_block(batch.block, f, shape), list(batch.notes)
         if role == "mask":
             x = (x >= 0.5).astype(np.float32)
     else:

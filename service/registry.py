@@ -83,14 +83,16 @@ def _compile_reads(m: LoadedModel) -> None:
 
 
 def compile_names(setting: str, names: list[str]) -> list[str]:
-    """EBMM_COMPILE_READS ("", "all", or comma-separated names) -> the loaded models it names."""
-    wanted = [n.strip() for n in setting.split(",") if n.strip()]
-    if wanted == ["all"]:
+    """EBMM_COMPILE_READS ("", "all", or comma-separated names, any case) -> the loaded models it names; "all"
+    among names means all; a name not loaded is warned of."""
+    wanted = [n.strip().lower() for n in setting.split(",") if n.strip()]
+    if "all" in wanted:
         return list(names)
+    lower = {n.lower(): n for n in names}
     for n in wanted:
-        if n not in names:
+        if n not in lower:
             log.warning("EBMM_COMPILE_READS names %r, which is not loaded; loaded: %s", n, ", ".join(names))
-    return [n for n in names if n in wanted]
+    return [n for n in names if n.lower() in wanted]
 
 
 def load_models(folder: Path, device: torch.device, compile_reads: str = "") -> dict[str, LoadedModel]:

@@ -88,6 +88,9 @@ class CompiledRead(BaseModel):
                         examples=["used"])
     seconds: float = Field(description="Seconds to compile and check", examples=[2.7])
     reason: str | None = Field(None, description="Why it is not used", examples=[None])
+    reads: int = Field(0, description="Reads this server process has answered with it since start-up (the start-up "
+                       "check's own read not counted; a read its graph's guards refuse runs eagerly and counts too)",
+                       examples=[120])
 
 
 class ModelInfo(BaseModel):

@@ -79,10 +79,17 @@ async def test_models_list_cards_and_falls_back_to_first_model(checkpoint_dir: P
 async def test_models_say_which_reads_were_compiled_at_start_up(checkpoint_dir: Path) -> None:
     async with running(checkpoint_dir, compile_reads="binary128") as (c, _):
         models = {m["name"]: m for m in (await c.get("/v1/models")).json()["models"]}
+        w = await c.post("/v1/sessions", json={"model": "binary128", "patterns": {"bits": as_strings(bits(8))}})
+        r = await c.post(f"/v1/sessions/{w.json()['session_id']}/retrieve",
+                         json={"queries": {"bits": as_strings(bits(1, seed=1))}})
+        assert r.status_code == 200, r.text
+        after = {m["name"]: m for m in (await c.get("/v1/models")).json()["models"]}["binary128"]["compiled_reads"]
+    served = {(k["masked"], k["energies"]): k["reads"] for k in after}
+    assert served[(False, "all")] == 1 and sum(served.values()) == 1      # the retrieve ran compiled
     kinds = models["binary128"]["compiled_reads"]
     assert sorted((k["masked"], k["energies"]) for k in kinds) == [(False, "all"), (False, "last"), (True, "all"),
                                                                    (True, "last")]
-    assert {(k["batch"], k["steps"], k["status"], k["reason"]) for k in kinds} == {(1, 5, "used", None)}
+    assert {(k["batch"], k["steps"], k["status"], k["reason"], k["reads"]) for k in kinds} == {(1, 5, "used", None, 0)}
     assert models["shapes16"]["compiled_reads"] is None and models["colour8"]["compiled_reads"] is None
 
 

@@ -59,6 +59,27 @@ async def test_npy_write_and_retrieve_match_the_json_answer(checkpoint_dir: Path
         assert plain.status_code == 200 and len(plain.json()["results"]) == 6
 
 
+async def test_a_uint8_array_of_zeros_and_ones_is_read_as_bits_and_said_so(checkpoint_dir: Path) -> None:
+    """(img > 0).astype(np.uint8) is how bits often arrive: read as 0/1, not as near-black pixels 0 and 1 of 255;
+    a uint8 array with other values stays pixel values / 255."""
+    x = shapes(4)
+    bits = (x > 0).astype(np.uint8)
+    async with running(checkpoint_dir) as (c, _):
+        w = await c.post("/v1/sessions?model=shapes16", content=npy(bits), headers=NPY)
+        assert w.status_code == 201, w.text
+        assert any("uint8 values all 0 or 1, read as 0/1" in n for n in w.json()["conversions"]), w.json()
+        sid = w.json()["session_id"]
+        as_pixels = await c.post("/v1/sessions?model=shapes16", content=npy(x), headers=NPY)
+        assert not any("uint8" in n for n in as_pixels.json()["conversions"])
+        r = await c.post(f"/v1/sessions/{sid}/retrieve?steps=5", content=npy(bits),
+                         headers={**NPY, "accept": "application/x-npy"})
+        j = await c.post(f"/v1/sessions/{sid}/retrieve", json={"queries": {"arrays": (x / 255.0).tolist()},
+                                                              "steps": 5, "output": "array"})
+    out = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert np.allclose(out, np.array([res["pattern"] for res in j.json()["results"]]), atol=1e-4)
+    assert out.max() > 0.5                                              # not the near-black reading
+
+
 async def test_bad_npy_bodies_are_named_422s(checkpoint_dir: Path) -> None:
     async with running(checkpoint_dir) as (c, _):
         problem(await c.post("/v1/sessions?model=shapes16", content=b"not an array", headers=NPY), 422, "body")

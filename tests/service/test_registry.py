@@ -20,6 +20,8 @@ def test_compile_names_picks_the_loaded_models_named_and_warns_of_others(caplog:
     with caplog.at_level(logging.WARNING, logger="uvicorn.error.ebmm"):
         assert compile_names(" colour8, nope ,binary128", names) == ["binary128", "colour8"]
     assert "'nope', which is not loaded" in caplog.text
+    assert compile_names("Colour8,BINARY128", names) == ["binary128", "colour8"]     # any case
+    assert compile_names("binary128, ALL", names) == names                          # all among names: all
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
