@@ -1,13 +1,14 @@
 """Compiled serving reads (opt-in): the fast read loop through torch.compile, each compile checked first.
 
-A one-query read is a few hundred small tensor ops (the closed-form gradient's hops or products, the Nesterov
-steps, the diagnostic energy), so its time is dispatch, not arithmetic. torch.compile (inductor) fuses the
-element-wise ops around the matrix products. Once `enable` has been called on a model, its reads of the batch
-sizes named run compiled. Each new kind of read (batch size, masked or not, energies, steps, grad and inference
-mode) is compiled on its first call and run eagerly beside it on the same inputs. A compile that fails, or whose
-iterates or energies differ from the eager loop's by more than `TOLERANCE`, is not used again, and that kind of
-read stays eager. A checked graph runs in torch.compile's run-only mode: a call whose inputs its guards refuse
-(other strides, say) runs the same loop eagerly instead of compiling an unchecked graph.
+A one-query read (`memory.fast_read`) is a few hundred small tensor ops (the closed-form gradient's hops or
+products, the Nesterov steps, the diagnostic energy), so its time is dispatch, not arithmetic. torch.compile
+(inductor) fuses the element-wise ops around the matrix products. Once `enable` has been called on a model, its
+reads of the batch sizes named run compiled. Each new kind of read (batch size, masked or not, energies, steps,
+grad and inference mode) is compiled on its first call and run eagerly beside it on the same inputs. A compile
+that fails, or whose iterates or energies differ from the eager loop's by more than `TOLERANCE`, is not used
+again, and that kind of read stays eager. A checked graph runs in torch.compile's run-only mode: a call whose
+inputs its guards refuse (other strides, say) runs the same loop eagerly instead of compiling an unchecked
+graph.
 
 `ebmm bench-serving` (results/bench_serving.md) measures the compiled one-query read of every shipped model and
 says what became of its compile. Families whose read branches on the query's values (the span memories' damaged
@@ -26,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .memory import fast_read
+
 TOLERANCE = 1e-5
 DEFAULT_BATCH_SIZES = (1,)
 # inductor's pattern matcher rewrites torch.add(x, a @ b, alpha=c) as addmm(x, a, b), dropping c (torch 2.13:
@@ -38,8 +41,9 @@ INDUCTOR_OPTIONS = {"pattern_matcher": False}
 @dataclass
 class CompiledKind:
     """One kind of read's compile: status "used" (checked and in use), "refused" (it differed from the eager
-    loop), "failed" (compiling raised) or "eager" (a recompile was needed after the check); seconds to compile
-    and check; the largest difference from the eager loop, iterates and energies (relative); the reason."""
+    loop), "failed" (compiling raised) or "eager" (the family is not compiled, or the compiled read raised after
+    its check); seconds to compile and check; the largest difference from the eager loop, iterates and energies
+    (relative); the reason."""
     status: str
     seconds: float
     iterate_diff: float | None = None
@@ -53,26 +57,16 @@ class CompiledKind:
                 "energy_diff": self.energy_diff, "reason": self.reason, "reads": self.reads}
 
 
-def _loop(energy: torch.nn.Module, ep: dict, cache: dict, queries: Tensor, keep: Tensor | None,
-          gamma: list[float], psi: list[float], last: bool) -> tuple[Tensor, Tensor]:
-    """The fast read (memory.read with a closed-form gradient, no noise, one memory for all queries): the
-    trajectory (K+1, B, *S) and the energies of its iterates ((K+1 or 1), B)."""
-    from .memory import _fast_steps
-    iterates = _fast_steps(lambda x: energy.energy_grad(ep, x, cache), queries, keep, gamma, psi, 0.0, None)
-    traj = torch.stack(iterates)
-    seen = traj[-1:] if last else traj
-    return traj, energy.energy_cached(ep, seen.flatten(0, 1), cache).view(seen.shape[:2])
-
-
 _LOOPS = itertools.count()
 
 
 def _own_loop(n: int) -> Callable[..., tuple[Tensor, Tensor]]:
-    """`_loop` with a code object of its own: torch.compile keeps its compiled graphs on the code object, up
-    to a limit (8) shared by every model and kind of read, past which it runs the function eagerly without a
+    """`fast_read` with a code object of its own: torch.compile keeps its compiled graphs on the code object,
+    up to a limit (8) shared by every model and kind of read, past which it runs the function eagerly without a
     word; one code object per kind holds exactly its one graph."""
-    code = _loop.__code__.replace(co_name=f"_loop_{n}")
-    return types.FunctionType(code, _loop.__globals__, code.co_name, _loop.__defaults__, _loop.__closure__)
+    code = fast_read.__code__.replace(co_name=f"fast_read_{n}")
+    return types.FunctionType(code, fast_read.__globals__, code.co_name, fast_read.__defaults__,
+                              fast_read.__closure__)
 
 
 def _why(e: Exception) -> str:
@@ -138,7 +132,7 @@ class CompiledReads:
     def _compile(self, ep: dict, cache: dict, queries: Tensor, keep: Tensor | None, gamma: list[float],
                  psi: list[float], last: bool) -> tuple[CompiledKind, tuple[Tensor, Tensor]]:
         t0 = time.perf_counter()
-        eager = _loop(self.energy, ep, cache, queries, keep, gamma, psi, last)
+        eager = fast_read(self.energy, ep, cache, queries, keep, gamma, psi, last)
         fn = torch.compile(_own_loop(next(_LOOPS)), dynamic=False, fullgraph=True, options=INDUCTOR_OPTIONS)
         try:
             out = fn(self.energy, ep, cache, queries, keep, gamma, psi, last)

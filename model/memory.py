@@ -337,6 +337,20 @@ def _fast_steps(grad: Callable[[Tensor], Tensor], queries: Tensor, keep: Tensor 
     return iterates
 
 
+def fast_read(energy: torch.nn.Module, ep: Params, cache: dict, queries: Tensor, keep: Tensor | None,
+              gamma: list[float], psi: list[float], last: bool, temperature: float = 0.0,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """`read` with the closed-form gradient on one written memory for every query (`_fast_parts`' ep and
+    cache): the trajectory (K+1, B, *S) and the energies of its iterates ((K+1 or 1), B; `last`: the result's
+    only). model/compiled.py compiles this very function."""
+    iterates = _fast_steps(lambda x: energy.energy_grad(ep, x, cache), queries, keep, gamma, psi, temperature,
+                           generator)
+    traj = torch.stack(iterates)
+    with torch.no_grad():
+        seen = (traj[-1:] if last else traj).detach()
+        return traj, energy.energy_cached(ep, seen.flatten(0, 1), cache).view(seen.shape[:2])
+
+
 _STEP_TENSORS = ("loop.read_rate", "loop.read_decay", "loop.momentum", "loop.momentum_decay")
 
 
@@ -371,30 +385,32 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     q = {**p, **weights}
     keep = None if mask is None else mask.to(queries.dtype)
     known = _known_pixels(keep, queries)
+    # one written memory and no mask the energy takes: every iterate's energy is one call on all of them
+    one_batch = not stacked and not (known is not None and model.energy.reads_known_pixels)
     parts = _fast_parts(model, q, create_graph, known) if fast else None
-    compiled = model.__dict__.get("compiled_reads")              # model/compiled.py, where enabled
-    if (parts is not None and compiled is not None and temperature == 0 and not stacked
-            and (known is None or not model.energy.reads_known_pixels) and compiled.applies(queries.shape[0])):
+    if parts is not None:
         gamma_f, psi_f = _step_floats(model, p, steps)
-        out = compiled.read(*parts, queries, keep, gamma_f, psi_f, energies)
-        if out is not None:
+        if one_batch:
+            compiled = model.__dict__.get("compiled_reads")          # model/compiled.py, where enabled
+            out = (compiled.read(*parts, queries, keep, gamma_f, psi_f, energies)
+                   if compiled is not None and temperature == 0 and compiled.applies(queries.shape[0]) else None)
+            if out is None:
+                out = fast_read(model.energy, *parts, queries, keep, gamma_f, psi_f, energies == "last",
+                                temperature, generator)
             return ReadResult(*out)
-    fast_fns = None if parts is None else _bound(model, *parts)
-    if fast_fns is not None:
-        gamma_f, psi_f = _step_floats(model, p, steps)
-        iterates = _fast_steps(fast_fns[0], queries, keep, gamma_f, psi_f, temperature, generator)
+        grad_fn, energy_fn = _bound(model, *parts)
+        iterates = _fast_steps(grad_fn, queries, keep, gamma_f, psi_f, temperature, generator)
     else:
         gamma, psi = step_sizes(p, steps)
         iterates = _autograd_steps(model, q, queries, keep, gamma, psi, create_graph, temperature, generator)
+        energy_fn = lambda t: model.energy_fn(q, t, known)  # noqa: E731
     traj = torch.stack(iterates)                                    # (K+1, B, *S)
     with torch.no_grad():                   # diagnostics: the energy of the returned iterates
         seen = (traj if energies == "all" else traj[-1:]).detach()
-        fn = (lambda t: model.energy_fn(q, t, known)) if fast_fns is None else fast_fns[1]
-        if stacked or (known is not None and model.energy.reads_known_pixels):
-            # one memory (or one mask) per query: each iterate is a batch of its own
-            energies_t = torch.stack([fn(t) for t in seen])
-        else:
-            energies_t = fn(seen.flatten(0, 1)).view(seen.shape[:2])    # (K+1 or 1, B)
+        if one_batch:
+            energies_t = energy_fn(seen.flatten(0, 1)).view(seen.shape[:2])    # (K+1 or 1, B)
+        else:               # one memory (or one mask) per query: each iterate is a batch of its own
+            energies_t = torch.stack([energy_fn(t) for t in seen])
     return ReadResult(traj, energies_t)
 
 

@@ -225,6 +225,8 @@ class ModelProcesses:
     def __init__(self, n: int, folder: Path, device: torch.device, torch_threads: int, expected: dict[str, str],
                  compile_reads: str = ""):
         self._args, self._expected = (folder, device, torch_threads, compile_reads), expected
+        # a process that compiles reads at start-up (registry.load_models) takes longer to be ready
+        self._startup_seconds = STARTUP_SECONDS * (5 if compile_reads else 1)
         self._idle: list[ModelProcess] = []        # up and waiting for a batch
         self._all: set[ModelProcess] = set()         # every process not yet given up: starting, idle or busy
         self._up: set[ModelProcess] = set()          # ... of which those that loaded the checkpoints
@@ -293,7 +295,7 @@ class ModelProcesses:
             self._start(self._failed())
             return
         try:
-            p.wait_ready(self._expected, STARTUP_SECONDS * (5 if self._args[3] else 1))   # compiles too
+            p.wait_ready(self._expected, self._startup_seconds)
         except ModelProcessError as e:
             with self._lock:
                 self._all.discard(p)

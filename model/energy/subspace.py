@@ -683,9 +683,9 @@ class SubspaceSpanEnergy(EnergyNet):
         s = _signed(x).flatten(1)
         r, keep = self._recall_memo(p, s, c)
         f = (s - self.centre) @ self.basis.T
-        e = 0.5 * torch.linalg.vecdot(f @ c["hebb_m"], f)
-        e = e + 0.5 * c["pull"] * torch.linalg.vecdot((1 - keep) * (s - r), s - r) - 0.5 * c["well"] * \
-            torch.linalg.vecdot(s, s)
+        d = s - r
+        e = 0.5 * torch.linalg.vecdot(f @ c["hebb_m"], f) + 0.5 * c["pull"] * torch.linalg.vecdot((1 - keep) * d, d)
+        e = e - 0.5 * c["well"] * torch.linalg.vecdot(s, s)
         return e * (0.5 * c["scale2"])
 
     def write_energy(self, p: Params, x: Tensor) -> Tensor:
