@@ -170,7 +170,10 @@ def _summary(lat: list[float], timings: list[dict[str, float]], statuses: dict[i
             "outside_model_share_median": round(float(np.median(outside)), 4) if outside else None,
             "outside_model_share_mean": round(float(np.mean(outside)), 4) if outside else None,
             "median_ms_by_stage": {k: round(float(np.median([t.get(k, 0) for t in timings])), 2)
-                                   for k in stages}}
+                                   for k in stages},
+            # what the client waited beyond the server's total: the answer written out, the HTTP stack, the client
+            "after_server_ms_median": (round(float(np.median([t["client"] - t["total"] for t in timings])), 2)
+                                       if timings and all("total" in t for t in timings) else None)}
 
 
 async def _batch_counts(c: httpx.AsyncClient, model: str) -> tuple[float, float] | None:
@@ -252,8 +255,36 @@ def _markdown(res: dict[str, Any]) -> str:
                          f"{s['p99_ms']} | {s['median_ms_by_stage'].get('model', 'n/a')} | "
                          f"{s['median_ms_by_stage'].get('model-cpu', 'n/a')} | {share:.1f}% | "
                          f"{refused} of {s['requests']} | {s.get('reads_per_batched_call') or 'n/a'} |")
-    lines += ["", FOOTNOTE, ""]
+    lines += ["", FOOTNOTE, ""] + _stage_table(res)
     return "\n".join(lines)
+
+
+STAGES = ("body", "route", "parse", "store", "decode", "model", "encode", "total")
+STAGE_NOTE = ("Stages (Server-Timing): `body`, the request body arriving; `route`, from the whole body to the "
+              "handler (routing, dependencies); `parse`, `store` (the session's weights fetched or put), `decode`, "
+              "`model` and `encode`, the handler's own; `total`, the server's time from the request's arrival to "
+              "its answer. `after`: what the client waited beyond `total` (the answer written out, the HTTP "
+              "stack on both sides, the client itself). The median of each is taken on its own, so they do not "
+              "add up exactly.")
+
+
+def _stage_table(res: dict[str, Any]) -> list[str]:
+    """Where the requests' time went: the median milliseconds of each Server-Timing stage, per op and clients."""
+    rows = []
+    for run in res["runs"]:
+        for op in ("write", "retrieve"):
+            s = run.get(op)
+            if not s or "total" not in s["median_ms_by_stage"]:
+                continue
+            st = s["median_ms_by_stage"]
+            after = s.get("after_server_ms_median")
+            rows.append(f"| {op} | {run['concurrency']} | " + " | ".join(str(st.get(k, "")) for k in STAGES)
+                        + f" | {'n/a' if after is None else after} | {st['client']} |")
+    if not rows:
+        return []
+    return ["## Where the time goes (median ms per stage)", "",
+            "| op | clients | " + " | ".join(STAGES) + " | after | client |",
+            "|---|---|" + "---|" * (len(STAGES) + 2), *rows, "", STAGE_NOTE, ""]
 
 
 def _command() -> str:

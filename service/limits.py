@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import PROBLEM_JSON
+
+ARRIVED = "ebmm.arrived"              # scope keys: perf_counter() when the request reached this middleware,
+BODY_SECONDS = "ebmm.body_seconds"    # and the seconds until its whole body had arrived
 
 
 class BodyLimitMiddleware:
@@ -26,6 +30,7 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._refuse(scope, send, int(length))
             return
+        arrived = time.perf_counter()
         chunks: list[bytes] = []
         size = 0
         try:
@@ -47,6 +52,8 @@ class BodyLimitMiddleware:
                                 "came); EBMM_BODY_TIMEOUT_SECONDS sets the limit", size)
             return
         body, sent = b"".join(chunks), False
+        # for the route's Server-Timing: when the request came, and how long its body took to arrive
+        scope[ARRIVED], scope[BODY_SECONDS] = arrived, time.perf_counter() - arrived
 
         async def replay() -> Message:
             nonlocal sent

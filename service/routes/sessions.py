@@ -14,6 +14,7 @@ from ..auth import Caller, State
 from ..bodies import read_retrieve, read_write
 from ..errors import error_responses
 from ..gc_pause import gc_paused
+from ..limits import ARRIVED, BODY_SECONDS
 from ..schemas import RetrieveResponse, SessionInfo, WriteResponse
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -51,12 +52,19 @@ RETRIEVE_FORM = {"files": _binary_field("Query images"),
 
 
 async def _timed(request: Request, response: Response, state: Any, parse: Callable, op: Callable) -> Any:
-    """parse the body, run op(input, timings), and send every stage's time as a Server-Timing header."""
+    """parse the body, run op(input, timings), and send every stage's time as a Server-Timing header: `body`
+    (the request body arriving), `route` (from the whole body to this handler: routing, dependencies), the
+    handler's stages (parse, store, decode, model, encode), and `total`, from the request's arrival on."""
     t, t0 = ops.Timings(), time.perf_counter()
+    arrived = request.scope.get(ARRIVED)
+    if arrived is not None:
+        body = request.scope[BODY_SECONDS]
+        t.add("body", body)
+        t.add("route", max(t0 - arrived - body, 0.0))
     with t.stage("parse"):
         inp = await parse(request, state.settings.max_patterns)
     out = await op(inp, t)
-    t.add("total", time.perf_counter() - t0)
+    t.add("total", time.perf_counter() - (t0 if arrived is None else arrived))
     response.headers["Server-Timing"] = t.header()
     return out
 

@@ -188,10 +188,15 @@ def test_bench_service_drives_a_real_server_and_leaves_nothing_behind(server: An
     for run in res["runs"]:
         assert run["write"]["statuses"] == {"201": 6}, run["write"]
         assert run["retrieve"]["statuses"] == {"200": 6} and run["healthz"]["statuses"] == {"200": 6}, run
-        assert run["retrieve"]["median_ms_by_stage"]["model"] > 0
+        st = run["retrieve"]["median_ms_by_stage"]
+        assert st["model"] > 0 and st["route"] >= 0 and st["body"] >= 0, st
+        # the server's total covers its stages from the request's arrival; the client waited at least that
+        assert st["total"] >= st["model"] + st["parse"] and st["client"] >= st["total"], st
+        assert run["retrieve"]["after_server_ms_median"] >= 0
     # one client's reads are each a batch of one, read off the server's /metrics
     assert res["runs"][0]["retrieve"]["reads_per_batched_call"] == 1.0, res["runs"][0]["retrieve"]
-    assert "| retrieve | 2 |" in (tmp_path / "b.md").read_text()
+    md = (tmp_path / "b.md").read_text()
+    assert "| retrieve | 2 |" in md and "## Where the time goes" in md
     assert keys() == before
     r.close()
 
