@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from model.memory import ReadResult
+
 from .model_process import ModelProcesses
 from .registry import LoadedModel
 from .runner import CallTime
@@ -43,15 +45,17 @@ class _Group:
 
 
 def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str,
-               procs: ModelProcesses | None = None) -> tuple[list[Result], float | None]:
+               procs: ModelProcesses | None = None, trajectory: bool = True) -> tuple[list[Result], float | None]:
     """One model call for several sessions' reads, then each query's familiarity with its own weights: in
     an idle model process when there is one (service/model_process.py), else here. With it, the CPU
-    seconds the model process used (else None)."""
+    seconds the model process used (else None). trajectory=False: each read's iterates are its result alone,
+    (1, B, ...), wherever it ran (a model process then sends back a sixth of the floats for five steps)."""
     weights, queries = [w for w, _ in items], [x for _, x in items]
-    there = None if procs is None else procs.read_many(m.name, weights, queries, steps, energies)
+    there = None if procs is None else procs.read_many(m.name, weights, queries, steps, energies, trajectory)
     if there is not None:
         return there
-    return m.memory.read_many(weights, queries, steps, energies), None
+    outs = m.memory.read_many(weights, queries, steps, energies)
+    return (outs if trajectory else [(ReadResult(r.iterates[-1:], r.energies), f) for r, f in outs]), None
 
 
 class ReadBatcher:
@@ -61,8 +65,8 @@ class ReadBatcher:
         self.run, self.concurrent, self.window, self.max_queries = run, concurrent, window, max_queries
         self.on_batch, self.procs, self.on_place = on_batch, procs, on_place
         self.requests = 0                  # retrieves being handled (`handling`), batched or not
-        self._groups: dict[tuple[str, int, str], _Group] = {}
-        self._running: dict[tuple[str, int, str], int] = {}
+        self._groups: dict[tuple[str, int, str, bool], _Group] = {}
+        self._running: dict[tuple[str, int, str, bool], int] = {}
         self._tasks: set[asyncio.Task] = set()
 
     @contextmanager
@@ -83,10 +87,11 @@ class ReadBatcher:
         return self.procs
 
     async def read(self, m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor, steps: int,
-                   energies: str) -> tuple[Result, float]:
-        """(ReadResult, familiarity) of x on weights, and the seconds of the model call it ran in."""
+                   energies: str, trajectory: bool = True) -> tuple[Result, float]:
+        """(ReadResult, familiarity) of x on weights, and the seconds of the model call it ran in; without
+        trajectory, the ReadResult's iterates are the result alone (`read_batch`)."""
         m.memory.check_session(weights)              # a mismatch fails this read alone, not its batch
-        key = (m.name, steps, energies)
+        key = (m.name, steps, energies, trajectory)
         group = self._groups.setdefault(key, _Group())
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         group.items.append((weights, x))
@@ -98,7 +103,7 @@ class ReadBatcher:
             group.timer = asyncio.get_running_loop().call_later(self.window, self._start, key, m)
         return await fut
 
-    def _start(self, key: tuple[str, int, str], m: LoadedModel) -> None:
+    def _start(self, key: tuple[str, int, str, bool], m: LoadedModel) -> None:
         group = self._groups.pop(key, None)
         if group is None or not group.items:
             return
@@ -109,12 +114,12 @@ class ReadBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, key: tuple[str, int, str], m: LoadedModel, group: _Group) -> None:
+    async def _run(self, key: tuple[str, int, str, bool], m: LoadedModel, group: _Group) -> None:
         try:
             if self.on_batch is not None:
                 self.on_batch(m.name, len(group.items))
             (outs, elsewhere), seconds = await self.run(read_batch, m, group.items, key[1], key[2],
-                                                     self._where(group))
+                                                     self._where(group), key[3])
             if elsewhere is not None:                # the model process's CPU beside the lane thread's
                 seconds = CallTime(float(seconds), seconds.cpu + elsewhere)
             if self.on_place is not None:

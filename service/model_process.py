@@ -102,7 +102,8 @@ def _main(conn: Connection, folder: str, device: str, torch_threads: int, compil
                        for i in range(len(counts))]
             queries = tensors[len(names) * len(counts):]
             outs = m.memory.read_many(weights, queries, meta["steps"], meta["energies"])
-            flat = [t for r, f in outs for t in (r.iterates, r.energies, f)]
+            last = not meta.get("trajectory", True)      # the result alone: a sixth of the floats for 5 steps
+            flat = [t for r, f in outs for t in (r.iterates[-1:] if last else r.iterates, r.energies, f)]
             reply = {"ok": True, "cpu": time.process_time() - c0}
         except Exception as e:                          # noqa: BLE001 - the server reads in-process instead
             flat, reply = [], {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -189,13 +190,15 @@ class ModelProcess:
         return unpack(self.recv(timeout))
 
     def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
-                  energies: str) -> tuple[list[tuple[Any, Tensor]], float]:
-        """As Memory.read_many, in the model process: (results, the CPU seconds it used)."""
+                  energies: str, trajectory: bool = True) -> tuple[list[tuple[Any, Tensor]], float]:
+        """As Memory.read_many, in the model process: (results, the CPU seconds it used); trajectory=False:
+        each result's iterates are its last alone, (1, B, ...)."""
         from model.memory import ReadResult
         from model.serving import STATE
         names = sorted(n for n in weights[0] if not n.startswith(STATE))     # a read needs no append state
         msg = pack({"model": model, "names": names, "counts": [q.shape[0] for q in queries], "steps": steps,
-                    "energies": energies}, [w[n] for w in weights for n in names] + list(queries))
+                    "energies": energies, "trajectory": trajectory},
+                   [w[n] for w in weights for n in names] + list(queries))
         self.send(msg)                     # both bounded by CALL_SECONDS: a stalled process is given up
         meta, flat = self._recv(None)
         if not meta.get("ok"):
@@ -249,14 +252,14 @@ class ModelProcesses:
             return len(self._up)
 
     def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
-                  energies: str) -> tuple[list[tuple[Any, Tensor]], float] | None:
+                  energies: str, trajectory: bool = True) -> tuple[list[tuple[Any, Tensor]], float] | None:
         """ModelProcess.read_many in an idle process, or None when none is up or the call failed (a failed
         process is replaced; a call that raised there raises here too, in the caller's own read)."""
         p = self.take()
         if p is None:
             return None
         try:
-            out = p.read_many(model, weights, queries, steps, energies)
+            out = p.read_many(model, weights, queries, steps, energies, trajectory)
         except ModelCallFailed:
             self.give_back(p)
             return None

@@ -320,7 +320,8 @@ async def _retrieve(state: AppState, caller: str, session_id: str, inp: Retrieve
     energies = "last" if inp.npy_answer else "all"
     if (state.batcher is not None and mask is None and not o.top_k and not o.samples and m.memory.stacks_weights
             and x.shape[0] <= SMALL_READ):
-        res, fam = await _metered(state, "read", m, t, state.batcher.read(m, weights, x, steps, energies))
+        res, fam = await _metered(state, "read", m, t, state.batcher.read(m, weights, x, steps, energies,
+                                                                      o.trajectory))
         cands = drawn = None
     else:
         res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask,

@@ -36,8 +36,10 @@ async def test_concurrent_reads_of_many_sessions_batch_and_answer_as_alone(check
     for batching in (False, True):
         async with running(checkpoint_dir, batch_reads=batching, pool_size=1, pool_queue=64) as (client, state):
             ids, bodies = await _write_and_query(client, 12)
-            rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve", json=b)
-                                        for sid, b in zip(ids, bodies, strict=True)))
+            # every other read asks for its trajectory: a batch of both kinds answers each as asked
+            rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve",
+                                                    json={**b, "trajectory": i % 2 == 0})
+                                        for i, (sid, b) in enumerate(zip(ids, bodies, strict=True))))
             assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200]
             answers[batching] = [r.json()["results"] for r in rs]
             metrics = (await client.get("/metrics")).text
@@ -49,8 +51,11 @@ async def test_concurrent_reads_of_many_sessions_batch_and_answer_as_alone(check
                 assert total == [12.0] and counts and counts[0] < 12, metrics   # fewer calls than reads
             else:
                 assert 'ebmm_read_batch_requests_count{model="binary128"}' not in metrics
-    for alone, batched in zip(answers[False], answers[True], strict=True):
+    for i, (alone, batched) in enumerate(zip(answers[False], answers[True], strict=True)):
         assert [r["pattern"] for r in alone] == [r["pattern"] for r in batched]
+        assert [r["trajectory"] for r in alone] == [r["trajectory"] for r in batched]
+        assert all((r["trajectory"] is not None) == (i % 2 == 0) for r in batched)
+        assert all(len(r["energies"]) == 6 for r in batched)       # every iterate's energy, with or without
         assert np.allclose([r["energies"] for r in alone], [r["energies"] for r in batched], rtol=1e-4, atol=1e-3)
         assert np.allclose([r["familiarity"] for r in alone], [r["familiarity"] for r in batched], atol=1e-5)
 
@@ -81,7 +86,8 @@ async def test_batcher_runs_a_lone_read_at_once_and_collects_the_rest_while_busy
     calls: list[int] = []
     release = asyncio.Event()
 
-    async def run(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any) -> tuple[tuple, float]:
+    async def run(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any,
+                  trajectory: bool) -> tuple[tuple, float]:
         calls.append(len(items))
         if len(calls) == 1:
             await release.wait()                               # the first batch holds the model
@@ -103,7 +109,8 @@ async def test_batcher_runs_a_lone_read_at_once_and_collects_the_rest_while_busy
 async def test_batcher_window_bounds_the_wait_and_a_full_pool_refuses_the_batch() -> None:
     calls: list[int] = []
 
-    async def busy(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any) -> tuple[tuple, float]:
+    async def busy(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any,
+                   trajectory: bool) -> tuple[tuple, float]:
         calls.append(len(items))
         raise Busy("all slots are taken", headers={"Retry-After": "1"})
 

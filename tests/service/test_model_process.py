@@ -66,6 +66,12 @@ def test_a_model_process_reads_as_the_server_does_and_refuses_other_checkpoints(
             p.read_many("nope", ws, qs, 5, "all")
         there, _ = p.read_many("shapes16", ws, qs, 5, "last")           # ... and the process goes on
         assert there[0][0].energies.shape[0] == 1
+        # without the trajectory, only each read's result comes back: the same as its last iterate
+        here = models["shapes16"].memory.read_many(ws, qs, 5, "last")
+        last, _ = p.read_many("shapes16", ws, qs, 5, "last", trajectory=False)
+        for (r1, f1), (r2, f2) in zip(here, last, strict=True):
+            assert r2.iterates.shape == (1, *r1.iterates.shape[1:]) and torch.equal(r2.iterates[0], r1.iterates[-1])
+            assert torch.equal(r1.energies, r2.energies) and torch.equal(f1, f2)
     finally:
         p.close()
     assert not p.alive()
