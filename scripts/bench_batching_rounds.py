@@ -25,6 +25,7 @@ from service.bench import _machine
 SETTINGS = {   # name -> EBMM_* environment
     "two model processes (defaults)": {},
     "two model processes, no access log": {"EBMM_ACCESS_LOG": "false"},
+    "two model processes, weights sent with every read": {"EBMM_MODEL_CACHE_MB": "0"},
     "one model process": {"EBMM_BATCH_CONCURRENCY": "1"},
     "in the server, two batch threads": {"EBMM_MODEL_PROCESS": "false"},
     "in the server, one batch thread": {"EBMM_MODEL_PROCESS": "false", "EBMM_BATCH_CONCURRENCY": "1"},

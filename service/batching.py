@@ -40,18 +40,22 @@ Result = tuple[Any, torch.Tensor]                          # (ReadResult, famili
 class _Group:
     items: list[Item] = field(default_factory=list)
     futures: list[asyncio.Future] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)        # each item's session_key, or None
     queries: int = 0
     timer: asyncio.TimerHandle | None = None
 
 
 def read_batch(m: LoadedModel, items: list[Item], steps: int, energies: str,
-               procs: ModelProcesses | None = None, trajectory: bool = True) -> tuple[list[Result], float | None]:
+               procs: ModelProcesses | None = None, trajectory: bool = True,
+               keys: list[str | None] | None = None) -> tuple[list[Result], float | None]:
     """One model call for several sessions' reads, then each query's familiarity with its own weights: in
     an idle model process when there is one (service/model_process.py), else here. With it, the CPU
     seconds the model process used (else None). trajectory=False: each read's iterates are its result alone,
-    (1, B, ...), wherever it ran (a model process then sends back a sixth of the floats for five steps)."""
+    (1, B, ...), wherever it ran (a model process then sends back a sixth of the floats for five steps).
+    keys: each session's weights named (`session_key`), for the model processes' caches."""
     weights, queries = [w for w, _ in items], [x for _, x in items]
-    there = None if procs is None else procs.read_many(m.name, weights, queries, steps, energies, trajectory)
+    there = None if procs is None else procs.read_many(m.name, weights, queries, steps, energies, trajectory,
+                                                           keys)
     if there is not None:
         return there
     outs = m.memory.read_many(weights, queries, steps, energies)
@@ -87,14 +91,16 @@ class ReadBatcher:
         return self.procs
 
     async def read(self, m: LoadedModel, weights: dict[str, torch.Tensor], x: torch.Tensor, steps: int,
-                   energies: str, trajectory: bool = True) -> tuple[Result, float]:
+                   energies: str, trajectory: bool = True, weights_key: str | None = None) -> tuple[Result, float]:
         """(ReadResult, familiarity) of x on weights, and the seconds of the model call it ran in; without
-        trajectory, the ReadResult's iterates are the result alone (`read_batch`)."""
+        trajectory, the ReadResult's iterates are the result alone (`read_batch`). weights_key: the weights'
+        `session_key`, with which a model process that holds them is not sent them again."""
         m.memory.check_session(weights)              # a mismatch fails this read alone, not its batch
         key = (m.name, steps, energies, trajectory)
         group = self._groups.setdefault(key, _Group())
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         group.items.append((weights, x))
+        group.keys.append(weights_key)
         group.futures.append(fut)
         group.queries += x.shape[0]
         if self._running.get(key, 0) < self.concurrent or group.queries >= self.max_queries:
@@ -119,7 +125,7 @@ class ReadBatcher:
             if self.on_batch is not None:
                 self.on_batch(m.name, len(group.items))
             (outs, elsewhere), seconds = await self.run(read_batch, m, group.items, key[1], key[2],
-                                                     self._where(group), key[3])
+                                                     self._where(group), key[3], group.keys)
             if elsewhere is not None:                # the model process's CPU beside the lane thread's
                 seconds = CallTime(float(seconds), seconds.cpu + elsewhere)
             if self.on_place is not None:

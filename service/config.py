@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(2.0, ge=0, le=1000)   # the longest a read waits for its batch to start
     batch_max_queries: int = Field(256, ge=1, le=65536)  # a batch starts once it holds this many queries
     model_process: bool = True                     # batched reads in a model process of their own
+    # session weights each model process keeps between batches, so that a session's weights cross the pipe
+    # once, not with every read (service/model_process.py: WeightsCache); 0: sent with every read
+    model_cache_mb: int = Field(64, ge=0, le=65536)
     gil_switch_interval_us: float = Field(50.0, ge=5, le=100_000)  # sys.setswitchinterval, microseconds
     memory_max_sessions: int = Field(1000, ge=1, le=1_000_000)
     memory_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 36)

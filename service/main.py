@@ -60,7 +60,7 @@ def _lifespan(settings: Settings, metrics: Metrics):
         if settings.batch_reads and settings.model_process and any(m.memory.stacks_weights for m in loaded.values()):
             procs = ModelProcesses(settings.batch_concurrency, settings.checkpoint_dir, device,
                                    settings.torch_threads, {n: m.sha256 for n, m in loaded.items()},
-                                   settings.compile_reads)
+                                   settings.compile_reads, settings.model_cache_mb << 20)
         if settings.batch_reads:
             app.state.ebmm.batcher = ReadBatcher(
                 partial(runner.run, lane="batch"), settings.batch_concurrency, settings.batch_window_ms / 1000,

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,59 @@ class CheckpointMismatch(ModelProcessError):
 
 class ModelCallFailed(ModelProcessError):
     """The model process answered that a call raised; the process itself is fine."""
+
+
+class WeightsCache:
+    """Session weights a model process keeps between batches, so that the server sends a session's weights
+    once instead of with every read: least recently used first out beyond `budget` bytes (float32). The
+    server keeps a mirror of each process's cache (the same class, holding sizes alone): both see the same
+    puts and gets in the same order, so the mirror knows which weights the process holds without asking.
+    Keys name a session's weights at one version (`session_key`), which no other weights ever have."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> Any:
+        """The value kept under key (as most recently used), or None."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: str, value: Any, size: int) -> None:
+        """Keep value under key, dropping the least recently used beyond the budget; a value larger than
+        the budget is not kept."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used -= old[1]
+        if size > self.budget:
+            return
+        while self._items and self.used + size > self.budget:
+            _, (_, gone) = self._items.popitem(last=False)
+            self.used -= gone
+        self._items[key] = (value, size)
+        self.used += size
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.used = 0
+
+
+def session_key(model: str, session_id: str, version: int) -> str:
+    """A session's weights at one version: appends bump the version, and ids are never reused."""
+    return f"{model}/{session_id}/{version}"
+
+
+def _nbytes(tensors: list[Tensor]) -> int:
+    return sum(4 * t.numel() for t in tensors)
 
 
 def pack(meta: dict[str, Any], tensors: list[Tensor]) -> bytes:
@@ -77,8 +131,12 @@ def unpack(buf: bytes) -> tuple[dict[str, Any], list[Tensor]]:
         raise ModelProcessError(f"malformed model-process message: {e}") from e
 
 
-def _main(conn: Connection, folder: str, device: str, torch_threads: int, compile_reads: str = "") -> None:
-    """The model process: load the checkpoints, say which, then answer read_many requests until EOF."""
+def _main(conn: Connection, folder: str, device: str, torch_threads: int, compile_reads: str = "",
+          cache_bytes: int = 0) -> None:
+    """The model process: load the checkpoints, say which, then answer read_many requests until EOF. A
+    session whose weights came with a key is kept (`WeightsCache`, cache_bytes): later calls send the key
+    alone. A key it does not hold (its cache and the server's mirror disagree) is answered `missing`, and
+    the server sends everything again with `reset`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C stops the server, which closes the pipe
     torch.set_num_threads(torch_threads)
     logging.basicConfig(level=logging.WARNING, format="ebmm model process: %(message)s")
@@ -88,6 +146,7 @@ def _main(conn: Connection, folder: str, device: str, torch_threads: int, compil
         conn.send_bytes(pack({"models": {n: m.sha256 for n, m in models.items()}}, []))
     except OSError:                                    # the server went away while this one loaded
         return
+    cache = WeightsCache(cache_bytes)
     while True:
         try:
             buf = conn.recv_bytes()
@@ -98,13 +157,31 @@ def _main(conn: Connection, folder: str, device: str, torch_threads: int, compil
             meta, tensors = unpack(buf)
             m = models[meta["model"]]
             names, counts = meta["names"], meta["counts"]
-            weights = [dict(zip(names, tensors[i * len(names):(i + 1) * len(names)], strict=True))
-                       for i in range(len(counts))]
-            queries = tensors[len(names) * len(counts):]
-            outs = m.memory.read_many(weights, queries, meta["steps"], meta["energies"])
-            last = not meta.get("trajectory", True)      # the result alone: a sixth of the floats for 5 steps
-            flat = [t for r, f in outs for t in (r.iterates[-1:] if last else r.iterates, r.energies, f)]
-            reply = {"ok": True, "cpu": time.process_time() - c0}
+            keys, sent = meta.get("keys") or [None] * len(counts), meta.get("sent") or [True] * len(counts)
+            if meta.get("reset"):
+                cache.clear()
+            weights, at, missing = [], 0, []
+            for key, here in zip(keys, sent, strict=True):         # in order: as the server's mirror did
+                if here:
+                    part = tensors[at:at + len(names)]
+                    at += len(names)
+                    if key is not None:
+                        cache.put(key, part, _nbytes(part))
+                else:
+                    part = cache.get(key)
+                    if part is None:
+                        missing.append(key)
+                weights.append(None if part is None else dict(zip(names, part, strict=True)))
+            queries = tensors[at:]
+            if len(queries) != len(counts):
+                raise ValueError(f"{len(queries)} query batches for {len(counts)} reads")
+            if missing:
+                flat, reply = [], {"ok": False, "missing": missing}
+            else:
+                outs = m.memory.read_many(weights, queries, meta["steps"], meta["energies"])
+                last = not meta.get("trajectory", True)  # the result alone: a sixth of the floats for 5 steps
+                flat = [t for r, f in outs for t in (r.iterates[-1:] if last else r.iterates, r.energies, f)]
+                reply = {"ok": True, "cpu": time.process_time() - c0}
         except Exception as e:                          # noqa: BLE001 - the server reads in-process instead
             flat, reply = [], {"ok": False, "error": f"{type(e).__name__}: {e}"}
         try:
@@ -117,20 +194,24 @@ class ModelProcess:
     """One model process and the pipe to it; one call at a time (the batch lane's thread holds it).
     Construction launches it; `wait_ready` waits until it has loaded the checkpoints."""
 
-    def __init__(self, folder: Path, device: torch.device, torch_threads: int, compile_reads: str = ""):
+    def __init__(self, folder: Path, device: torch.device, torch_threads: int, compile_reads: str = "",
+                 cache_bytes: int = 0):
         # a fresh interpreter (not fork: the parent runs threads and an event loop; not multiprocessing's
         # spawn: that re-imports the parent's main module), one end of a socket pair as its pipe
         ours, theirs = socket.socketpair()
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "service.model_process", str(theirs.fileno()), str(folder), str(device),
-                 str(torch_threads), compile_reads], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                 str(torch_threads), compile_reads, str(cache_bytes)], pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL)
         except OSError as e:
             ours.close()
             raise ModelProcessError(f"could not start a model process: {e}") from e
         finally:
             theirs.close()
         self._sock = ours          # framed as multiprocessing's Connection frames (the child's end is one)
+        self.cache = WeightsCache(cache_bytes)       # a mirror of the process's: which weights it holds
+        self.weights_sent = self.weights_kept = self.resets = 0   # sessions' weights sent, not sent; resets
 
     def wait_ready(self, expected: dict[str, str], timeout: float = STARTUP_SECONDS) -> None:
         """Until the process says which checkpoints it loaded (name -> SHA-256); ModelProcessError (and the
@@ -190,23 +271,47 @@ class ModelProcess:
         return unpack(self.recv(timeout))
 
     def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
-                  energies: str, trajectory: bool = True) -> tuple[list[tuple[Any, Tensor]], float]:
+                  energies: str, trajectory: bool = True, keys: list[str | None] | None = None
+                  ) -> tuple[list[tuple[Any, Tensor]], float]:
         """As Memory.read_many, in the model process: (results, the CPU seconds it used); trajectory=False:
-        each result's iterates are its last alone, (1, B, ...)."""
+        each result's iterates are its last alone, (1, B, ...). keys[i] (`session_key`, or None) names
+        weights[i]: weights the process already holds under their key are not sent again."""
         from model.memory import ReadResult
         from model.serving import STATE
         names = sorted(n for n in weights[0] if not n.startswith(STATE))     # a read needs no append state
-        msg = pack({"model": model, "names": names, "counts": [q.shape[0] for q in queries], "steps": steps,
-                    "energies": energies, "trajectory": trajectory},
-                   [w[n] for w in weights for n in names] + list(queries))
-        self.send(msg)                     # both bounded by CALL_SECONDS: a stalled process is given up
-        meta, flat = self._recv(None)
+        keys = [None] * len(weights) if keys is None or not self.cache.budget else keys
+        head = {"model": model, "names": names, "counts": [q.shape[0] for q in queries], "steps": steps,
+                "energies": energies, "trajectory": trajectory, "keys": keys}
+        meta, flat = self._call(head, weights, names, queries, keys, reset=False)
+        if meta.get("missing"):             # the process's cache and this mirror disagree: start both afresh
+            log.warning("model process %s lacked %d cached session(s); resending", self.pid, len(meta["missing"]))
+            self.cache.clear()
+            self.resets += 1
+            meta, flat = self._call(head, weights, names, queries, keys, reset=True)
         if not meta.get("ok"):
-            raise ModelCallFailed(f"the model process failed: {meta.get('error')}")
+            raise ModelCallFailed(f"the model process failed: {meta.get('error') or meta.get('missing')}")
         if len(flat) != 3 * len(queries):
             raise ModelProcessError(f"the model process answered {len(flat)} tensors for {len(queries)} reads")
         outs = [(ReadResult(flat[3 * i], flat[3 * i + 1]), flat[3 * i + 2]) for i in range(len(queries))]
         return outs, float(meta["cpu"])
+
+    def _call(self, head: dict[str, Any], weights: list[dict[str, Tensor]], names: list[str], queries: list[Tensor],
+              keys: list[str | None], reset: bool) -> tuple[dict[str, Any], list[Tensor]]:
+        """One request and its answer: each session's tensors unless the mirror says the process holds them,
+        the mirror updated in the order the process will update its cache."""
+        sent, tensors = [], []
+        for w, key in zip(weights, keys, strict=True):
+            part = [w[n] for n in names]
+            here = key is None or self.cache.get(key) is None
+            if here:
+                tensors += part
+                if key is not None:
+                    self.cache.put(key, True, _nbytes(part))
+            sent.append(here)
+        self.weights_sent += sum(sent)
+        self.weights_kept += len(sent) - sum(sent)
+        self.send(pack({**head, "sent": sent, "reset": reset}, tensors + list(queries)))
+        return self._recv(None)             # both bounded by CALL_SECONDS: a stalled process is given up
 
     def close(self, timeout: float = 2.0) -> None:
         """Close the pipe (the process ends at EOF); kill it if it has not ended within timeout seconds."""
@@ -226,8 +331,8 @@ class ModelProcesses:
     replaced, `read_many` finds none and the lane reads in the server's process."""
 
     def __init__(self, n: int, folder: Path, device: torch.device, torch_threads: int, expected: dict[str, str],
-                 compile_reads: str = ""):
-        self._args, self._expected = (folder, device, torch_threads, compile_reads), expected
+                 compile_reads: str = "", cache_bytes: int = 0):
+        self._args, self._expected = (folder, device, torch_threads, compile_reads, cache_bytes), expected
         # a process that compiles reads at start-up (registry.load_models) takes longer to be ready
         self._startup_seconds = STARTUP_SECONDS * (5 if compile_reads else 1)
         self._idle: list[ModelProcess] = []        # up and waiting for a batch
@@ -252,14 +357,15 @@ class ModelProcesses:
             return len(self._up)
 
     def read_many(self, model: str, weights: list[dict[str, Tensor]], queries: list[Tensor], steps: int,
-                  energies: str, trajectory: bool = True) -> tuple[list[tuple[Any, Tensor]], float] | None:
+                  energies: str, trajectory: bool = True, keys: list[str | None] | None = None
+                  ) -> tuple[list[tuple[Any, Tensor]], float] | None:
         """ModelProcess.read_many in an idle process, or None when none is up or the call failed (a failed
         process is replaced; a call that raised there raises here too, in the caller's own read)."""
         p = self.take()
         if p is None:
             return None
         try:
-            out = p.read_many(model, weights, queries, steps, energies, trajectory)
+            out = p.read_many(model, weights, queries, steps, energies, trajectory, keys)
         except ModelCallFailed:
             self.give_back(p)
             return None
@@ -353,5 +459,6 @@ class ModelProcesses:
             p.close()
 
 
-if __name__ == "__main__":               # python -m service.model_process FD FOLDER DEVICE TORCH_THREADS [COMPILE]
-    _main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
+if __name__ == "__main__":      # python -m service.model_process FD FOLDER DEVICE TORCH_THREADS [COMPILE [CACHE_BYTES]]
+    _main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6],
+          *(int(a) for a in sys.argv[6:7]))

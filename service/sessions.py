@@ -22,6 +22,7 @@ from .errors import BadInput, Busy, Conflict, NotFound, StoreUnavailable, TooLar
 from .imaging import encode_png
 from .gc_pause import gc_paused
 from .inputs import RawBatch, check_count, input_warnings, match_mask, to_tensor
+from .model_process import session_key
 from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
@@ -320,8 +321,8 @@ async def _retrieve(state: AppState, caller: str, session_id: str, inp: Retrieve
     energies = "last" if inp.npy_answer else "all"
     if (state.batcher is not None and mask is None and not o.top_k and not o.samples and m.memory.stacks_weights
             and x.shape[0] <= SMALL_READ):
-        res, fam = await _metered(state, "read", m, t, state.batcher.read(m, weights, x, steps, energies,
-                                                                      o.trajectory))
+        res, fam = await _metered(state, "read", m, t, state.batcher.read(
+            m, weights, x, steps, energies, o.trajectory, session_key(m.name, meta.id, meta.version)))
         cands = drawn = None
     else:
         res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask,

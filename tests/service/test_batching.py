@@ -87,7 +87,7 @@ async def test_batcher_runs_a_lone_read_at_once_and_collects_the_rest_while_busy
     release = asyncio.Event()
 
     async def run(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any,
-                  trajectory: bool) -> tuple[tuple, float]:
+                  trajectory: bool, keys: list) -> tuple[tuple, float]:
         calls.append(len(items))
         if len(calls) == 1:
             await release.wait()                               # the first batch holds the model
@@ -110,7 +110,7 @@ async def test_batcher_window_bounds_the_wait_and_a_full_pool_refuses_the_batch(
     calls: list[int] = []
 
     async def busy(fn: Any, m: Any, items: list, steps: int, energies: str, procs: Any,
-                   trajectory: bool) -> tuple[tuple, float]:
+                   trajectory: bool, keys: list) -> tuple[tuple, float]:
         calls.append(len(items))
         raise Busy("all slots are taken", headers={"Retry-After": "1"})
 

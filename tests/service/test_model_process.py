@@ -12,8 +12,10 @@ import torch
 from test_api import running
 from test_batching import _write_and_query
 
+from model.serving import STATE
 from service.batching import ReadBatcher, _Group, read_batch
-from service.model_process import ModelCallFailed, ModelProcess, ModelProcessError, ModelProcesses, pack, unpack
+from service.model_process import (ModelCallFailed, ModelProcess, ModelProcessError, ModelProcesses, WeightsCache, pack,
+                                   session_key, unpack)
 from service.registry import load_models
 
 pytestmark = pytest.mark.anyio
@@ -216,3 +218,54 @@ def test_a_process_with_other_checkpoints_is_not_started_again(checkpoint_dir: P
         assert procs.failures == 1 and procs.up() == 0 and procs.take() is None and not procs._all
     finally:
         procs.close()
+
+
+def test_weights_cache_keeps_the_most_recently_used_within_its_budget() -> None:
+    c = WeightsCache(budget=100)
+    c.put("a", 1, 40)
+    c.put("b", 2, 40)
+    assert c.get("a") == 1                               # a is now the most recently used
+    c.put("c", 3, 40)                                    # over budget: b, the least recently used, goes
+    assert "b" not in c and c.get("a") == 1 and c.get("c") == 3 and c.used == 80
+    c.put("huge", 4, 101)                                # larger than the budget: not kept, nothing dropped
+    assert "huge" not in c and len(c) == 2
+    c.put("a", 5, 10)                                    # a new value under a kept key replaces it
+    assert c.get("a") == 5 and c.used == 50
+
+
+def test_a_model_process_keeps_session_weights_and_reads_each_version_right(checkpoint_dir: Path) -> None:
+    """Weights sent once under their key are read from the process's cache; a new version (an append) and
+    weights the cache dropped are sent again; a cache that disagrees with the server's mirror is reset;
+    every answer equals the server's own read."""
+    models = load_models(checkpoint_dir, torch.device("cpu"))
+    m = models["binary128"]
+    ws, qs = _sessions(m, 3, seed=2)
+    size = sum(4 * t.numel() for n, t in ws[0].items() if not n.startswith(STATE))   # what a read sends
+    p = ModelProcess(checkpoint_dir, torch.device("cpu"), 1, cache_bytes=2 * size)   # room for two sessions
+
+    def same(weights: list[dict], keys: list) -> None:
+        there, _ = p.read_many("binary128", weights, qs[:len(weights)], 5, "last", keys=keys)
+        here = m.memory.read_many(weights, qs[:len(weights)], 5, "last")
+        for (r1, f1), (r2, f2) in zip(here, there, strict=True):
+            assert torch.equal(r1.iterates, r2.iterates) and torch.equal(f1, f2)
+
+    try:
+        p.wait_ready({n: x.sha256 for n, x in models.items()})
+        keys = [session_key("binary128", f"s{i}", 0) for i in range(3)]
+        same(ws[:2], keys[:2])
+        assert (p.weights_sent, p.weights_kept) == (2, 0)
+        same(ws[:2], keys[:2])                           # held: only the queries cross the pipe
+        assert (p.weights_sent, p.weights_kept) == (2, 2)
+        changed = {n: t + 0.5 for n, t in ws[0].items()}  # s0 appended to: version 1, other weights
+        same([changed, ws[1]], [session_key("binary128", "s0", 1), keys[1]])
+        assert (p.weights_sent, p.weights_kept) == (3, 3)
+        same([ws[2], ws[0]], [keys[2], keys[0]])         # both sent: s2 is new, s0 at version 0 was dropped
+        assert p.weights_sent == 5 and p.resets == 0
+        p.cache.put(keys[1], True, size)                 # the mirror wrongly believes s1 is held ...
+        p.cache.put(keys[2], True, size)
+        same([ws[1], ws[2]], keys[1:])
+        assert p.resets == 1                             # ... the process says so, and both start afresh
+        same(ws, [None, None, None])                     # no keys: sent every time, nothing kept
+        assert len(p.cache) == 2
+    finally:
+        p.close()
