@@ -7,7 +7,9 @@ lane's thread, which waits on a pipe with the GIL released. The pipe costs a rou
 (results/explore/model-process-roundtrip.json), so a lone read stays in the server (service/batching.py:
 ReadBatcher._where). Every setting side by side: results/bench_service_batching_rounds.md.
 
-Messages are a JSON header and raw float32 tensors (`pack`, `unpack`): no pickle crosses the pipe. The
+Messages are a JSON header and raw float32 tensors (`pack`, `unpack`): no pickle crosses the pipe. A process
+keeps the session weights it was sent under their `session_key` (`WeightsCache`, EBMM_MODEL_CACHE_MB), so
+that later batches send the queries alone; the server mirrors each process's cache. The
 processes start in the background, and a process that dies, breaks the protocol or stays silent for
 CALL_SECONDS is killed and replaced in the background (after a wait that grows while replacements keep
 failing); until one is up the batch lane reads in the server's own process, so a read never fails because
