@@ -37,7 +37,7 @@ def main(out: str) -> None:
         shape = m.input_shape
         ws = [m.memory.write((torch.rand(64, *shape, generator=g) > 0.5).float()).weights for _ in range(16)]
         qs = [(torch.rand(1, *shape, generator=g) > 0.5).float() for _ in range(16)]
-        keys = [session_key(MODEL, f"session-{i}", 0) for i in range(16)]
+        keys = [session_key(MODEL, f"token-{i}") for i in range(16)]
 
         def ping() -> None:
             p.send(b"?")                              # malformed: answered at once with an error

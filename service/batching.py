@@ -3,7 +3,8 @@ that arrive while the model is busy run as one batched model call, each session'
 own queries (model/memory.py: read_stacked).
 
 Self-clocking: a read runs at once while fewer than `concurrent` batches of its kind (model, read steps,
-answer type) are running, so a lone client waits for nothing; otherwise it joins the next batch, which
+answer type, trajectory or not) are running, so a lone client waits for nothing; otherwise it joins the
+next batch, which
 starts when a running batch finishes or, at the latest, `window` seconds after its first read arrived,
 or as soon as it holds `max_queries` queries. A batch takes one slot of the bounded model pool, and a
 full pool refuses the whole batch (503 with Retry-After) as it would refuse each read. A read whose

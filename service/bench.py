@@ -263,9 +263,9 @@ STAGES = ("body", "route", "parse", "store", "decode", "model", "encode", "total
 STAGE_NOTE = ("Stages (Server-Timing): `body`, the request body arriving; `route`, from the whole body to the "
               "handler (routing, dependencies); `parse`, `store` (the session's weights fetched or put), `decode`, "
               "`model` and `encode`, the handler's own; `total`, the server's time from the request's arrival to "
-              "its answer. `after`: what the client waited beyond `total` (the answer written out, the HTTP "
-              "stack on both sides, the client itself). The median of each is taken on its own, so they do not "
-              "add up exactly.")
+              "the handler's return. `after`: what the client waited beyond `total` (a JSON answer's "
+              "serialisation, the answer written out, the HTTP stack on both sides, the client itself). The "
+              "median of each is taken on its own, so they do not add up exactly.")
 
 
 def _stage_table(res: dict[str, Any]) -> list[str]:

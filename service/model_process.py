@@ -59,7 +59,8 @@ class WeightsCache:
     once instead of with every read: least recently used first out beyond `budget` bytes (float32). The
     server keeps a mirror of each process's cache (the same class, holding sizes alone): both see the same
     puts and gets in the same order, so the mirror knows which weights the process holds without asking.
-    Keys name a session's weights at one version (`session_key`), which no other weights ever have."""
+    Keys name one stored set of a session's weights (`session_key`: a random token per write, append and
+    import), which no other weights ever have."""
 
     def __init__(self, budget: int):
         self.budget, self.used = budget, 0
@@ -98,9 +99,11 @@ class WeightsCache:
         self.used = 0
 
 
-def session_key(model: str, session_id: str, version: int) -> str:
-    """A session's weights at one version: appends bump the version, and ids are never reused."""
-    return f"{model}/{session_id}/{version}"
+def session_key(model: str, weights_token: str) -> str | None:
+    """What names a session's stored weights in the caches: its record's `weights_token`, new and random with
+    every write, append and import (so a session that the store rolled back and appended to again gets a new
+    one); None for records from before tokens, whose weights are sent with every read."""
+    return f"{model}/{weights_token}" if weights_token else None
 
 
 def _nbytes(tensors: list[Tensor]) -> int:
@@ -368,7 +371,8 @@ class ModelProcesses:
             return None
         try:
             out = p.read_many(model, weights, queries, steps, energies, trajectory, keys)
-        except ModelCallFailed:
+        except ModelCallFailed as e:
+            log.warning("%s; reading in the server's process", e)
             self.give_back(p)
             return None
         except Exception as e:                        # noqa: BLE001 - never lose the process or the read

@@ -26,7 +26,7 @@ from .model_process import session_key
 from .registry import LoadedModel
 from .schemas import Candidate, Retrieved, RetrieveResponse, SessionInfo, WriteResponse
 from .state import AppState
-from .store import SessionMeta, pack_weights, unpack_weights
+from .store import SessionMeta, new_weights_token, pack_weights, unpack_weights
 from .transfer import (export_bytes, max_session_patterns, new_meta, new_session_id, parse_session_file,
                        written_bytes)
 
@@ -136,7 +136,8 @@ async def write_session(state: AppState, caller: str, inp: WriteInput, t: Timing
         now = time.time()
         meta = SessionMeta(new_session_id(ID_BYTES), m.name, m.sha256, caller, list(m.input_shape),
                            int(x.shape[0]), written_bytes(res.weights), len(blob),
-                           float(res.losses[-1]) if res.losses else 0.0, now, now + s.session_ttl_seconds)
+                           float(res.losses[-1]) if res.losses else 0.0, now, now + s.session_ttl_seconds,
+                           weights_token=new_weights_token())
         await _store(state, "put", state.store.put(meta, blob, s.session_ttl_seconds))
     state.metrics.sessions_written.labels(m.name).inc()
     warn = m.memory.capacity_warning(int(x.shape[0]))
@@ -322,7 +323,7 @@ async def _retrieve(state: AppState, caller: str, session_id: str, inp: Retrieve
     if (state.batcher is not None and mask is None and not o.top_k and not o.samples and m.memory.stacks_weights
             and x.shape[0] <= SMALL_READ):
         res, fam = await _metered(state, "read", m, t, state.batcher.read(
-            m, weights, x, steps, energies, o.trajectory, session_key(m.name, meta.id, meta.version)))
+            m, weights, x, steps, energies, o.trajectory, session_key(m.name, meta.weights_token)))
         cands = drawn = None
     else:
         res, fam, cands, drawn = await _model(state, "read", m, t, _read_with_familiarity, m, weights, x, mask,
@@ -405,7 +406,7 @@ async def append_patterns(state: AppState, caller: str, session_id: str, inp: Wr
             now = time.time()
             new = SessionMeta(meta.id, meta.model, meta.checkpoint_sha256, meta.owner, meta.input_shape, total,
                               meta.memory_bytes, len(blob), float(res.losses[-1]) if res.losses else 0.0,
-                              meta.created_at, now + s.session_ttl_seconds, meta.version + 1)
+                              meta.created_at, now + s.session_ttl_seconds, meta.version + 1, new_weights_token())
             if await _store(state, "replace", state.store.replace(new, blob, s.session_ttl_seconds, meta.version)):
                 break
     else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 
@@ -27,6 +28,9 @@ class SessionMeta:
     created_at: float          # unix seconds
     expires_at: float          # unix seconds
     version: int = 0           # bumped by every append; appends compare and set it
+    # random, new with every stored set of weights (write, append, import): what the model processes' caches
+    # key a session's weights by (service/model_process.py: session_key); "" in records from before it
+    weights_token: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -36,6 +40,13 @@ class SessionMeta:
         """Fields added by a later version are ignored, so old and new servers can share a store."""
         data = json.loads(text)
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def new_weights_token() -> str:
+    """A fresh `SessionMeta.weights_token`: no two stored sets of weights share one, even where the store
+    rolled a session back (a Redis restored from a snapshot or failed over loses its latest appends, and the
+    next append reuses their version number)."""
+    return secrets.token_hex(12)
 
 
 def pack_weights(weights: dict[str, Tensor]) -> bytes:

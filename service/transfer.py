@@ -16,7 +16,7 @@ from safetensors.torch import save as st_save
 
 from .errors import BadInput, Conflict
 from .state import AppState
-from .store import SessionMeta
+from .store import SessionMeta, new_weights_token
 
 FORMAT, VERSION = "ebmm-session", "1"
 MAX_HEADER = 1 << 20                    # bytes of safetensors JSON header we are willing to parse
@@ -131,4 +131,5 @@ def new_meta(state: AppState, caller: str, name: str, weights: dict[str, torch.T
     now = time.time()
     return SessionMeta(new_session_id(id_bytes), name, m.sha256, caller, list(m.input_shape),
                        fields["patterns"], written_bytes(weights), blob_len,
-                       fields["writing_loss"], now, now + state.settings.session_ttl_seconds)
+                       fields["writing_loss"], now, now + state.settings.session_ttl_seconds,
+                       weights_token=new_weights_token())

@@ -54,7 +54,8 @@ RETRIEVE_FORM = {"files": _binary_field("Query images"),
 async def _timed(request: Request, response: Response, state: Any, parse: Callable, op: Callable) -> Any:
     """parse the body, run op(input, timings), and send every stage's time as a Server-Timing header: `body`
     (the request body arriving), `route` (from the whole body to this handler: routing, dependencies), the
-    handler's stages (parse, store, decode, model, encode), and `total`, from the request's arrival on."""
+    handler's stages (parse, store, decode, model, encode), and `total`, from the request's arrival to this
+    handler's return (a JSON answer is serialised after it). Under load, `route` holds waiting for the loop."""
     t, t0 = ops.Timings(), time.perf_counter()
     arrived = request.scope.get(ARRIVED)
     if arrived is not None:

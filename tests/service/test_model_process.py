@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from test_api import running
+from test_api import as_strings, bits, running
 from test_batching import _write_and_query
 
 from model.serving import STATE
@@ -145,10 +146,23 @@ async def test_the_service_reads_through_model_processes_as_it_reads_without(che
             # two by default (EBMM_BATCH_CONCURRENCY), one per batch running at once
             assert ready["model_processes"] == ({"up": 2, "size": 2, "failures": 0} if use else None)
             ids, bodies = await _write_and_query(client, 12)
-            rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve", json=b)
-                                        for sid, b in zip(ids, bodies, strict=True)))
-            assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
-            answers[use] = [r.json()["results"] for r in rs]
+
+            async def read_all(client: Any = client, ids: list = ids, bodies: list = bodies) -> list:
+                rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve", json=b)
+                                            for sid, b in zip(ids, bodies, strict=True)))
+                assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+                return [r.json()["results"] for r in rs]
+            # read, read again (the model processes hold the weights now), append to every session and read:
+            # each answer is the server's own, the appended weights' after the append
+            answers[use] = await read_all() + await read_all()
+            for i, sid in enumerate(ids):
+                more = await client.post(f"/v1/sessions/{sid}/patterns",
+                                         json={"patterns": {"bits": as_strings(bits(3, seed=100 + i))}})
+                assert more.status_code == 200, more.text
+            answers[use] += await read_all()
+            if use:
+                procs = state.batcher.procs._all
+                assert sum(p.weights_kept for p in procs) > 0 and sum(p.resets for p in procs) == 0
             metrics = (await client.get("/metrics")).text
             placed = [line for line in metrics.splitlines() if line.startswith("ebmm_read_batches_total")
                       and 'place="process"' in line]
@@ -251,15 +265,15 @@ def test_a_model_process_keeps_session_weights_and_reads_each_version_right(chec
 
     try:
         p.wait_ready({n: x.sha256 for n, x in models.items()})
-        keys = [session_key("binary128", f"s{i}", 0) for i in range(3)]
+        keys = [session_key("binary128", f"token-{i}") for i in range(3)]
         same(ws[:2], keys[:2])
         assert (p.weights_sent, p.weights_kept) == (2, 0)
         same(ws[:2], keys[:2])                           # held: only the queries cross the pipe
         assert (p.weights_sent, p.weights_kept) == (2, 2)
         changed = {n: t + 0.5 for n, t in ws[0].items()}  # s0 appended to: version 1, other weights
-        same([changed, ws[1]], [session_key("binary128", "s0", 1), keys[1]])
+        same([changed, ws[1]], [session_key("binary128", "token-0-appended"), keys[1]])
         assert (p.weights_sent, p.weights_kept) == (3, 3)
-        same([ws[2], ws[0]], [keys[2], keys[0]])         # both sent: s2 is new, s0 at version 0 was dropped
+        same([ws[2], ws[0]], [keys[2], keys[0]])         # both sent: s2 is new, s0's first weights were dropped
         assert p.weights_sent == 5 and p.resets == 0
         p.cache.put(keys[1], True, size)                 # the mirror wrongly believes s1 is held ...
         p.cache.put(keys[2], True, size)
@@ -267,5 +281,8 @@ def test_a_model_process_keeps_session_weights_and_reads_each_version_right(chec
         assert p.resets == 1                             # ... the process says so, and both start afresh
         same(ws, [None, None, None])                     # no keys: sent every time, nothing kept
         assert len(p.cache) == 2
+        sent = p.weights_sent
+        same([ws[0], ws[0]], [keys[0], keys[0]])         # one session twice in a batch: sent once, read twice
+        assert p.weights_sent == sent + 1 and p.resets == 1
     finally:
         p.close()
