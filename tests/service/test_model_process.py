@@ -131,38 +131,49 @@ async def test_a_lone_read_stays_in_the_server_and_a_busy_one_goes_to_the_proces
     assert b.requests == 0
 
 
+async def _read_append_read(client: Any, sessions: int) -> list:
+    """Write sessions; read each, read each again, append to every session and read each: the answers."""
+    ids, bodies = await _write_and_query(client, sessions)
+
+    async def read_all() -> list:
+        rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve", json=b)
+                                    for sid, b in zip(ids, bodies, strict=True)))
+        assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+        return [r.json()["results"] for r in rs]
+    answers = await read_all() + await read_all()
+    for i, sid in enumerate(ids):
+        more = await client.post(f"/v1/sessions/{sid}/patterns",
+                                 json={"patterns": {"bits": as_strings(bits(3, seed=100 + i))}})
+        assert more.status_code == 200, more.text
+    return answers + await read_all()
+
+
+async def _up(client: Any, n: int) -> dict:
+    deadline = time.monotonic() + 90
+    while True:                                  # /readyz says when the processes are up
+        ready = (await client.get("/readyz")).json()
+        if ready["model_processes"] is None or ready["model_processes"]["up"] == n:
+            return ready
+        assert time.monotonic() < deadline, "no model process came up"
+        await asyncio.sleep(0.05)
+
+
+def _same_answers(a: list, b: list) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert [r["pattern"] for r in x] == [r["pattern"] for r in y]
+        assert np.allclose([r["energies"] for r in x], [r["energies"] for r in y], rtol=1e-5, atol=1e-5)
+        assert [r["familiarity"] for r in x] == [r["familiarity"] for r in y]
+
+
 async def test_the_service_reads_through_model_processes_as_it_reads_without(checkpoint_dir: Path) -> None:
     answers = {}
     for use in (False, True):
         async with running(checkpoint_dir, model_process=use, pool_size=1, pool_queue=64) as (client, state):
-            deadline = time.monotonic() + 90
-            while True:                                  # /readyz says when the process is up
-                ready = (await client.get("/readyz")).json()
-                if not use or ready["model_processes"]["up"] == 2:
-                    break
-                assert time.monotonic() < deadline, "no model process came up"
-                await asyncio.sleep(0.05)
+            ready = await _up(client, 2)
             assert ready["ready"]
             # two by default (EBMM_BATCH_CONCURRENCY), one per batch running at once
             assert ready["model_processes"] == ({"up": 2, "size": 2, "failures": 0} if use else None)
-            ids, bodies = await _write_and_query(client, 12)
-
-            async def read_all(client: Any = client, ids: list = ids, bodies: list = bodies) -> list:
-                rs = await asyncio.gather(*(client.post(f"/v1/sessions/{sid}/retrieve", json=b)
-                                            for sid, b in zip(ids, bodies, strict=True)))
-                assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
-                return [r.json()["results"] for r in rs]
-            # read, read again (the model processes hold the weights now), append to every session and read:
-            # each answer is the server's own, the appended weights' after the append
-            answers[use] = await read_all() + await read_all()
-            for i, sid in enumerate(ids):
-                more = await client.post(f"/v1/sessions/{sid}/patterns",
-                                         json={"patterns": {"bits": as_strings(bits(3, seed=100 + i))}})
-                assert more.status_code == 200, more.text
-            answers[use] += await read_all()
-            if use:
-                procs = state.batcher.procs._all
-                assert sum(p.weights_kept for p in procs) > 0 and sum(p.resets for p in procs) == 0
+            answers[use] = await _read_append_read(client, 12)
             metrics = (await client.get("/metrics")).text
             placed = [line for line in metrics.splitlines() if line.startswith("ebmm_read_batches_total")
                       and 'place="process"' in line]
@@ -170,10 +181,22 @@ async def test_the_service_reads_through_model_processes_as_it_reads_without(che
                 assert placed and float(placed[0].split()[-1]) >= 1
             else:
                 assert state.batcher.procs is None and not placed
-    for a, b in zip(answers[False], answers[True], strict=True):
-        assert [r["pattern"] for r in a] == [r["pattern"] for r in b]
-        assert np.allclose([r["energies"] for r in a], [r["energies"] for r in b], rtol=1e-5, atol=1e-5)
-        assert [r["familiarity"] for r in a] == [r["familiarity"] for r in b]
+    _same_answers(answers[False], answers[True])
+
+
+async def test_the_model_process_reads_kept_weights_and_an_appended_session_anew(checkpoint_dir: Path) -> None:
+    """One model process (every batch goes to it): the second reads find the weights kept there, and after
+    an append each session is read with its appended weights, as the server reads them itself."""
+    answers = {}
+    for use in (False, True):
+        async with running(checkpoint_dir, model_process=use, batch_concurrency=1, pool_size=1,
+                           pool_queue=64) as (client, state):
+            await _up(client, 1)
+            answers[use] = await _read_append_read(client, 12)
+            if use:
+                procs = state.batcher.procs._all
+                assert sum(p.weights_kept for p in procs) > 0 and sum(p.resets for p in procs) == 0
+    _same_answers(answers[False], answers[True])
 
 
 def test_a_stalled_model_process_is_given_up_and_the_read_runs_here(checkpoint_dir: Path,
