@@ -158,3 +158,8 @@ def enable(model: torch.nn.Module, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_
 
 def disable(model: torch.nn.Module) -> None:
     model.__dict__.pop("compiled_reads", None)
+
+
+def enabled(model: torch.nn.Module) -> CompiledReads | None:
+    """`model`'s compiled reads (`enable`), or None where none are enabled."""
+    return model.__dict__.get("compiled_reads")

@@ -391,7 +391,7 @@ def read(model: EBMM, p: Params, weights: Params, queries: Tensor, mask: Tensor 
     if parts is not None:
         gamma_f, psi_f = _step_floats(model, p, steps)
         if one_batch:
-            compiled = model.__dict__.get("compiled_reads")          # model/compiled.py, where enabled
+            compiled = model.__dict__.get("compiled_reads")          # model/compiled.py: enabled(model)
             out = (compiled.read(*parts, queries, keep, gamma_f, psi_f, energies)
                    if compiled is not None and temperature == 0 and compiled.applies(queries.shape[0]) else None)
             if out is None:

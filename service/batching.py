@@ -4,9 +4,8 @@ own queries (model/memory.py: read_stacked).
 
 Self-clocking: a read runs at once while fewer than `concurrent` batches of its kind (model, read steps,
 answer type, trajectory or not) are running, so a lone client waits for nothing; otherwise it joins the
-next batch, which
-starts when a running batch finishes or, at the latest, `window` seconds after its first read arrived,
-or as soon as it holds `max_queries` queries. A batch takes one slot of the bounded model pool, and a
+next batch, which starts when a running batch finishes or, at the latest, `window` seconds after its first
+read arrived, or as soon as it holds `max_queries` queries. A batch takes one slot of the bounded model pool, and a
 full pool refuses the whole batch (503 with Retry-After) as it would refuse each read. A read whose
 weights do not fit the model fails alone, before the batch runs. Only reads of a few queries are batched
 (`SMALL_READ`): stacking copies each session's weights once per query, which pays for one-query reads

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from model import compiled
 
 from ..auth import Caller, State
 from ..errors import error_responses
@@ -24,7 +25,7 @@ def model_info(m: LoadedModel, default: str) -> ModelInfo:
 
 
 def _compiled(m: LoadedModel) -> list[CompiledRead] | None:
-    kinds = m.memory.ckpt.model.__dict__.get("compiled_reads")
+    kinds = compiled.enabled(m.memory.ckpt.model)
     if kinds is None:
         return None
     fields = CompiledRead.model_fields
